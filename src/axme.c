@@ -1,0 +1,106 @@
+/*
+ * axme.c: module entry point: GUCs and shared memory.
+ *
+ * User-settable GUCs are defined whenever the library loads (preloaded or not), so SET and
+ * ALTER DATABASE validate them.  Shared memory (the wait_for wake-up slots) exists only when the
+ * library is in shared_preload_libraries; every caller checks axme_shmem_ready() first and falls
+ * back to a short re-check loop without it.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "axme.h"
+
+PG_MODULE_MAGIC;
+
+int			axme_max_delivery_attempts = 5;
+int			axme_max_payload_bytes = 131072;
+
+static AxmeShared *axme_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+static Size
+axme_shmem_size(void)
+{
+	return MAXALIGN(sizeof(AxmeShared));
+}
+
+static void
+axme_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(axme_shmem_size());
+}
+
+static void
+axme_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	axme_shared = ShmemInitStruct("axme", axme_shmem_size(), &found);
+	if (!found)
+	{
+		for (int i = 0; i < AXME_WAIT_BUCKETS; i++)
+			ConditionVariableInit(&axme_shared->waiters[i]);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * The shared state, or NULL when the library was not preloaded (then there is none).
+ */
+AxmeShared *
+axme_shmem(void)
+{
+	return axme_shared;
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("axme.max_delivery_attempts",
+							"Default attempt budget of an intent before it is dead-lettered.",
+							"Used when neither the intent's max_delivery_attempts nor the agent's "
+							"retry.max_attempts option is set.",
+							&axme_max_delivery_attempts,
+							5, 1, 1000,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("axme.max_payload_bytes",
+							"Largest intent payload accepted by send_intent, in bytes of its JSON text.",
+							NULL,
+							&axme_max_payload_bytes,
+							131072, 1, 256 * 1024 * 1024,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	axme_wakeup_init();
+
+	if (!process_shared_preload_libraries_in_progress)
+	{
+		MarkGUCPrefixReserved("axme");
+		return;
+	}
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = axme_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = axme_shmem_startup;
+
+	MarkGUCPrefixReserved("axme");
+}

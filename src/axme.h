@@ -1,0 +1,34 @@
+/*
+ * axme.h: declarations shared by the C files of axme.
+ */
+#ifndef AXME_H
+#define AXME_H
+
+#include "storage/condition_variable.h"
+#include "utils/uuid.h"
+
+#define AXME_VERSION "0.1.0"
+
+/* wait_for callers sleep on one of these, chosen by a hash of the intent id */
+#define AXME_WAIT_BUCKETS 128
+
+typedef struct AxmeShared
+{
+	ConditionVariable waiters[AXME_WAIT_BUCKETS];
+} AxmeShared;
+
+/* GUCs (axme.c) */
+extern int	axme_max_delivery_attempts;
+extern int	axme_max_payload_bytes;
+
+/* axme.c */
+extern AxmeShared *axme_shmem(void);
+
+/* wakeup.c */
+extern void axme_wakeup_init(void);
+extern int	axme_wait_bucket(const pg_uuid_t *id);
+
+/* backoff.c */
+extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);
+
+#endif							/* AXME_H */

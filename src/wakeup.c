@@ -1,0 +1,247 @@
+/*
+ * wakeup.c: wake-ups sent when a transaction commits.
+ *
+ * Two kinds: a NOTIFY per stream agent that received intents in the transaction (one per agent,
+ * with the first intent id and the count, never payload data), and a broadcast on the wait_for
+ * condition variables of intents that reached a terminal status.  Both are collected while the
+ * transaction runs and acted on at commit; sends made in a rolled-back subtransaction are
+ * forgotten, so a NOTIFY never counts an intent that does not exist.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/async.h"
+#include "common/hashfn.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "storage/condition_variable.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/uuid.h"
+
+#include "axme.h"
+
+PG_FUNCTION_INFO_V1(axme_notify_agent);
+PG_FUNCTION_INFO_V1(axme_wake_waiters);
+
+/* Sends to one agent made at one subtransaction nesting level. */
+typedef struct PendingNotify
+{
+	int64		agent_id;
+	int			level;
+	int64		count;
+	pg_uuid_t	first_id;
+} PendingNotify;
+
+/* Both lists live in TopTransactionContext and are reset at the end of every transaction. */
+static List *pending_notifies = NIL;
+static bool pending_buckets[AXME_WAIT_BUCKETS];
+static bool any_pending_bucket = false;
+
+static PendingNotify *
+find_pending(int64 agent_id, int level)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_notifies)
+	{
+		PendingNotify *p = lfirst(lc);
+
+		if (p->agent_id == agent_id && p->level == level)
+			return p;
+	}
+	return NULL;
+}
+
+/*
+ * axme._notify_agent(agent_id bigint, intent_id uuid): remember one send to a stream agent.
+ * The NOTIFY itself is issued just before commit (see axme_xact_callback).
+ */
+Datum
+axme_notify_agent(PG_FUNCTION_ARGS)
+{
+	int64		agent_id = PG_GETARG_INT64(0);
+	pg_uuid_t  *id = PG_GETARG_UUID_P(1);
+	int			level = GetCurrentTransactionNestLevel();
+	PendingNotify *p = find_pending(agent_id, level);
+
+	if (p == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		p = palloc(sizeof(PendingNotify));
+		p->agent_id = agent_id;
+		p->level = level;
+		p->count = 0;
+		memcpy(&p->first_id, id, sizeof(pg_uuid_t));
+		pending_notifies = lappend(pending_notifies, p);
+		MemoryContextSwitchTo(old);
+	}
+	p->count++;
+	PG_RETURN_VOID();
+}
+
+/*
+ * The wait bucket of an intent: which condition variable its waiters sleep on.
+ */
+int
+axme_wait_bucket(const pg_uuid_t *id)
+{
+	return (int) (hash_bytes(id->data, UUID_LEN) % AXME_WAIT_BUCKETS);
+}
+
+/*
+ * axme._wake_waiters(intent_id uuid): wake wait_for() callers of this intent at commit.
+ * A no-op without shared memory (their fallback loop re-checks on its own).
+ */
+Datum
+axme_wake_waiters(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *id = PG_GETARG_UUID_P(0);
+
+	pending_buckets[axme_wait_bucket(id)] = true;
+	any_pending_bucket = true;
+	PG_RETURN_VOID();
+}
+
+/*
+ * Issue the collected NOTIFYs: one per agent, payload {"intent_id": first, "count": n}.
+ * Runs at XACT_EVENT_PRE_COMMIT, before PreCommit_Notify queues them.
+ */
+static void
+send_pending_notifies(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_notifies)
+	{
+		PendingNotify *p = lfirst(lc);
+		ListCell   *lc2;
+		char		channel[NAMEDATALEN];
+		char	   *idtext;
+		StringInfoData payload;
+
+		if (p->count == 0)
+			continue;
+		/* merge later entries of the same agent (from committed subtransactions) */
+		for_each_cell(lc2, pending_notifies, lnext(pending_notifies, lc))
+		{
+			PendingNotify *q = lfirst(lc2);
+
+			if (q->agent_id == p->agent_id)
+			{
+				p->count += q->count;
+				q->count = 0;
+			}
+		}
+		snprintf(channel, sizeof(channel), "axme_agent_" INT64_FORMAT, p->agent_id);
+		idtext = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&p->first_id)));
+		initStringInfo(&payload);
+		appendStringInfo(&payload, "{\"intent_id\": \"%s\", \"count\": " INT64_FORMAT "}",
+						 idtext, p->count);
+		Async_Notify(channel, payload.data);
+	}
+}
+
+static void
+broadcast_pending_waiters(void)
+{
+	AxmeShared *shared = axme_shmem();
+
+	if (shared == NULL)
+		return;
+	for (int i = 0; i < AXME_WAIT_BUCKETS; i++)
+	{
+		if (pending_buckets[i])
+			ConditionVariableBroadcast(&shared->waiters[i]);
+	}
+}
+
+static void
+reset_pending(void)
+{
+	pending_notifies = NIL;		/* memory goes with TopTransactionContext */
+	if (any_pending_bucket)
+		memset(pending_buckets, 0, sizeof(pending_buckets));
+	any_pending_bucket = false;
+}
+
+static void
+axme_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			send_pending_notifies();
+			break;
+		case XACT_EVENT_COMMIT:
+			/* the terminal transitions are visible to others now */
+			if (any_pending_bucket)
+				broadcast_pending_waiters();
+			reset_pending();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+
+			/*
+			 * A prepared transaction cannot NOTIFY; its stream receivers find the intents on
+			 * their next poll, and its waiters on their next periodic re-check.
+			 */
+			reset_pending();
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Forget sends of an aborted subtransaction; fold those of a committed one into its parent.
+ */
+static void
+axme_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending_notifies)
+		{
+			PendingNotify *p = lfirst(lc);
+
+			if (p->level >= level)
+				pending_notifies = foreach_delete_current(pending_notifies, lc);
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_notifies)
+		{
+			PendingNotify *p = lfirst(lc);
+			PendingNotify *parent;
+
+			if (p->level < level)
+				continue;
+			parent = find_pending(p->agent_id, level - 1);
+			if (parent != NULL && parent != p)
+			{
+				parent->count += p->count;
+				pending_notifies = foreach_delete_current(pending_notifies, lc);
+			}
+			else
+				p->level = level - 1;
+		}
+	}
+}
+
+/*
+ * Called once from _PG_init: registers the transaction callbacks in this backend.
+ */
+void
+axme_wakeup_init(void)
+{
+	RegisterXactCallback(axme_xact_callback, NULL);
+	RegisterSubXactCallback(axme_subxact_callback, NULL);
+}
