@@ -16,6 +16,7 @@
 #include "utils/guc.h"
 
 #include "axme.h"
+#include "delivery.h"
 
 PG_MODULE_MAGIC;
 
@@ -90,6 +91,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	axme_wakeup_init();
+	axme_delivery_init();		/* http mode: GUCs; with preload the launcher (worker.c) */
 
 	if (!process_shared_preload_libraries_in_progress)
 	{

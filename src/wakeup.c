@@ -21,9 +21,14 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
+#include "commands/trigger.h"
+#include "miscadmin.h"
+#include "delivery.h"
 
 PG_FUNCTION_INFO_V1(axme_notify_agent);
 PG_FUNCTION_INFO_V1(axme_wake_waiters);
+PG_FUNCTION_INFO_V1(axme_wake_http);
+PG_FUNCTION_INFO_V1(axme_http_wake_trigger);
 
 /* Sends to one agent made at one subtransaction nesting level. */
 typedef struct PendingNotify
@@ -38,6 +43,7 @@ typedef struct PendingNotify
 static List *pending_notifies = NIL;
 static bool pending_buckets[AXME_WAIT_BUCKETS];
 static bool any_pending_bucket = false;
+static bool pending_http_wake = false;	/* wake this database's http worker at commit */
 
 static PendingNotify *
 find_pending(int64 agent_id, int level)
@@ -106,6 +112,42 @@ axme_wake_waiters(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Wake this database's http worker (or have the launcher start one) when the transaction
+ * commits.  The worker's own transactions need no wake-up: it looks again after recording.
+ */
+void
+axme_wake_http_at_commit(void)
+{
+	if (!axme_is_http_worker)
+		pending_http_wake = true;
+}
+
+/*
+ * axme._wake_http(): see axme_wake_http_at_commit.
+ */
+Datum
+axme_wake_http(PG_FUNCTION_ARGS)
+{
+	axme_wake_http_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * AFTER INSERT OR UPDATE OF due_at row trigger on axme.intents, fired (WHEN clause) for
+ * intents that became due: a send, a replay, a retry scheduled by someone else.
+ */
+Datum
+axme_http_wake_trigger(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("axme._http_wake_trigger() must be called as a trigger")));
+	axme_wake_http_at_commit();
+	return PointerGetDatum(NULL);
+}
+
+/*
  * Issue the collected NOTIFYs: one per agent, payload {"intent_id": first, "count": n}.
  * Runs at XACT_EVENT_PRE_COMMIT, before PreCommit_Notify queues them.
  */
@@ -165,6 +207,7 @@ reset_pending(void)
 	if (any_pending_bucket)
 		memset(pending_buckets, 0, sizeof(pending_buckets));
 	any_pending_bucket = false;
+	pending_http_wake = false;
 }
 
 static void
@@ -179,6 +222,8 @@ axme_xact_callback(XactEvent event, void *arg)
 			/* the terminal transitions are visible to others now */
 			if (any_pending_bucket)
 				broadcast_pending_waiters();
+			if (pending_http_wake)
+				axme_worker_wake(MyDatabaseId);
 			reset_pending();
 			break;
 		case XACT_EVENT_ABORT:

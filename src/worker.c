@@ -1,0 +1,736 @@
+/*
+ * worker.c: the http delivery workers: one launcher, one worker per database with axme.
+ *
+ * The launcher (no database connection) lists pg_database and starts a dynamic worker per
+ * database; a worker that finds no axme 0.2.0+ in its database says so in shared memory and
+ * leaves.  The launcher starts it again when that database signals (the commit of CREATE/ALTER
+ * EXTENSION, of a send to an http agent: axme_worker_wake), so a database is served within about
+ * a second of CREATE EXTENSION without probing all databases all the time.  A utility hook makes
+ * a database's worker leave before DROP DATABASE waits for it, and wakes it at the commit of DROP
+ * EXTENSION so it notices.  Each worker: claim (queue.c), send (http.c), record (queue.c), wait on
+ * the latch and curl's sockets; a timer only for what is due later.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "axme.h"
+#include "delivery.h"
+
+#define AXME_DB_SLOTS 256
+#define RESTART_DELAY_MS 1000
+#define RESCAN_INTERVAL_MS 5000
+#define IDLE_RECHECK_MS 60000L
+
+int			axme_max_in_flight = 256;
+int			axme_max_database_workers = 8;
+bool		axme_is_http_worker = false;
+
+typedef enum SlotState
+{
+	SLOT_UNUSED = 0,
+	SLOT_SERVE,					/* should have a worker (extension present or not yet known) */
+	SLOT_NO_EXT					/* probed: no axme 0.2.0+; start again only on a new signal */
+} SlotState;
+
+typedef struct DbSlot
+{
+	Oid			dboid;
+	SlotState	state;
+	pid_t		pid;			/* worker pid, 0 when none */
+	Latch	   *latch;			/* worker latch, NULL when none */
+	uint32		signal_gen;		/* bumped by every wake-up at commit */
+	uint32		seen_gen;		/* signal_gen when the worker last started */
+	bool		leave;			/* DROP DATABASE in progress: worker leaves, none starts */
+} DbSlot;
+
+typedef struct WorkerShared
+{
+	slock_t		mutex;
+	Latch	   *launcher_latch;
+	bool		rescan;
+	DbSlot		slots[AXME_DB_SLOTS];
+} WorkerShared;
+
+static WorkerShared *ws = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ProcessUtility_hook_type prev_utility_hook = NULL;
+static int	my_slot = -1;		/* in a worker: its slot */
+static int	cached_wake_slot = -1;	/* in a backend: the slot of MyDatabaseId, a guess */
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Shared memory
+ * ------------------------------------------------------------------------------------------- */
+
+static void
+worker_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkerShared)));
+}
+
+static void
+worker_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ws = ShmemInitStruct("axme http workers", sizeof(WorkerShared), &found);
+	if (!found)
+	{
+		memset(ws, 0, sizeof(WorkerShared));
+		SpinLockInit(&ws->mutex);
+		ws->rescan = true;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static int
+find_slot(Oid dboid)
+{
+	for (int i = 0; i < AXME_DB_SLOTS; i++)
+		if (ws->slots[i].state != SLOT_UNUSED && ws->slots[i].dboid == dboid)
+			return i;
+	return -1;
+}
+
+/*
+ * Wake the http worker of a database (called at commit of a send, replay, CREATE EXTENSION ...),
+ * or have the launcher start one.  Cheap: one spinlock, one SetLatch.  No-op without preload.
+ */
+void
+axme_worker_wake(Oid dboid)
+{
+	Latch	   *worker = NULL;
+	Latch	   *launcher = NULL;
+	int			i;
+
+	if (ws == NULL)
+		return;
+	SpinLockAcquire(&ws->mutex);
+	i = cached_wake_slot;
+	if (i < 0 || ws->slots[i].state == SLOT_UNUSED || ws->slots[i].dboid != dboid)
+		i = cached_wake_slot = find_slot(dboid);
+	if (i < 0)
+	{
+		ws->rescan = true;
+		launcher = ws->launcher_latch;
+	}
+	else
+	{
+		DbSlot	   *s = &ws->slots[i];
+
+		s->signal_gen++;
+		worker = s->latch;
+		if (worker == NULL || s->state != SLOT_SERVE)
+			launcher = ws->launcher_latch;
+	}
+	SpinLockRelease(&ws->mutex);
+	if (worker)
+		SetLatch(worker);
+	if (launcher)
+		SetLatch(launcher);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * DROP DATABASE / DROP EXTENSION
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Before DROP DATABASE waits for other sessions, make that database's worker leave (and keep
+ * the launcher from starting it again); PostgreSQL 15 would otherwise fail the drop after 5 s.
+ */
+static void
+leave_database(Oid dboid)
+{
+	int			i;
+	Latch	   *latch = NULL;
+
+	SpinLockAcquire(&ws->mutex);
+	i = find_slot(dboid);
+	if (i >= 0)
+	{
+		ws->slots[i].leave = true;
+		latch = ws->slots[i].latch;
+	}
+	SpinLockRelease(&ws->mutex);
+	if (i < 0)
+		return;
+	if (latch)
+		SetLatch(latch);
+	for (int waited = 0; waited < 10000; waited += 10)
+	{
+		pid_t		pid;
+
+		SpinLockAcquire(&ws->mutex);
+		pid = ws->slots[i].pid;
+		SpinLockRelease(&ws->mutex);
+		if (pid == 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+static void
+leave_done(Oid dboid, bool dropped)
+{
+	int			i;
+
+	SpinLockAcquire(&ws->mutex);
+	i = find_slot(dboid);
+	if (i >= 0)
+	{
+		ws->slots[i].leave = false;
+		if (dropped && ws->slots[i].pid == 0)
+			ws->slots[i].state = SLOT_UNUSED;
+	}
+	ws->rescan = true;
+	SpinLockRelease(&ws->mutex);
+	if (ws->launcher_latch)
+		SetLatch(ws->launcher_latch);
+}
+
+static bool
+drops_axme(Node *parsetree)
+{
+	DropStmt   *drop;
+	ListCell   *lc;
+
+	if (!IsA(parsetree, DropStmt))
+		return false;
+	drop = (DropStmt *) parsetree;
+	if (drop->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, drop->objects)
+	{
+		Node	   *obj = lfirst(lc);
+
+		if (IsA(obj, String) && strcmp(strVal(obj), "axme") == 0)
+			return true;
+	}
+	return false;
+}
+
+static void
+axme_utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				  ProcessUtilityContext context, ParamListInfo params,
+				  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+	volatile Oid dropping = InvalidOid;
+
+	if (ws != NULL && IsA(parsetree, DropdbStmt))
+	{
+		dropping = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
+		if (OidIsValid(dropping))
+			leave_database(dropping);
+	}
+	if (ws != NULL && drops_axme(parsetree))
+		axme_wake_http_at_commit();	/* the worker sees the extension gone and leaves */
+
+	PG_TRY();
+	{
+		if (prev_utility_hook)
+			prev_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+							  dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+									queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		if (OidIsValid(dropping))
+			leave_done(dropping, false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (OidIsValid(dropping))
+		leave_done(dropping, true);
+	if (ws != NULL && IsA(parsetree, CreatedbStmt))
+	{
+		SpinLockAcquire(&ws->mutex);
+		ws->rescan = true;
+		SpinLockRelease(&ws->mutex);
+	}
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Launcher
+ * ------------------------------------------------------------------------------------------- */
+
+static void
+launcher_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&ws->mutex);
+	ws->launcher_latch = NULL;
+	SpinLockRelease(&ws->mutex);
+}
+
+/*
+ * Bring the slots in line with pg_database: new connectable databases get a slot (to be
+ * probed), dropped ones lose theirs.  names[] receives the names for warnings.
+ */
+static void
+scan_databases(char names[AXME_DB_SLOTS][NAMEDATALEN])
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	Oid			oids[AXME_DB_SLOTS];
+	char		found_names[AXME_DB_SLOTS][NAMEDATALEN];
+	int			n = 0;
+	bool		overflow = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, "axme: listing databases");
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (!db->datallowconn || db->datistemplate || database_is_invalid_form(db))
+			continue;
+		if (n == AXME_DB_SLOTS)
+		{
+			overflow = true;
+			break;
+		}
+		oids[n] = db->oid;
+		strlcpy(found_names[n], NameStr(db->datname), NAMEDATALEN);
+		n++;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (overflow)
+		ereport(WARNING,
+				(errmsg("axme serves at most %d databases; the others are not served",
+						AXME_DB_SLOTS)));
+
+	SpinLockAcquire(&ws->mutex);
+	ws->rescan = false;
+	for (int i = 0; i < AXME_DB_SLOTS; i++)
+	{
+		DbSlot	   *s = &ws->slots[i];
+		bool		present = false;
+
+		if (s->state == SLOT_UNUSED)
+			continue;
+		for (int j = 0; j < n; j++)
+			if (oids[j] == s->dboid)
+				present = true;
+		if (!present && s->pid == 0 && !s->leave)
+			s->state = SLOT_UNUSED;
+	}
+	for (int j = 0; j < n; j++)
+	{
+		int			i = find_slot(oids[j]);
+
+		if (i < 0)
+		{
+			for (i = 0; i < AXME_DB_SLOTS; i++)
+				if (ws->slots[i].state == SLOT_UNUSED && ws->slots[i].pid == 0)
+					break;
+			if (i == AXME_DB_SLOTS)
+				break;
+			memset(&ws->slots[i], 0, sizeof(DbSlot));
+			ws->slots[i].dboid = oids[j];
+			ws->slots[i].state = SLOT_SERVE;
+		}
+		strlcpy(names[i], found_names[j], NAMEDATALEN);
+	}
+	SpinLockRelease(&ws->mutex);
+}
+
+static bool
+start_worker(int i, Oid dboid, BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker w;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;	/* the launcher restarts it */
+	strlcpy(w.bgw_library_name, "axme", BGW_MAXLEN);
+	strlcpy(w.bgw_function_name, "axme_worker_main", BGW_MAXLEN);
+	snprintf(w.bgw_name, BGW_MAXLEN, "axme worker for database %u", dboid);
+	strlcpy(w.bgw_type, "axme worker", BGW_MAXLEN);
+	w.bgw_main_arg = Int32GetDatum(i);
+	memcpy(w.bgw_extra, &dboid, sizeof(Oid));
+	w.bgw_notify_pid = MyProcPid;
+	return RegisterDynamicBackgroundWorker(&w, handle);
+}
+
+/*
+ * Start the workers that should run and do not: new databases (a probe), serving databases
+ * whose worker ended (crash, pg_terminate_backend), signalled databases without the extension.
+ */
+static void
+start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
+			  char names[AXME_DB_SLOTS][NAMEDATALEN])
+{
+	static char last_warning[1024] = "";
+	StringInfoData capped;
+	StringInfoData exhausted;
+	int			running = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		want[AXME_DB_SLOTS];
+	Oid			oids[AXME_DB_SLOTS];
+
+	initStringInfo(&capped);
+	initStringInfo(&exhausted);
+	SpinLockAcquire(&ws->mutex);
+	for (int i = 0; i < AXME_DB_SLOTS; i++)
+	{
+		DbSlot	   *s = &ws->slots[i];
+		bool		alive = s->pid != 0;
+
+		want[i] = false;
+		oids[i] = s->dboid;
+		if (handles[i] != NULL)
+		{
+			pid_t		pid;
+
+			if (GetBackgroundWorkerPid(handles[i], &pid) == BGWH_STOPPED)
+			{
+				pfree(handles[i]);
+				handles[i] = NULL;
+			}
+			else
+				alive = true;
+		}
+		if (alive)
+		{
+			running++;
+			continue;
+		}
+		if (s->state == SLOT_UNUSED || s->leave)
+			continue;
+		want[i] = s->state == SLOT_SERVE ||
+			(s->state == SLOT_NO_EXT && s->signal_gen != s->seen_gen);
+	}
+	SpinLockRelease(&ws->mutex);
+
+	for (int i = 0; i < AXME_DB_SLOTS; i++)
+	{
+		if (!want[i] || (last_start[i] != 0 &&
+						 !TimestampDifferenceExceeds(last_start[i], now, RESTART_DELAY_MS)))
+			continue;
+		if (running >= axme_max_database_workers)
+		{
+			appendStringInfo(&capped, "%s\"%s\"", capped.len ? ", " : "", names[i]);
+			continue;
+		}
+		if (!start_worker(i, oids[i], &handles[i]))
+		{
+			handles[i] = NULL;
+			appendStringInfo(&exhausted, "%s\"%s\"", exhausted.len ? ", " : "", names[i]);
+			continue;
+		}
+		last_start[i] = now;
+		running++;
+	}
+	if ((capped.len || exhausted.len) &&
+		strncmp(last_warning, capped.data, sizeof(last_warning) - 1) != 0)
+	{
+		if (exhausted.len)
+			ereport(WARNING,
+					(errmsg("axme: no background worker slot free; databases not served: %s",
+							exhausted.data),
+					 errhint("Raise max_worker_processes.")));
+		if (capped.len)
+			ereport(WARNING,
+					(errmsg("axme: axme.max_database_workers (%d) reached; databases not served: %s",
+							axme_max_database_workers, capped.data),
+					 errhint("Raise axme.max_database_workers.")));
+		strlcpy(last_warning, capped.len ? capped.data : exhausted.data, sizeof(last_warning));
+	}
+	else if (!capped.len && !exhausted.len)
+		last_warning[0] = '\0';
+	pfree(capped.data);
+	pfree(exhausted.data);
+}
+
+void
+axme_launcher_main(Datum arg)
+{
+	BackgroundWorkerHandle *handles[AXME_DB_SLOTS];
+	TimestampTz last_start[AXME_DB_SLOTS];
+	static char names[AXME_DB_SLOTS][NAMEDATALEN];
+	TimestampTz last_scan = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	memset(handles, 0, sizeof(handles));
+	memset(last_start, 0, sizeof(last_start));
+	for (int i = 0; i < AXME_DB_SLOTS; i++)
+		snprintf(names[i], NAMEDATALEN, "oid %u", ws->slots[i].dboid);
+
+	SpinLockAcquire(&ws->mutex);
+	ws->launcher_latch = MyLatch;
+	SpinLockRelease(&ws->mutex);
+	before_shmem_exit(launcher_detach, 0);
+	pgstat_report_appname("axme launcher");
+
+	for (;;)
+	{
+		bool		rescan;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		SpinLockAcquire(&ws->mutex);
+		rescan = ws->rescan;
+		SpinLockRelease(&ws->mutex);
+		now = GetCurrentTimestamp();
+		if (rescan || TimestampDifferenceExceeds(last_scan, now, RESCAN_INTERVAL_MS))
+		{
+			scan_databases(names);
+			last_scan = now;
+		}
+		start_workers(handles, last_start, names);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 250L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Per-database worker
+ * ------------------------------------------------------------------------------------------- */
+
+static void
+worker_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&ws->mutex);
+	ws->slots[my_slot].pid = 0;
+	ws->slots[my_slot].latch = NULL;
+	SpinLockRelease(&ws->mutex);
+	if (ws->launcher_latch)
+		SetLatch(ws->launcher_latch);
+}
+
+static void
+worker_leave(SlotState state)
+{
+	SpinLockAcquire(&ws->mutex);
+	if (ws->slots[my_slot].state != SLOT_UNUSED)
+		ws->slots[my_slot].state = state;
+	SpinLockRelease(&ws->mutex);
+	proc_exit(0);
+}
+
+static bool
+must_leave(void)
+{
+	bool		leave;
+
+	SpinLockAcquire(&ws->mutex);
+	leave = ws->slots[my_slot].leave;
+	SpinLockRelease(&ws->mutex);
+	return leave;
+}
+
+static void
+deliver_loop(void)
+{
+	MemoryContext loop_cxt = AllocSetContextCreate(TopMemoryContext, "axme worker loop",
+												   ALLOCSET_DEFAULT_SIZES);
+	TimestampTz next_due = 0;
+	bool		want_claim = true;
+
+	for (;;)
+	{
+		MemoryContext old = MemoryContextSwitchTo(loop_cxt);
+		List	   *done;
+		int			free_slots;
+		TimestampTz now;
+		long		timeout;
+		bool		woke;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (must_leave())
+			proc_exit(0);
+
+		done = axme_http_collect();
+		if (done != NIL)
+		{
+			if (!axme_queue_record(done))
+				worker_leave(SLOT_NO_EXT);
+			want_claim = true;	/* slots freed; retries may be due earlier */
+		}
+
+		free_slots = axme_max_in_flight - axme_http_in_flight();
+		now = GetCurrentTimestamp();
+		if (free_slots > 0 && (want_claim || now >= next_due))
+		{
+			int64	   *agents;
+			int		   *counts;
+			int			nbusy = axme_http_busy(&agents, &counts);
+			bool		gone;
+			List	   *claimed;
+			ListCell   *lc;
+
+			want_claim = false;
+			claimed = axme_queue_claim(free_slots, nbusy, agents, counts, &next_due, &gone);
+			if (gone)
+				worker_leave(SLOT_NO_EXT);
+			foreach(lc, claimed)
+				axme_http_start(lfirst(lc));
+			if (list_length(claimed) >= free_slots)
+				want_claim = true;
+		}
+
+		now = GetCurrentTimestamp();
+		if (want_claim && axme_max_in_flight > axme_http_in_flight())
+			timeout = 0;
+		else if (next_due == DT_NOEND)
+			timeout = IDLE_RECHECK_MS;
+		else if (next_due <= now)
+			timeout = axme_http_in_flight() >= axme_max_in_flight ? IDLE_RECHECK_MS : 0;
+		else
+			timeout = Min(IDLE_RECHECK_MS, (long) ((next_due - now) / 1000) + 1);
+
+		pgstat_report_activity(STATE_IDLE, NULL);
+		if (axme_http_wait(timeout, &woke) > 0 || woke)
+			want_claim = true;
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(loop_cxt);
+	}
+}
+
+void
+axme_worker_main(Datum arg)
+{
+	Oid			dboid;
+	bool		taken;
+
+	my_slot = DatumGetInt32(arg);
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	SpinLockAcquire(&ws->mutex);
+	taken = ws->slots[my_slot].dboid != dboid || ws->slots[my_slot].pid != 0 ||
+		ws->slots[my_slot].leave || ws->slots[my_slot].state == SLOT_UNUSED;
+	if (!taken)
+	{
+		ws->slots[my_slot].pid = MyProcPid;
+		ws->slots[my_slot].latch = MyLatch;
+		ws->slots[my_slot].seen_gen = ws->slots[my_slot].signal_gen;
+	}
+	SpinLockRelease(&ws->mutex);
+	if (taken)
+		proc_exit(0);
+	before_shmem_exit(worker_detach, 0);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	axme_is_http_worker = true;
+	pgstat_report_appname("axme worker");
+
+	if (!axme_queue_ready(true))
+		worker_leave(SLOT_NO_EXT);
+	SpinLockAcquire(&ws->mutex);
+	ws->slots[my_slot].state = SLOT_SERVE;
+	SpinLockRelease(&ws->mutex);
+
+	axme_http_init();
+	deliver_loop();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Setup, from _PG_init
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * GUCs of the http mode, and when preloading: shared memory, the launcher, the utility hook.
+ */
+void
+axme_delivery_init(void)
+{
+	BackgroundWorker w;
+
+	DefineCustomIntVariable("axme.max_in_flight",
+							"Most http requests in flight at once per database worker.",
+							"Each agent is further capped by its max_in_flight option (default 16).",
+							&axme_max_in_flight,
+							256, 1, 10000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	axme_ssrf_define_guc();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("axme.max_database_workers",
+							"Most databases served by http workers at once (one worker each).",
+							"Each worker takes one of max_worker_processes.",
+							&axme_max_database_workers,
+							8, 1, AXME_DB_SLOTS,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = worker_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = worker_shmem_startup;
+	prev_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = axme_utility_hook;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = 5;
+	strlcpy(w.bgw_library_name, "axme", BGW_MAXLEN);
+	strlcpy(w.bgw_function_name, "axme_launcher_main", BGW_MAXLEN);
+	strlcpy(w.bgw_name, "axme launcher", BGW_MAXLEN);
+	strlcpy(w.bgw_type, "axme launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&w);
+}
