@@ -136,7 +136,7 @@ BEGIN
             RAISE EXCEPTION 'option "headers" must be a JSON object of strings' USING ERRCODE = '22023';
         END IF;
         FOR h IN SELECT key, value FROM jsonb_each(options->'headers') LOOP
-            IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]{1,256}$' THEN
+            IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR length(h.key) > 256 THEN
                 RAISE EXCEPTION 'invalid header name "%" in option "headers"', left(h.key, 300)
                     USING ERRCODE = '22023';
             END IF;

@@ -10,6 +10,8 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <curl/curl.h>
 
 #include "common/jsonapi.h"
@@ -50,6 +52,9 @@ static long timer_ms = -1;		/* curl's wanted timeout, from when it was set */
 static TimestampTz timer_set_at = 0;
 static List *finished = NIL;
 static MemoryContext http_context = NULL;
+
+static int	prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+					  int conn_primary_port, int conn_local_port);
 
 #define MCHECK(call) multi_check((call), #call)
 #define ECHECK(call) easy_check((call), #call)
@@ -114,6 +119,17 @@ write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+static void
+new_multi(void)
+{
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "curl_multi_init failed");
+	MCHECK(curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb));
+	MCHECK(curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb));
+	MCHECK(curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(axme_max_in_flight, 16)));
+}
+
 /*
  * Called once when the worker starts: the multi handle and its bookkeeping.
  */
@@ -125,12 +141,7 @@ axme_http_init(void)
 	http_context = AllocSetContextCreate(TopMemoryContext, "axme http", ALLOCSET_DEFAULT_SIZES);
 	if (curl_global_init(CURL_GLOBAL_ALL) != 0)
 		elog(ERROR, "curl_global_init failed");
-	multi = curl_multi_init();
-	if (multi == NULL)
-		elog(ERROR, "curl_multi_init failed");
-	MCHECK(curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb));
-	MCHECK(curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb));
-	MCHECK(curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(axme_max_in_flight, 16)));
+	new_multi();
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(curl_socket_t);
@@ -219,6 +230,8 @@ axme_http_start(AxmeDelivery *d)
 		ECHECK(curl_easy_setopt(easy, CURLOPT_CAINFO, d->ca_file));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, axme_ssrf_opensocket));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, d));
+	ECHECK(curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, prereq_cb));
+	ECHECK(curl_easy_setopt(easy, CURLOPT_PREREQDATA, d));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_cb));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_WRITEDATA, d));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, d->errbuf));
@@ -228,6 +241,33 @@ axme_http_start(AxmeDelivery *d)
 	d->started_at = GetCurrentTimestamp();
 	MCHECK(curl_multi_add_handle(multi, easy));
 	busy_add(d->agent_id, 1);
+}
+
+/*
+ * CURLOPT_PREREQFUNCTION: runs before each request is sent, on a new or a kept-alive connection.
+ * The address was checked when the connection was opened; check it again here so that a
+ * connection kept alive across a change of axme.http_allowed_networks obeys the new list.
+ */
+static int
+prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+		  int conn_local_port)
+{
+	AxmeDelivery *d = clientp;
+	struct sockaddr_storage ss;
+
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, conn_primary_ip, &((struct sockaddr_in *) &ss)->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, conn_primary_ip, &((struct sockaddr_in6 *) &ss)->sin6_addr) == 1)
+		ss.ss_family = AF_INET6;
+	else
+		return CURL_PREREQFUNC_OK;	/* a unix socket or a proxy: not used (no proxies) */
+	if (!axme_ssrf_check((struct sockaddr *) &ss, d->ssrf_detail, sizeof(d->ssrf_detail)))
+	{
+		d->ssrf_blocked = true;
+		return CURL_PREREQFUNC_ABORT;
+	}
+	return CURL_PREREQFUNC_OK;
 }
 
 /* Retry-After: delay seconds or an HTTP date; -1 when absent or unreadable. */

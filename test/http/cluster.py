@@ -1,0 +1,77 @@
+"""A throwaway PostgreSQL cluster with axme preloaded, run as the postgres user when we are root."""
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+
+import psycopg2
+
+
+def _as_postgres(cmd):
+    if os.geteuid() == 0:
+        return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join("'%s'" % c for c in cmd)]
+    return cmd
+
+
+class Cluster:
+    def __init__(self, bindir, port, extra_conf=""):
+        self.bindir = bindir
+        self.port = port
+        self.dir = tempfile.mkdtemp(prefix="axme_http_")
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.data = os.path.join(self.dir, "data")
+        self.logfile = os.path.join(self.dir, "log")
+        subprocess.run(_as_postgres([os.path.join(bindir, "initdb"), "-D", self.data, "-A", "trust",
+                                     "-U", "postgres", "-E", "UTF8", "--locale=C"]),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write("""
+shared_preload_libraries = 'axme'
+port = %d
+unix_socket_directories = '/tmp'
+listen_addresses = ''
+fsync = off
+max_worker_processes = 16
+restart_after_crash = on
+log_min_messages = log
+axme.http_allowed_networks = '127.0.0.0/8'
+%s
+""" % (port, extra_conf))
+
+    def ctl(self, *args, check=True):
+        return subprocess.run(_as_postgres([os.path.join(self.bindir, "pg_ctl"), "-D", self.data,
+                                            "-l", self.logfile, "-w", "-t", "60"] + list(args)),
+                              check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self):
+        self.ctl("start")
+
+    def stop(self, mode="fast"):
+        self.ctl("stop", "-m", mode, check=False)
+
+    def connect(self, dbname="postgres", autocommit=True):
+        end = time.time() + 60
+        while True:
+            try:
+                c = psycopg2.connect(host="/tmp", port=self.port, user="postgres", dbname=dbname)
+                c.autocommit = autocommit
+                return c
+            except psycopg2.OperationalError:
+                if time.time() > end:
+                    raise
+                time.sleep(0.2)
+
+    def log(self):
+        try:
+            with open(self.logfile) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def destroy(self):
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)

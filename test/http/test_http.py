@@ -1,0 +1,590 @@
+"""Tests of the http delivery mode against a programmable receiver on loopback.
+
+Run through test/http/run.sh.  Prints one line per test and "N passed, M failed".
+Timing checks: lower bounds strict, upper bounds generous (shared, noisy machines).
+"""
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+
+import psycopg2
+
+from cluster import Cluster
+from receiver import Receiver
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+class Ctx:
+    pass
+
+
+def q(conn, sql, args=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else None
+
+
+def q1(conn, sql, args=None):
+    rows = q(conn, sql, args)
+    return rows[0][0] if rows else None
+
+
+def wait_until(fn, timeout, what="condition", step=0.1):
+    end = time.time() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.time() > end:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(step)
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+def agent(ctx, name, path, options=None, conn=None):
+    addr = "agent://acme/tests/%s" % name
+    q(conn or ctx.db, "SELECT axme.register_agent(%s, 'http', %s, %s)",
+      (addr, ctx.rx.url(path), json.dumps(options or {})))
+    return addr
+
+
+def send(ctx, addr, payload=None, conn=None, **extra):
+    doc = {"intent_type": "intent.test.deliver.v1", "to_agent": addr, "payload": payload or {"n": 1}}
+    doc.update(extra)
+    return q1(conn or ctx.db, "SELECT axme.send_intent(%s)", (json.dumps(doc),))
+
+
+def status(ctx, iid, conn=None):
+    return q1(conn or ctx.db, "SELECT status FROM axme.intents WHERE intent_id = %s", (iid,))
+
+
+def wait_status(ctx, iid, want, timeout=20, conn=None):
+    try:
+        wait_until(lambda: status(ctx, iid, conn) in want, timeout, "intent %s to reach %s" % (iid, want))
+    except AssertionError as e:
+        raise AssertionError("%s; it is %s" % (e, status(ctx, iid, conn)))
+    return status(ctx, iid, conn)
+
+
+def attempts(ctx, iid, conn=None):
+    return q(conn or ctx.db, """SELECT attempt, http_status, error_class, error, next_attempt_at,
+                                       started_at, response_excerpt
+                                FROM axme.delivery_attempts WHERE intent_id = %s ORDER BY attempt""",
+             (iid,))
+
+
+def worker_pids(ctx, dbname="axt"):
+    return [r[0] for r in q(ctx.admin, """SELECT pid FROM pg_stat_activity
+                                         WHERE backend_type = 'axme worker' AND datname = %s""",
+                            (dbname,))]
+
+
+def node_verify(items):
+    p = subprocess.run(["node", os.path.join(HERE, "verify.js")], input=json.dumps(items),
+                       capture_output=True, text=True, cwd=HERE)
+    return p.returncode, p.stdout.strip() + p.stderr.strip()
+
+
+# ------------------------------------------------------------------------------------------------
+
+@test
+def test_workers_visible(ctx):
+    """backend_type starts with axme: one launcher, one worker for the database with axme."""
+    wait_until(lambda: q1(ctx.admin, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'axme launcher'") == 1,
+               10, "axme launcher")
+    wait_until(lambda: len(worker_pids(ctx)) == 1, 10, "axme worker of axt")
+    # the database without the extension has no worker
+    check(q1(ctx.admin, """SELECT count(*) FROM pg_stat_activity
+                           WHERE backend_type = 'axme worker' AND datname = 'postgres'""") == 0,
+          "a worker serves postgres, which has no axme")
+
+
+@test
+def test_signature_headers_and_body(ctx):
+    """Headers, body fields, webhook-id = intent_id; signatures verify with npm standardwebhooks."""
+    addr = agent(ctx, "sig", "/sig", {"headers": {"x-tenant": "acme"}})
+    ids = [send(ctx, addr, {"n": i, "text": "grüße \"quoted\""}) for i in range(3)]
+    for iid in ids:
+        wait_status(ctx, iid, ("COMPLETED",))
+    reqs = ctx.rx.requests("/sig")
+    check(len(reqs) == 3, "expected 3 requests, got %d" % len(reqs))
+    secret = q1(ctx.db, "SELECT axme.agent_secret(%s)", (addr,))
+    check(secret.startswith("whsec_"), "secret %r" % secret)
+    items = []
+    for r in reqs:
+        h = r["headers"]
+        body = json.loads(r["body"])
+        check(h["webhook-id"] == body["intent_id"], "webhook-id differs from intent_id")
+        check(body["intent_id"] in ids, "unknown intent in body")
+        check(set(body) == {"intent_id", "intent_type", "from_agent", "to_agent", "correlation_id",
+                            "payload", "created_at", "attempt"}, "body keys %s" % sorted(body))
+        check(body["attempt"] == 1 and body["to_agent"] == addr, "body %r" % body)
+        check(h["content-type"] == "application/json", "content-type %r" % h.get("content-type"))
+        check(h["user-agent"].startswith("axme/"), "user-agent %r" % h.get("user-agent"))
+        check(h["x-tenant"] == "acme", "custom header missing")
+        check(abs(int(h["webhook-timestamp"]) - time.time()) < 60, "timestamp off")
+        # our own check: key = base64-decoded secret bytes
+        key = base64.b64decode(secret[len("whsec_"):])
+        signed = ("%s.%s." % (h["webhook-id"], h["webhook-timestamp"])).encode() + r["body"]
+        want = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        check(h["webhook-signature"] == want, "signature %r, expected %r" % (h["webhook-signature"], want))
+        items.append({"secret": secret, "id": h["webhook-id"], "timestamp": h["webhook-timestamp"],
+                      "signature": h["webhook-signature"], "body": r["body"].decode()})
+    rc, out = node_verify(items)
+    check(rc == 0 and out == "ok 3", "standardwebhooks verify: %s" % out)
+    # a tampered body must fail with the reference verifier (the check is not vacuous)
+    items[0]["body"] = items[0]["body"].replace("grüße", "grusse")
+    rc, out = node_verify(items[:1])
+    check(rc != 0, "tampered body verified")
+
+
+@test
+def test_secret_option_kept_and_used(ctx):
+    """A given secret is used, kept when re-registering, hidden from axme.agents."""
+    raw = base64.b64encode(bytes(range(32))).decode()
+    addr = agent(ctx, "sec", "/sec", {"secret": "whsec_" + raw})
+    agent(ctx, "sec", "/sec", {"timeout_ms": 5000})
+    check(q1(ctx.db, "SELECT axme.agent_secret(%s)", (addr,)) == "whsec_" + raw, "secret not kept")
+    check(q1(ctx.db, "SELECT options ? 'secret' FROM axme.agents WHERE address = %s", (addr,)) is False,
+          "secret visible in axme.agents.options")
+    iid = send(ctx, addr)
+    wait_status(ctx, iid, ("COMPLETED",))
+    r = ctx.rx.requests("/sec")[-1]
+    rc, out = node_verify([{"secret": "whsec_" + raw, "id": r["headers"]["webhook-id"],
+                            "timestamp": r["headers"]["webhook-timestamp"],
+                            "signature": r["headers"]["webhook-signature"], "body": r["body"].decode()}])
+    check(rc == 0, out)
+
+
+@test
+def test_option_errors(ctx):
+    """Unknown or bad options are refused with 22023."""
+    bad = [{"nope": 1}, {"headers": {"webhook-id": "x"}}, {"headers": {"x-a": "b\r\nc"}},
+           {"secret": "whsec_short"}, {"completion": "sometimes"}, {"timeout_ms": 10},
+           {"max_in_flight": 0}, {"retry": {"max_attempts": 0}}, {"ca_file": "relative.pem"}]
+    for opts in bad:
+        try:
+            q(ctx.db, "SELECT axme.register_agent('agent://acme/tests/bad', 'http', 'http://127.0.0.1:1/', %s)",
+              (json.dumps(opts),))
+        except psycopg2.Error as e:
+            check(e.pgcode == "22023", "options %s: SQLSTATE %s" % (opts, e.pgcode))
+            continue
+        raise AssertionError("options %s accepted" % opts)
+
+
+@test
+def test_completion_on_2xx_result(ctx):
+    """on_2xx: COMPLETED with the JSON body as result, or null without one."""
+    addr = agent(ctx, "c2xx", "/c2xx")
+    ctx.rx.script("/c2xx", [{"status": 200, "body": {"ok": True}}, {"status": 204}])
+    a = send(ctx, addr)
+    wait_status(ctx, a, ("COMPLETED",))
+    b = send(ctx, addr)
+    wait_status(ctx, b, ("COMPLETED",))
+    check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (a,)) == {"ok": True},
+          "result of a JSON body")
+    check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (b,)) is None,
+          "result without a body")
+
+
+@test
+def test_status_body(ctx):
+    """A 2xx with {"status": "FAILED"|"COMPLETED", ...} resolves the intent that way."""
+    addr = agent(ctx, "sbody", "/sbody")
+    ctx.rx.script("/sbody", [{"status": 200, "body": {"status": "FAILED", "error": {"code": "no_stock"}}},
+                             {"status": 200, "body": {"status": "COMPLETED", "result": {"order": 7}}}])
+    a = send(ctx, addr)
+    check(wait_status(ctx, a, ("FAILED", "COMPLETED")) == "FAILED", "status body FAILED ignored")
+    b = send(ctx, addr)
+    wait_status(ctx, b, ("COMPLETED",))
+    check(q1(ctx.db, "SELECT error FROM axme.intents WHERE intent_id = %s", (a,)) == {"code": "no_stock"}, "error")
+    check(q1(ctx.db, "SELECT dead_letter_reason FROM axme.intents WHERE intent_id = %s", (a,)) is None,
+          "a business failure is not a dead letter")
+    check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (b,)) == {"order": 7}, "result")
+
+
+@test
+def test_completion_explicit(ctx):
+    """explicit: a 2xx leaves the intent DELIVERED, not sent again, until complete()."""
+    addr = agent(ctx, "expl", "/expl", {"completion": "explicit"})
+    iid = send(ctx, addr)
+    ctx.rx.wait_requests("/expl", 1, 20)
+    wait_until(lambda: attempts(ctx, iid), 10, "attempt row")
+    check(status(ctx, iid) == "DELIVERED", "status %s" % status(ctx, iid))
+    check(q1(ctx.db, "SELECT due_at IS NULL AND lease_until IS NULL FROM axme.intents WHERE intent_id = %s", (iid,)),
+          "lease still held after the 2xx")
+    q(ctx.db, "SELECT axme.complete(%s, '{\"done\": 1}')", (iid,))
+    check(status(ctx, iid) == "COMPLETED", "complete() failed")
+    time.sleep(1)
+    check(len(ctx.rx.requests("/expl")) == 1, "sent again")
+
+
+@test
+def test_retry_spacing_attempt_rows_stable_id(ctx):
+    """5xx and a dropped connection are retried with backoff; one attempt row each; same webhook-id."""
+    addr = agent(ctx, "retry", "/retry", {"retry": {"base_delay_ms": 1000, "max_delay_ms": 60000}})
+    # by attempt number: curl itself re-sends a request once when a kept-alive connection turns
+    # out closed, so a dropped connection may be seen twice within one attempt
+    ctx.rx.script_by_attempt("/retry", {1: {"status": 500, "body": "boom"}, 2: {"drop": True}})
+    iid = send(ctx, addr)
+    wait_status(ctx, iid, ("COMPLETED",), timeout=30)
+    reqs = ctx.rx.requests("/retry")
+    check(len({r["headers"]["webhook-id"] for r in reqs}) == 1, "webhook-id changed between attempts")
+    first = {}
+    for r in reqs:
+        first.setdefault(json.loads(r["body"])["attempt"], r["t"])
+    check(sorted(first) == [1, 2, 3], "attempt numbers in bodies: %s" % sorted(first))
+    # backoff: after failure n the delay is in [base*2^(n-1)/2, base*2^(n-1)]
+    gap1 = first[2] - first[1]
+    gap2 = first[3] - first[2]
+    check(gap1 >= 0.45, "first retry after %.3f s, expected >= 0.5 s" % gap1)
+    check(gap2 >= 0.95, "second retry after %.3f s, expected >= 1 s" % gap2)
+    check(gap1 < 15 and gap2 < 15, "retries far too late: %.1f %.1f" % (gap1, gap2))
+    rows = attempts(ctx, iid)
+    check([r[0] for r in rows] == [1, 2, 3], "attempt rows %s" % [r[0] for r in rows])
+    check(rows[0][1] == 500 and rows[0][2] == "http" and rows[0][6] == "boom", "row 1 %s" % (rows[0],))
+    check(rows[1][1] is None and rows[1][2] == "network", "row 2 %s" % (rows[1],))
+    check(rows[2][1] == 200 and rows[2][2] is None and rows[2][4] is None, "row 3 %s" % (rows[2],))
+    check(rows[0][4] is not None and rows[1][4] is not None, "next_attempt_at missing on failures")
+    ev = [r[0] for r in q(ctx.db, "SELECT event_type FROM axme.intent_events(%s)", (iid,))]
+    check(ev.count("intent.delivery_failed") == 2 and ev[-1] == "intent.completed", "events %s" % ev)
+
+
+@test
+def test_dead_letter_and_replay(ctx):
+    """Spent budget: FAILED, dead-lettered (exhausted), listed with the last error; replay works."""
+    addr = agent(ctx, "dl", "/dl", {"retry": {"max_attempts": 2, "base_delay_ms": 200}})
+    ctx.rx.script("/dl", [{"status": 502}, {"status": 503}, {"status": 200}])
+    iid = send(ctx, addr)
+    wait_status(ctx, iid, ("FAILED",), timeout=20)
+    row = q(ctx.db, "SELECT reason, last_error FROM axme.dead_letters WHERE intent_id = %s", (iid,))
+    check(row and row[0][0] == "exhausted", "dead letter row %s" % row)
+    check(row[0][1]["http_status"] == 503, "last error %s" % row[0][1])
+    check(len(attempts(ctx, iid)) == 2, "attempt rows")
+    q(ctx.db, "SELECT axme.replay(%s)", (iid,))
+    wait_status(ctx, iid, ("COMPLETED",))
+    ev = [r[0] for r in q(ctx.db, "SELECT event_type FROM axme.intent_events(%s)", (iid,))]
+    check("intent.dead_lettered" in ev and "intent.replayed" in ev, "events %s" % ev)
+    check(len(ctx.rx.requests("/dl")) == 3, "requests")
+
+
+@test
+def test_replay_dead_letters(ctx):
+    """replay_dead_letters re-drives many and returns how many."""
+    addr = agent(ctx, "dlmany", "/dlmany", {"retry": {"max_attempts": 1}})
+    ctx.rx.script("/dlmany", [{"status": 500}] * 3)
+    ids = [send(ctx, addr) for _ in range(3)]
+    for iid in ids:
+        wait_status(ctx, iid, ("FAILED",))
+    n = q1(ctx.db, "SELECT axme.replay_dead_letters(%s)", (addr,))
+    check(n == 3, "replayed %s" % n)
+    for iid in ids:
+        wait_status(ctx, iid, ("COMPLETED",))
+    check(q1(ctx.db, "SELECT axme.replay_dead_letters(%s, now())", (addr,)) == 0, "nothing left")
+
+
+@test
+def test_4xx_and_3xx_not_retried(ctx):
+    """404 dead-letters at once (non_retryable), a 302 is not followed (redirect)."""
+    addr = agent(ctx, "4xx", "/4xx", {"retry": {"base_delay_ms": 100}})
+    ctx.rx.script("/4xx", [{"status": 404}])
+    a = send(ctx, addr)
+    wait_status(ctx, a, ("FAILED",))
+    addr3 = agent(ctx, "3xx", "/3xx", {"retry": {"base_delay_ms": 100}})
+    ctx.rx.script("/3xx", [{"status": 302, "headers": {"location": ctx.rx.url("/elsewhere")}}])
+    b = send(ctx, addr3)
+    wait_status(ctx, b, ("FAILED",))
+    time.sleep(1)
+    check(len(ctx.rx.requests("/4xx")) == 1, "404 retried")
+    check(len(ctx.rx.requests("/3xx")) == 1, "302 retried")
+    check(ctx.rx.requests("/elsewhere") == [], "redirect followed")
+    check(q1(ctx.db, "SELECT dead_letter_reason FROM axme.intents WHERE intent_id = %s", (a,)) == "non_retryable", "404 reason")
+    check(q1(ctx.db, "SELECT dead_letter_reason FROM axme.intents WHERE intent_id = %s", (b,)) == "redirect", "302 reason")
+    check(attempts(ctx, a)[0][1] == 404 and attempts(ctx, b)[0][2] == "redirect", "attempt rows")
+
+
+@test
+def test_retry_after(ctx):
+    """429 with Retry-After: 2 waits at least 2 s though the backoff says 0.1 s; 503 with a date too."""
+    addr = agent(ctx, "ra", "/ra", {"retry": {"base_delay_ms": 100}})
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3))
+    ctx.rx.script("/ra", [{"status": 429, "headers": {"retry-after": "2"}},
+                          {"status": 503, "headers": {"retry-after": date}}, {"status": 200}])
+    iid = send(ctx, addr)
+    wait_status(ctx, iid, ("COMPLETED",), timeout=30)
+    reqs = ctx.rx.requests("/ra")
+    gap1 = reqs[1]["t"] - reqs[0]["t"]
+    gap2 = reqs[2]["t"] - reqs[1]["t"]
+    check(gap1 >= 1.95, "Retry-After 2 ignored: retried after %.3f s" % gap1)
+    check(gap2 >= 1.0, "Retry-After date ignored: retried after %.3f s" % gap2)
+    check(gap1 < 20 and gap2 < 20, "far too late")
+
+
+@test
+def test_hanging_endpoint_does_not_delay_healthy(ctx):
+    """A hanging endpoint at its cap does not hold up another agent."""
+    slow = agent(ctx, "hang", "/hang", {"max_in_flight": 2, "timeout_ms": 30000})
+    fast = agent(ctx, "healthy", "/healthy")
+    ctx.rx.script("/hang", [], default={"hang": 25})
+    hung = [send(ctx, slow) for _ in range(6)]
+    ctx.rx.wait_requests("/hang", 2, 10)
+    t0 = time.time()
+    ok = [send(ctx, fast) for _ in range(10)]
+    for iid in ok:
+        wait_status(ctx, iid, ("COMPLETED",), timeout=15)
+    took = time.time() - t0
+    check(took < 15, "healthy agent took %.1f s" % took)
+    check(len(ctx.rx.requests("/hang")) == 2, "per-agent cap exceeded: %d" % len(ctx.rx.requests("/hang")))
+    # do not leave them hanging for later tests
+    ctx.rx.script("/hang", [], default={"status": 200})
+    for iid in hung:
+        q(ctx.db, "SELECT axme.resolve(%s, 'CANCELED')", (iid,))
+
+
+def _ssrf_case(ctx, name, url):
+    addr = "agent://acme/tests/%s" % name
+    q(ctx.db, "SELECT axme.register_agent(%s, 'http', %s, '{}')", (addr, url))
+    iid = send(ctx, addr)
+    wait_status(ctx, iid, ("FAILED",))
+    rows = attempts(ctx, iid)
+    check(rows and rows[0][2] == "ssrf_blocked", "%s: attempt %s" % (url, rows))
+    check(q1(ctx.db, "SELECT dead_letter_reason FROM axme.intents WHERE intent_id = %s", (iid,)) == "ssrf_blocked",
+          "%s: reason" % url)
+    return rows[0][3]
+
+
+@test
+def test_ssrf(ctx):
+    """Non-public targets are refused after DNS unless allowed; the GUC is not settable per database."""
+    ctx.rx.script("/ssrf", [], default={"status": 200})
+    err = _ssrf_case(ctx, "meta", "http://169.254.169.254/latest/meta-data")
+    check("169.254.169.254" in err, "error does not name the address: %s" % err)
+    _ssrf_case(ctx, "ten", "http://10.0.0.1:9/")
+    try:
+        q(ctx.db, "ALTER DATABASE axt SET axme.http_allowed_networks = '0.0.0.0/0'")
+        raise AssertionError("ALTER DATABASE opened the allow-list")
+    except psycopg2.Error as e:
+        check(e.pgcode == "55P02", "ALTER DATABASE: %s %s" % (e.pgcode, e))
+    # a kept-alive connection to the receiver, opened while loopback is allowed ...
+    ok = send(ctx, agent(ctx, "ssrfok", "/ssrf"))
+    wait_status(ctx, ok, ("COMPLETED",))
+    # ... must not be used once it is no longer allowed
+    q(ctx.admin, "ALTER SYSTEM SET axme.http_allowed_networks = ''")
+    q(ctx.admin, "SELECT pg_reload_conf()")
+    try:
+        time.sleep(1.5)
+        err = _ssrf_case(ctx, "loop", ctx.rx.url("/ssrf"))
+        check("127.0.0.1" in err, "error does not name the address: %s" % err)
+        _ssrf_case(ctx, "mapped", "http://[::ffff:127.0.0.1]:%d/ssrf" % ctx.rx.port)
+        _ssrf_case(ctx, "localname", "http://localhost:%d/ssrf" % ctx.rx.port)
+        check(len(ctx.rx.requests("/ssrf")) == 1, "a refused request reached the receiver")
+    finally:
+        q(ctx.admin, "ALTER SYSTEM RESET axme.http_allowed_networks")
+        q(ctx.admin, "SELECT pg_reload_conf()")
+        time.sleep(1.5)
+
+
+@test
+def test_terminate_restarts_worker(ctx):
+    """pg_terminate_backend of the worker: the launcher starts a new one, delivery goes on."""
+    old = worker_pids(ctx)
+    check(len(old) == 1, "workers %s" % old)
+    q(ctx.admin, "SELECT pg_terminate_backend(%s)", (old[0],))
+    new = wait_until(lambda: [p for p in worker_pids(ctx) if p != old[0]], 15, "a new worker")
+    addr = agent(ctx, "term", "/term")
+    iid = send(ctx, addr)
+    wait_status(ctx, iid, ("COMPLETED",))
+    check(new, "no new worker")
+
+
+def _crash_case(ctx, name, crash):
+    addr = agent(ctx, name, "/" + name, {"timeout_ms": 2000, "max_in_flight": 8})
+    path = "/" + name
+    ctx.rx.script(path, [], default={"hang": 0.5})
+    ids = [send(ctx, addr, {"i": i}) for i in range(40)]
+    ctx.rx.wait_requests(path, 8, 20)
+    crash()
+    ctx.db = ctx.cluster.connect("axt")
+    ctx.admin = ctx.cluster.connect("postgres")
+    for iid in ids:
+        wait_status(ctx, iid, ("COMPLETED",), timeout=2 + 30 + 30)
+    seen = {r["headers"]["webhook-id"] for r in ctx.rx.requests(path)}
+    check(seen == set(ids), "delivered %d of %d" % (len(seen & set(ids)), len(ids)))
+
+
+@test
+def test_kill9_worker_mid_batch(ctx):
+    """kill -9 of the worker mid-batch: after the restart every intent is delivered (same ids)."""
+    def crash():
+        pid = worker_pids(ctx)[0]
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+    _crash_case(ctx, "kill9", crash)
+
+
+@test
+def test_immediate_shutdown_mid_delivery(ctx):
+    """pg_ctl stop -m immediate mid-delivery, start: every intent is delivered."""
+    def crash():
+        ctx.db.close()
+        ctx.admin.close()
+        ctx.cluster.stop("immediate")
+        ctx.cluster.start()
+    _crash_case(ctx, "immed", crash)
+
+
+@test
+def test_two_databases(ctx):
+    """Two databases are served at once, each by its own worker, found without a restart."""
+    for d in ("axt_a", "axt_b"):
+        q(ctx.admin, "DROP DATABASE IF EXISTS %s" % d)
+        q(ctx.admin, "CREATE DATABASE %s" % d)
+    conns = {}
+    t0 = time.time()
+    for d in ("axt_a", "axt_b"):
+        c = ctx.cluster.connect(d)
+        q(c, "CREATE EXTENSION axme")
+        conns[d] = c
+    wait_until(lambda: len(worker_pids(ctx, "axt_a")) == 1 and len(worker_pids(ctx, "axt_b")) == 1,
+               15, "workers of axt_a and axt_b")
+    took = time.time() - t0
+    ids = {}
+    for d, c in conns.items():
+        addr = agent(ctx, "two", "/two_" + d, conn=c)
+        ids[d] = send(ctx, addr, conn=c)
+    for d, c in conns.items():
+        wait_status(ctx, ids[d], ("COMPLETED",), conn=c)
+        check(len(ctx.rx.requests("/two_" + d)) == 1, "requests of %s" % d)
+        c.close()
+    print("    (workers of two new databases up %.2f s after CREATE EXTENSION)" % took)
+
+
+@test
+def test_drop_extension_and_database_while_delivering(ctx):
+    """DROP EXTENSION stops delivery cleanly; DROP DATABASE succeeds at once with deliveries running."""
+    q(ctx.admin, "DROP DATABASE IF EXISTS axt_drop")
+    q(ctx.admin, "CREATE DATABASE axt_drop")
+    c = ctx.cluster.connect("axt_drop")
+    q(c, "CREATE EXTENSION axme")
+    ctx.rx.script("/dropx", [], default={"hang": 3})
+    addr = agent(ctx, "dropx", "/dropx", {"max_in_flight": 4}, conn=c)
+    for i in range(20):
+        send(ctx, addr, conn=c)
+    ctx.rx.wait_requests("/dropx", 4, 15)
+    q(c, "DROP EXTENSION axme CASCADE")
+    wait_until(lambda: len(worker_pids(ctx, "axt_drop")) == 0, 20, "worker to leave after DROP EXTENSION")
+    n = len(ctx.rx.requests("/dropx"))
+    time.sleep(4)
+    check(len(ctx.rx.requests("/dropx")) <= n + 4, "still delivering after DROP EXTENSION")
+    # served again after CREATE EXTENSION, then drop the database under it
+    q(c, "CREATE EXTENSION axme")
+    wait_until(lambda: len(worker_pids(ctx, "axt_drop")) == 1, 15, "worker after CREATE EXTENSION")
+    addr = agent(ctx, "dropx", "/dropx", {"max_in_flight": 4}, conn=c)
+    for i in range(20):
+        send(ctx, addr, conn=c)
+    time.sleep(1)
+    c.close()
+    t0 = time.time()
+    q(ctx.admin, "DROP DATABASE axt_drop")
+    took = time.time() - t0
+    check(took < 4.5, "DROP DATABASE took %.1f s" % took)
+    check(q1(ctx.admin, "SELECT count(*) FROM pg_database WHERE datname = 'axt_drop'") == 0, "database left")
+    ctx.rx.script("/dropx", [], default={"status": 200})
+
+
+@test
+def test_upgrade_from_0_1_0(ctx):
+    """CREATE EXTENSION axme VERSION '0.1.0' then ALTER EXTENSION UPDATE keeps data; http then works."""
+    q(ctx.admin, "DROP DATABASE IF EXISTS axt_up")
+    q(ctx.admin, "CREATE DATABASE axt_up")
+    c = ctx.cluster.connect("axt_up")
+    q(c, "CREATE EXTENSION axme VERSION '0.1.0'")
+    q(c, "SELECT axme.register_agent('agent://acme/tests/old', 'poll')")
+    old = send(ctx, "agent://acme/tests/old", conn=c)
+    q(c, "SELECT axme.register_agent('agent://acme/tests/up', 'http', %s)", (ctx.rx.url("/up"),))
+    pending = send(ctx, "agent://acme/tests/up", conn=c)
+    time.sleep(1)
+    check(ctx.rx.requests("/up") == [], "0.1.0 delivered over http")
+    q(c, "ALTER EXTENSION axme UPDATE")
+    check(q1(c, "SELECT extversion FROM pg_extension WHERE extname = 'axme'") == "0.2.0", "version")
+    check(status(ctx, old, c) == "SUBMITTED", "poll intent changed")
+    # the http agent registered under 0.1.0 has no secret yet; re-registering makes one
+    q(c, "SELECT axme.register_agent('agent://acme/tests/up', 'http', %s)", (ctx.rx.url("/up"),))
+    wait_status(ctx, pending, ("COMPLETED",), conn=c)
+    c.close()
+    q(ctx.admin, "DROP DATABASE axt_up")
+
+
+# ------------------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bindir", required=True)
+    ap.add_argument("--port", type=int, default=int(os.environ.get("AXME_HTTP_TEST_PORT", "5493")))
+    ap.add_argument("-k", default=None, help="run tests whose name contains this")
+    args = ap.parse_args()
+
+    ctx = Ctx()
+    ctx.rx = Receiver()
+    ctx.cluster = Cluster(args.bindir, args.port)
+    passed = failed = 0
+    try:
+        ctx.cluster.start()
+        ctx.admin = ctx.cluster.connect("postgres")
+        q(ctx.admin, "CREATE DATABASE axt")
+        ctx.db = ctx.cluster.connect("axt")
+        q(ctx.db, "CREATE EXTENSION axme")
+        for fn in TESTS:
+            if args.k and not any(k in fn.__name__ for k in args.k.split(",")):
+                continue
+            t0 = time.time()
+            try:
+                if ctx.db.closed:
+                    ctx.db = ctx.cluster.connect("axt")
+                if ctx.admin.closed:
+                    ctx.admin = ctx.cluster.connect("postgres")
+                fn(ctx)
+                passed += 1
+                print("ok   %s (%.1f s)" % (fn.__name__, time.time() - t0), flush=True)
+            except Exception:
+                failed += 1
+                print("FAIL %s (%.1f s)" % (fn.__name__, time.time() - t0), flush=True)
+                traceback.print_exc()
+                for c in ("db", "admin"):
+                    try:
+                        getattr(ctx, c).close()
+                    except Exception:
+                        pass
+                    setattr(ctx, c, ctx.cluster.connect("axt" if c == "db" else "postgres"))
+    finally:
+        if failed:
+            log = ctx.cluster.log()
+            print("---- server log (last 60 lines) ----")
+            print("\n".join(log.splitlines()[-60:]))
+        ctx.cluster.destroy()
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed or not passed else 0)
+
+
+if __name__ == "__main__":
+    main()
