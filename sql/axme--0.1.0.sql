@@ -682,6 +682,59 @@ COMMENT ON FUNCTION axme.complete(uuid, jsonb, integer) IS
     'Finish an intent successfully (-> COMPLETED) with a result. attempt: the receipt from poll. '
     'Errors: 22023 NULL intent_id, P0002 unknown intent, 55000 already terminal or stale receipt.';
 
+CREATE FUNCTION axme.complete_many(intent_ids uuid[], attempts integer[] DEFAULT NULL,
+                                   results jsonb[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := cardinality(intent_ids);
+BEGIN
+    IF intent_ids IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_ids" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF n > 10000 THEN
+        RAISE EXCEPTION 'argument "intent_ids" must have at most 10000 elements, got %', n
+            USING ERRCODE = '22023';
+    END IF;
+    IF attempts IS NOT NULL AND cardinality(attempts) <> n THEN
+        RAISE EXCEPTION 'argument "attempts" must have as many elements as "intent_ids" (%), got %', n, cardinality(attempts)
+            USING ERRCODE = '22023';
+    END IF;
+    IF results IS NOT NULL AND cardinality(results) <> n THEN
+        RAISE EXCEPTION 'argument "results" must have as many elements as "intent_ids" (%), got %', n, cardinality(results)
+            USING ERRCODE = '22023';
+    END IF;
+    -- The set-based form of complete(): the same rule (any non-terminal -> COMPLETED, receipt
+    -- checked when given) in one UPDATE and one INSERT of events.
+    RETURN QUERY
+        WITH req AS (
+            SELECT r.id, r.att, r.res
+            FROM unnest(intent_ids,
+                        coalesce(attempts, array_fill(NULL::integer, ARRAY[n])),
+                        coalesce(results, array_fill('{}'::jsonb, ARRAY[n]))) AS r(id, att, res)
+            WHERE r.id IS NOT NULL
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = 'COMPLETED', result = req.res, due_at = NULL, lease_until = NULL,
+                updated_at = now(), event_seq = i.event_seq + 1
+            FROM req
+            WHERE i.intent_id = req.id
+              AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+              AND (req.att IS NULL OR req.att = i.attempt)
+            RETURNING i.intent_id, i.event_seq, i.attempt
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', current_user,
+                   jsonb_build_object('attempt', u.attempt)
+            FROM u
+        )
+        SELECT u.intent_id FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+END $$;
+COMMENT ON FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) IS
+    'Complete many intents at once (at most 10000): intent_ids with, optionally, the receipts '
+    '(attempts) and results at the same positions. Returns the ids it completed; an id that is '
+    'unknown, already terminal, or whose receipt is stale is skipped, not an error. '
+    'Errors: 22023 NULL intent_ids, arrays of different lengths, more than 10000 ids.';
+
 CREATE FUNCTION axme.fail(intent_id uuid, error jsonb DEFAULT '{}', retry boolean DEFAULT false,
                           attempt integer DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
