@@ -313,10 +313,13 @@ BEGIN
         WHEN old_status = 'WAITING' THEN new_status IN ('IN_PROGRESS', 'SUBMITTED')
         ELSE false END;
     IF NOT allowed THEN
+        -- (two RAISEs: a RAISE option that evaluates to NULL is itself an error, 22004)
+        IF old_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN
+            RAISE EXCEPTION 'intent % cannot go from % to %', i.intent_id, old_status, new_status
+                USING ERRCODE = '55000', DETAIL = 'The intent is already terminal.';
+        END IF;
         RAISE EXCEPTION 'intent % cannot go from % to %', i.intent_id, old_status, new_status
-            USING ERRCODE = '55000',
-                  DETAIL = CASE WHEN old_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
-                                THEN 'The intent is already terminal.' END;
+            USING ERRCODE = '55000';
     END IF;
     i.status := new_status;
     i.updated_at := now();
