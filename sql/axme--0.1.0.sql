@@ -562,7 +562,7 @@ BEGIN
         FOR r IN
             WITH c AS (
                 SELECT i.intent_id,
-                       i.deadline_at <= now() AS timed_out,
+                       coalesce(i.deadline_at <= now(), false) AS timed_out,
                        i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= now()
