@@ -211,7 +211,8 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     n := value::numeric;
-    IF n <> trunc(n) OR n < lo OR n > hi THEN
+    -- 3.0 is refused too: its text form is read later with ::integer, which cannot parse it
+    IF value::text !~ '^-?[0-9]+$' OR n < lo OR n > hi THEN
         RAISE EXCEPTION '"%" must be an integer between % and %, got %', field, lo, hi, n
             USING ERRCODE = '22023';
     END IF;
