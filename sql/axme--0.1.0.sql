@@ -403,6 +403,10 @@ BEGIN
         RAISE EXCEPTION 'argument "options" must not be null' USING ERRCODE = '22023',
             HINT = 'Pass ''{}'' for no options.';
     END IF;
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'argument "options" must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = '22023';
+    END IF;
     IF delivery_mode = 'http' THEN
         IF endpoint_url IS NULL OR endpoint_url !~* '^https?://[^/?#[:space:]]+' THEN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
