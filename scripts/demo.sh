@@ -17,6 +17,11 @@ if [ "${AXME_DEMO_SKIP_SETUP:-0}" != 1 ]; then
     bash scripts/setup.sh
 fi
 
+# The throwaway cluster's port: one that is free now (pg_virtualenv would take the first free one
+# from 5432 up, which two runs starting at the same moment can both pick).
+PGPORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export PGPORT
+
 # -t: a temporary cluster directory (initdb refuses root, and runs never collide);
 # the cluster is removed when the demo ends, whatever happens.
 exec pg_virtualenv -t -v 15 -o shared_preload_libraries=axme \

@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 AGENT = "agent://myorg/production/order-processor"
 LEASE = 5                  # seconds: a crashed processor's order waits this long at most
 CRASH_EXIT_CODE = 3        # what receiver.py --crash-on exits with
-DEMO_TIMEOUT = 150         # seconds: the whole demo is aborted (and fails) after this
+WAIT_SECONDS = 20          # seconds the sender waits for the results of one step, all together
+DEMO_TIMEOUT = 120         # seconds: the whole demo is aborted (and fails) after this
 
 # (customer, [(sku, qty, unit price in cents), ...])
 ORDERS = [
@@ -134,13 +135,15 @@ def insert_order(conn, customer, items):
     return order_id, intent_id, expected
 
 
-def wait_result(conn, order_id, intent_id, timeout="30 seconds"):
-    """axme.wait_for(): blocks until the intent is terminal; prints and returns the document."""
+def wait_result(conn, order_id, intent_id, deadline):
+    """axme.wait_for() until the monotonic deadline: blocks until the intent is terminal and
+    returns its document (None on timeout), and prints what happened."""
+    timeout = max(0.0, deadline - time.monotonic())
     with conn.cursor() as cur:
-        cur.execute("SELECT axme.wait_for(%s, %s::interval)", (intent_id, timeout))
+        cur.execute("SELECT axme.wait_for(%s, make_interval(secs => %s))", (intent_id, timeout))
         doc = cur.fetchone()[0]
     if doc is None:
-        say(f"   order {order_id}: no result within {timeout} (status still not terminal)")
+        say(f"   order {order_id}: no result in time (axme.wait_for timed out)")
         return None
     took = (parse_ts(doc["updated_at"]) - parse_ts(doc["created_at"])).total_seconds()
     result = doc["result"] or {}
@@ -206,8 +209,9 @@ def main():
 
         heading("3. The sender waits for each result with axme.wait_for()")
         docs = {}
+        deadline = time.monotonic() + WAIT_SECONDS
         for order_id, intent_id, _ in placed:
-            docs[order_id] = wait_result(waiter, order_id, intent_id)
+            docs[order_id] = wait_result(waiter, order_id, intent_id, deadline)
 
         # --- 2. the crash ------------------------------------------------------------------------
         heading("4. Crash: a processor dies after claiming an order, before completing it")
@@ -243,8 +247,9 @@ def main():
         r3.wait_ready()
         say("   meanwhile a new order comes in; it is not held up by the stuck one:")
         late_id, late_intent, late_expected = insert_order(conn, *LATE_ORDER)
-        docs[late_id] = wait_result(waiter, late_id, late_intent)
-        docs[crash_id] = wait_result(waiter, crash_id, crash_intent)
+        deadline = time.monotonic() + WAIT_SECONDS
+        docs[late_id] = wait_result(waiter, late_id, late_intent, deadline)
+        docs[crash_id] = wait_result(waiter, crash_id, crash_intent, deadline)
         code = r3.stop()
         say(f"   receiver-3 stopped (exit code {code})")
         if code != 0:
@@ -288,8 +293,8 @@ def main():
                         "WHERE o.order_id = ANY(%s) AND i.status <> 'COMPLETED'",
                         ([o for o, _, _ in everything],))
             not_completed = cur.fetchone()[0]
-    except (Aborted, psycopg2.Error) as e:
-        problems.append(f"aborted: {e}".strip())
+    except (Aborted, psycopg2.Error, KeyboardInterrupt) as e:
+        problems.append(f"aborted: {e or type(e).__name__}".strip())
         not_completed = None
         everything = []
     finally:
