@@ -21,6 +21,11 @@ CREATE FUNCTION axme._wake_waiters(intent_id uuid) RETURNS void
 COMMENT ON FUNCTION axme._wake_waiters(uuid) IS
     'Private: wake wait_for() callers of this intent when the current transaction commits.';
 
+CREATE FUNCTION axme._valid_address(address text) RETURNS boolean
+    LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'axme_valid_address';
+COMMENT ON FUNCTION axme._valid_address(text) IS
+    'Private: true when address is agent://org/workspace/name (REFERENCE.md section 1).';
+
 CREATE FUNCTION axme._backoff_ms(base_ms bigint, max_ms bigint, failures integer) RETURNS bigint
     LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'axme_backoff_ms';
 COMMENT ON FUNCTION axme._backoff_ms(bigint, bigint, integer) IS
@@ -152,8 +157,7 @@ BEGIN
     IF address IS NULL THEN
         RAISE EXCEPTION 'argument "%" must not be null', argname USING ERRCODE = '22023';
     END IF;
-    IF address !~ '^agent://[a-z0-9][a-z0-9-]{1,61}[a-z0-9]/[a-z0-9][a-z0-9-]{1,61}[a-z0-9]/[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$'
-       OR length(address) < 16 THEN
+    IF NOT axme._valid_address(address) THEN
         RAISE EXCEPTION 'invalid agent address in "%": "%"', argname, left(address, 300)
             USING ERRCODE = '22023',
                   HINT = 'Use agent://org/workspace/name: org and workspace 3..63 characters of '
@@ -207,29 +211,12 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     n := value::numeric;
-    IF n <> trunc(n) OR n < lo OR n > hi THEN
+    -- 3.0 is refused too: its text form is read later with ::integer, which cannot parse it
+    IF value::text !~ '^-?[0-9]+$' OR n < lo OR n > hi THEN
         RAISE EXCEPTION '"%" must be an integer between % and %, got %', field, lo, hi, n
             USING ERRCODE = '22023';
     END IF;
     RETURN n::bigint;
-END $$;
-
--- Timestamp field of an intent document; raises 22023 naming the field.
-CREATE FUNCTION axme._jsonb_timestamptz(value jsonb, field text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF value IS NULL OR jsonb_typeof(value) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(value) <> 'string' THEN
-        RAISE EXCEPTION '"%" must be a timestamp string, got %', field, jsonb_typeof(value)
-            USING ERRCODE = '22023';
-    END IF;
-    RETURN (value #>> '{}')::timestamptz;
-EXCEPTION
-    WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_parameter_value THEN
-        RAISE EXCEPTION '"%" is not a valid timestamp: "%"', field, value #>> '{}'
-            USING ERRCODE = '22023', HINT = 'Use ISO 8601 with a time zone, e.g. 2026-12-01T09:00:00Z.';
 END $$;
 
 -- Deep merge of agent options: nested objects merge, a JSON null removes the key.
@@ -327,10 +314,13 @@ BEGIN
         WHEN old_status = 'WAITING' THEN new_status IN ('IN_PROGRESS', 'SUBMITTED')
         ELSE false END;
     IF NOT allowed THEN
+        -- (two RAISEs: a RAISE option that evaluates to NULL is itself an error, 22004)
+        IF old_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN
+            RAISE EXCEPTION 'intent % cannot go from % to %', i.intent_id, old_status, new_status
+                USING ERRCODE = '55000', DETAIL = 'The intent is already terminal.';
+        END IF;
         RAISE EXCEPTION 'intent % cannot go from % to %', i.intent_id, old_status, new_status
-            USING ERRCODE = '55000',
-                  DETAIL = CASE WHEN old_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
-                                THEN 'The intent is already terminal.' END;
+            USING ERRCODE = '55000';
     END IF;
     i.status := new_status;
     i.updated_at := now();
@@ -413,6 +403,10 @@ BEGIN
         RAISE EXCEPTION 'argument "options" must not be null' USING ERRCODE = '22023',
             HINT = 'Pass ''{}'' for no options.';
     END IF;
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'argument "options" must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = '22023';
+    END IF;
     IF delivery_mode = 'http' THEN
         IF endpoint_url IS NULL OR endpoint_url !~* '^https?://[^/?#[:space:]]+' THEN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
@@ -450,145 +444,8 @@ COMMENT ON FUNCTION axme.channel(text) IS
 -- Sending
 -------------------------------------------------------------------------------------------------
 
-CREATE FUNCTION axme.send_intent(intent jsonb, idempotency_key text DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql AS $$
-DECLARE
-    a axme.agents;
-    extra jsonb;
-    v_id uuid := gen_random_uuid();
-    v_type text;
-    v_from text;
-    v_reply text;
-    v_corr uuid;
-    v_budget integer;
-    v_deadline timestamptz;
-    v_not_before timestamptz;
-    v_role text := current_user;
-    v_max_bytes integer;
-    v_size integer;
-    v_hash text;
-    v_existing uuid;
-    v_existing_hash text;
-BEGIN
-    IF intent IS NULL THEN
-        RAISE EXCEPTION 'argument "intent" must not be null' USING ERRCODE = '22023';
-    END IF;
-    IF jsonb_typeof(intent) <> 'object' THEN
-        RAISE EXCEPTION 'argument "intent" must be a JSON object, got %', jsonb_typeof(intent)
-            USING ERRCODE = '22023';
-    END IF;
-    extra := intent - ARRAY['intent_type', 'to_agent', 'payload', 'from_agent', 'correlation_id',
-                            'reply_to', 'deadline_at', 'not_before', 'max_delivery_attempts',
-                            'remind_after_seconds', 'remind_interval_seconds', 'max_reminders',
-                            'escalate_to', 'human_task'];
-    IF extra <> '{}' THEN
-        RAISE EXCEPTION 'unknown intent field(s): %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
-            USING ERRCODE = '22023';
-    END IF;
-
-    v_type := intent->>'intent_type';
-    IF v_type IS NULL OR jsonb_typeof(intent->'intent_type') <> 'string' THEN
-        RAISE EXCEPTION 'intent field "intent_type" is required and must be a string' USING ERRCODE = '22023';
-    END IF;
-    IF length(v_type) > 255 OR v_type !~ '^[a-z0-9_]+(\.[a-z0-9_]+)+\.v[0-9]+$' THEN
-        RAISE EXCEPTION 'invalid intent_type "%"', left(v_type, 300)
-            USING ERRCODE = '22023',
-                  HINT = 'Use a dotted lower-case name ending in a version, e.g. intent.order.process.v1.';
-    END IF;
-    IF jsonb_typeof(intent->'to_agent') IS DISTINCT FROM 'string' THEN
-        RAISE EXCEPTION 'intent field "to_agent" is required and must be a string' USING ERRCODE = '22023';
-    END IF;
-    IF jsonb_typeof(intent->'payload') IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'intent field "payload" is required and must be a JSON object, got %',
-                        coalesce(jsonb_typeof(intent->'payload'), 'nothing')
-            USING ERRCODE = '22023';
-    END IF;
-    v_max_bytes := coalesce(current_setting('axme.max_payload_bytes', true)::integer, 131072);
-    v_size := octet_length((intent->'payload')::text);
-    IF v_size > v_max_bytes THEN
-        RAISE EXCEPTION 'payload is % bytes, larger than axme.max_payload_bytes (%)', v_size, v_max_bytes
-            USING ERRCODE = '54000';
-    END IF;
-    IF intent ? 'from_agent' THEN
-        v_from := axme._check_address(intent->>'from_agent', 'from_agent');
-    END IF;
-    IF intent ? 'reply_to' THEN
-        v_reply := axme._check_address(intent->>'reply_to', 'reply_to');
-    END IF;
-    IF intent ? 'escalate_to' THEN
-        PERFORM axme._check_address(intent->>'escalate_to', 'escalate_to');
-    END IF;
-    IF jsonb_typeof(intent->'correlation_id') = 'string' THEN
-        v_corr := (intent->>'correlation_id')::uuid;     -- 22P02 when not a UUID
-    ELSIF intent ? 'correlation_id' THEN
-        RAISE EXCEPTION 'intent field "correlation_id" must be a UUID string' USING ERRCODE = '22P02';
-    ELSE
-        v_corr := gen_random_uuid();
-    END IF;
-    v_deadline := axme._jsonb_timestamptz(intent->'deadline_at', 'deadline_at');
-    v_not_before := axme._jsonb_timestamptz(intent->'not_before', 'not_before');
-    IF v_deadline IS NOT NULL AND v_deadline <= now() THEN
-        RAISE EXCEPTION 'deadline_at % is not in the future', v_deadline USING ERRCODE = '22023';
-    END IF;
-    IF v_deadline IS NOT NULL AND v_not_before IS NOT NULL AND v_not_before >= v_deadline THEN
-        RAISE EXCEPTION 'not_before % is not before deadline_at %', v_not_before, v_deadline
-            USING ERRCODE = '22023';
-    END IF;
-    PERFORM axme._jsonb_int(intent->'remind_after_seconds', 'remind_after_seconds', 1, 31536000),
-            axme._jsonb_int(intent->'remind_interval_seconds', 'remind_interval_seconds', 1, 31536000),
-            axme._jsonb_int(intent->'max_reminders', 'max_reminders', 0, 1000);
-    IF intent ? 'human_task' AND jsonb_typeof(intent->'human_task') <> 'object' THEN
-        RAISE EXCEPTION 'intent field "human_task" must be a JSON object' USING ERRCODE = '22023';
-    END IF;
-    IF idempotency_key IS NOT NULL AND length(idempotency_key) NOT BETWEEN 8 AND 128 THEN
-        RAISE EXCEPTION 'idempotency_key must be 8..128 characters, got %', length(idempotency_key)
-            USING ERRCODE = '22023';
-    END IF;
-
-    a := axme._agent(intent->>'to_agent', 'to_agent');
-    v_budget := coalesce(
-        axme._jsonb_int(intent->'max_delivery_attempts', 'max_delivery_attempts', 1, 1000),
-        (a.options->'retry'->>'max_attempts')::integer,
-        current_setting('axme.max_delivery_attempts', true)::integer,
-        5);
-
-    IF idempotency_key IS NOT NULL THEN
-        v_hash := md5(intent::text);
-        INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash)
-        VALUES (coalesce(v_from, v_role), idempotency_key, v_id, v_hash)
-        ON CONFLICT DO NOTHING;
-        IF NOT FOUND THEN
-            SELECT k.intent_id, k.request_hash INTO v_existing, v_existing_hash
-            FROM axme.idempotency_keys k
-            WHERE k.sender = coalesce(v_from, v_role) AND k.key = idempotency_key;
-            IF v_existing_hash <> v_hash THEN
-                RAISE EXCEPTION 'idempotency key "%" was already used with a different intent', idempotency_key
-                    USING ERRCODE = '23505',
-                          DETAIL = 'It created intent ' || v_existing || '.';
-            END IF;
-            RETURN v_existing;
-        END IF;
-    END IF;
-
-    INSERT INTO axme.intents (intent_id, agent_id, intent_type, from_agent, to_agent, sender_role,
-        correlation_id, reply_to, payload, status, max_delivery_attempts, deadline_at, not_before,
-        due_at, remind_after_seconds, remind_interval_seconds, max_reminders, escalate_to,
-        human_task, idempotency_key, event_seq)
-    VALUES (v_id, a.agent_id, v_type, v_from, a.address, v_role, v_corr, v_reply, intent->'payload',
-        'SUBMITTED', v_budget, v_deadline, v_not_before, greatest(now(), v_not_before),
-        (intent->>'remind_after_seconds')::integer, (intent->>'remind_interval_seconds')::integer,
-        (intent->>'max_reminders')::integer, intent->>'escalate_to', intent->'human_task',
-        idempotency_key, 2);
-    INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details) VALUES
-        (v_id, 1, 'intent.created', 'CREATED', v_role,
-         jsonb_build_object('intent_type', v_type, 'to_agent', a.address)),
-        (v_id, 2, 'intent.submitted', 'SUBMITTED', v_role,
-         CASE WHEN v_not_before > now() THEN jsonb_build_object('not_before', v_not_before) ELSE '{}' END);
-    IF a.delivery_mode = 'stream' THEN
-        PERFORM axme._notify_agent(a.agent_id, v_id);
-    END IF;
-    RETURN v_id;
-END $$;
+CREATE FUNCTION axme.send_intent(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intent';
 COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
     'Store an intent and queue it for its receiver, in the caller''s transaction. intent: '
     '{"intent_type", "to_agent", "payload": {...}} plus optional from_agent, correlation_id, reply_to, '
@@ -710,7 +567,7 @@ BEGIN
         FOR r IN
             WITH c AS (
                 SELECT i.intent_id,
-                       i.deadline_at <= now() AS timed_out,
+                       coalesce(i.deadline_at <= now(), false) AS timed_out,
                        i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= now()
@@ -832,6 +689,59 @@ END $$;
 COMMENT ON FUNCTION axme.complete(uuid, jsonb, integer) IS
     'Finish an intent successfully (-> COMPLETED) with a result. attempt: the receipt from poll. '
     'Errors: 22023 NULL intent_id, P0002 unknown intent, 55000 already terminal or stale receipt.';
+
+CREATE FUNCTION axme.complete_many(intent_ids uuid[], attempts integer[] DEFAULT NULL,
+                                   results jsonb[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := cardinality(intent_ids);
+BEGIN
+    IF intent_ids IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_ids" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF n > 10000 THEN
+        RAISE EXCEPTION 'argument "intent_ids" must have at most 10000 elements, got %', n
+            USING ERRCODE = '22023';
+    END IF;
+    IF attempts IS NOT NULL AND cardinality(attempts) <> n THEN
+        RAISE EXCEPTION 'argument "attempts" must have as many elements as "intent_ids" (%), got %', n, cardinality(attempts)
+            USING ERRCODE = '22023';
+    END IF;
+    IF results IS NOT NULL AND cardinality(results) <> n THEN
+        RAISE EXCEPTION 'argument "results" must have as many elements as "intent_ids" (%), got %', n, cardinality(results)
+            USING ERRCODE = '22023';
+    END IF;
+    -- The set-based form of complete(): the same rule (any non-terminal -> COMPLETED, receipt
+    -- checked when given) in one UPDATE and one INSERT of events.
+    RETURN QUERY
+        WITH req AS (
+            SELECT r.id, r.att, r.res
+            FROM unnest(intent_ids,
+                        coalesce(attempts, array_fill(NULL::integer, ARRAY[n])),
+                        coalesce(results, array_fill('{}'::jsonb, ARRAY[n]))) AS r(id, att, res)
+            WHERE r.id IS NOT NULL
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = 'COMPLETED', result = req.res, due_at = NULL, lease_until = NULL,
+                updated_at = now(), event_seq = i.event_seq + 1
+            FROM req
+            WHERE i.intent_id = req.id
+              AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+              AND (req.att IS NULL OR req.att = i.attempt)
+            RETURNING i.intent_id, i.event_seq, i.attempt
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', current_user,
+                   jsonb_build_object('attempt', u.attempt)
+            FROM u
+        )
+        SELECT u.intent_id FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+END $$;
+COMMENT ON FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) IS
+    'Complete many intents at once (at most 10000): intent_ids with, optionally, the receipts '
+    '(attempts) and results at the same positions. Returns the ids it completed; an id that is '
+    'unknown, already terminal, or whose receipt is stale is skipped, not an error. '
+    'Errors: 22023 NULL intent_ids, arrays of different lengths, more than 10000 ids.';
 
 CREATE FUNCTION axme.fail(intent_id uuid, error jsonb DEFAULT '{}', retry boolean DEFAULT false,
                           attempt integer DEFAULT NULL)

@@ -27,6 +27,12 @@ extern AxmeShared *axme_shmem(void);
 /* wakeup.c */
 extern void axme_wakeup_init(void);
 extern int	axme_wait_bucket(const pg_uuid_t *id);
+extern void axme_queue_notify(int64 agent_id, const pg_uuid_t *id);
+
+/* validate.c */
+extern bool axme_address_is_valid(const char *s, size_t len);
+extern bool axme_intent_type_is_valid(const char *s, size_t len);
+extern void axme_check_address(const char *value, const char *argname);
 
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);

@@ -61,14 +61,12 @@ find_pending(int64 agent_id, int level)
 }
 
 /*
- * axme._notify_agent(agent_id bigint, intent_id uuid): remember one send to a stream agent.
- * The NOTIFY itself is issued just before commit (see axme_xact_callback).
+ * Remember one send to a stream agent in the current (sub)transaction.  The NOTIFY itself is
+ * issued just before commit (see axme_xact_callback), one per agent.
  */
-Datum
-axme_notify_agent(PG_FUNCTION_ARGS)
+void
+axme_queue_notify(int64 agent_id, const pg_uuid_t *id)
 {
-	int64		agent_id = PG_GETARG_INT64(0);
-	pg_uuid_t  *id = PG_GETARG_UUID_P(1);
 	int			level = GetCurrentTransactionNestLevel();
 	PendingNotify *p = find_pending(agent_id, level);
 
@@ -85,6 +83,15 @@ axme_notify_agent(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(old);
 	}
 	p->count++;
+}
+
+/*
+ * axme._notify_agent(agent_id bigint, intent_id uuid): SQL access to axme_queue_notify().
+ */
+Datum
+axme_notify_agent(PG_FUNCTION_ARGS)
+{
+	axme_queue_notify(PG_GETARG_INT64(0), PG_GETARG_UUID_P(1));
 	PG_RETURN_VOID();
 }
 

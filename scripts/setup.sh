@@ -1,0 +1,49 @@
+#!/bin/bash
+# setup.sh: install everything axme needs on Debian bookworm, then build and install it.
+#
+# Idempotent: apt runs only when a package below is missing, so reruns take seconds.
+# Run as root, or as a user with sudo.  Used by scripts/test.sh and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Every package the build, the tests, the demo and the benchmark use, by name.
+PACKAGES=(
+    build-essential            # gcc, make
+    postgresql-15              # server, pg_virtualenv (postgresql-common)
+    postgresql-client-15       # psql, pg_dump, pg_restore
+    postgresql-common          # pg_virtualenv, pg_createcluster
+    postgresql-server-dev-15   # PGXS, headers, pg_regress, pg_isolation_regress
+    libcurl4-openssl-dev       # the http worker (libcurl)
+    libssl-dev                 # webhook signatures (OpenSSL)
+    python3                    # /usr/bin/python3 for the Python tests and the demo
+    python3-psycopg2           # psycopg2 for the Python tests and the demo
+    postgresql-15-pgq3         # PgQ, the benchmark's comparison queue
+)
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+else
+    SUDO=(sudo)
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    # dpkg-query prints "install ok installed" only for a fully installed package
+    if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+        missing+=("$p")
+    fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" apt-get install -y -q "${PACKAGES[@]}"
+else
+    echo "setup: all ${#PACKAGES[@]} packages already installed"
+fi
+
+# Build (with -Werror, see Makefile) and install into the PostgreSQL 15 tree.
+make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+"${SUDO[@]}" make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config install
+echo "setup: axme built and installed into $(/usr/lib/postgresql/15/bin/pg_config --pkglibdir)"

@@ -1,0 +1,516 @@
+/*
+ * send.c: axme.send_intent(intent jsonb, idempotency_key text), the sender's one call.
+ *
+ * Written in C because it is the hot path of every producer (often a trigger): the intent document
+ * is validated in one pass over its keys, then three prepared statements store the intent and its
+ * first two events (intent.created, intent.submitted) in the caller's transaction.  A stream
+ * agent's wake-up NOTIFY is queued for commit (wakeup.c).
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "common/md5.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "port.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "axme.h"
+
+PG_FUNCTION_INFO_V1(axme_send_intent);
+
+/* Every key an intent document may have; anything else is refused (22023). */
+static const char *const intent_keys[] = {
+	"intent_type", "to_agent", "payload", "from_agent", "correlation_id", "reply_to",
+	"deadline_at", "not_before", "max_delivery_attempts", "remind_after_seconds",
+	"remind_interval_seconds", "max_reminders", "escalate_to", "human_task"
+};
+
+#define N_INTENT_KEYS lengthof(intent_keys)
+
+static SPIPlanPtr agent_plan = NULL;
+static SPIPlanPtr key_insert_plan = NULL;
+static SPIPlanPtr key_select_plan = NULL;
+static SPIPlanPtr intent_insert_plan = NULL;
+static SPIPlanPtr events_insert_plan = NULL;
+
+static SPIPlanPtr
+keep_plan(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+prepare_plans(void)
+{
+	if (agent_plan == NULL)
+	{
+		Oid			t[1] = {TEXTOID};
+
+		agent_plan = keep_plan(
+			"SELECT agent_id, address, delivery_mode, (options->'retry'->>'max_attempts')::int4"
+			" FROM axme.agents WHERE address OPERATOR(pg_catalog.=) $1", 1, t);
+	}
+	if (key_insert_plan == NULL)
+	{
+		Oid			t[4] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID};
+
+		key_insert_plan = keep_plan(
+			"INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash)"
+			" VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", 4, t);
+	}
+	if (key_select_plan == NULL)
+	{
+		Oid			t[2] = {TEXTOID, TEXTOID};
+
+		key_select_plan = keep_plan(
+			"SELECT intent_id, request_hash FROM axme.idempotency_keys"
+			" WHERE sender OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2", 2, t);
+	}
+	if (intent_insert_plan == NULL)
+	{
+		Oid			t[18] = {UUIDOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, UUIDOID,
+		TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, INT4OID,
+		TEXTOID, JSONBOID, TEXTOID};
+
+		intent_insert_plan = keep_plan(
+			"INSERT INTO axme.intents (intent_id, agent_id, intent_type, from_agent, to_agent,"
+			" sender_role, correlation_id, reply_to, payload, status, max_delivery_attempts,"
+			" deadline_at, not_before, due_at, remind_after_seconds, remind_interval_seconds,"
+			" max_reminders, escalate_to, human_task, idempotency_key, event_seq)"
+			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'SUBMITTED', $10, $11, $12,"
+			" GREATEST(pg_catalog.now(), $12), $13, $14, $15, $16, $17, $18, 2)", 18, t);
+	}
+	if (events_insert_plan == NULL)
+	{
+		Oid			t[5] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+
+		events_insert_plan = keep_plan(
+			"INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details) VALUES"
+			" ($1, 1, 'intent.created', 'CREATED', $2,"
+			"  pg_catalog.jsonb_build_object('intent_type', $3, 'to_agent', $4)),"
+			" ($1, 2, 'intent.submitted', 'SUBMITTED', $2,"
+			"  CASE WHEN $5 > pg_catalog.now() THEN pg_catalog.jsonb_build_object('not_before', $5)"
+			"  ELSE '{}'::pg_catalog.jsonb END)", 5, t);
+	}
+}
+
+static void invalid(const char *fmt, const char *field) pg_attribute_noreturn();
+
+static void
+invalid(const char *fmt, const char *field)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg(fmt, field)));
+}
+
+static JsonbValue *
+get_key(Jsonb *intent, const char *key)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&intent->root, key, strlen(key), NULL);
+
+	if (v != NULL && v->type == jbvNull)
+		return NULL;
+	return v;
+}
+
+/* A string field as a palloc'd C string, or NULL when absent; 22023 when not a string. */
+static char *
+get_string(Jsonb *intent, const char *key)
+{
+	JsonbValue *v = get_key(intent, key);
+
+	if (v == NULL)
+		return NULL;
+	if (v->type != jbvString)
+		invalid("intent field \"%s\" must be a string", key);
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+static bool
+is_object(JsonbValue *v)
+{
+	return v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data) &&
+		!JsonContainerIsScalar(v->val.binary.data);
+}
+
+/* An integer field within [lo, hi], or -1 when absent; 22023 otherwise. */
+static int32
+get_int(Jsonb *intent, const char *key, int32 lo, int32 hi)
+{
+	JsonbValue *v = get_key(intent, key);
+	char	   *text;
+	double		d;
+
+	if (v == NULL)
+		return -1;
+	if (v->type != jbvNumeric)
+		invalid("intent field \"%s\" must be an integer", key);
+	text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	d = strtod(text, NULL);
+	if (d != floor(d) || d < lo || d > hi)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("intent field \"%s\" must be an integer between %d and %d, got %s",
+						key, lo, hi, text)));
+	return (int32) d;
+}
+
+/*
+ * Parse text with a type's input function; a parse error becomes `errcode` naming the field.
+ * The original error is discarded only to be replaced by another ERROR, which is safe.
+ */
+static Datum
+parse_field(PGFunction infunc, const char *str, const char *key, const char *what, int sqlstate)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Datum		result = (Datum) 0;
+
+	PG_TRY();
+	{
+		result = DirectFunctionCall3(infunc, CStringGetDatum(str), ObjectIdGetDatum(InvalidOid),
+									 Int32GetDatum(-1));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(sqlstate),
+				 errmsg("intent field \"%s\" is not a valid %s: \"%.100s\"", key, what, str)));
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/* Refuse keys outside intent_keys, naming them. */
+static void
+check_unknown_keys(Jsonb *intent)
+{
+	JsonbIterator *it = JsonbIteratorInit(&intent->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	StringInfoData unknown;
+
+	initStringInfo(&unknown);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		bool		known = false;
+
+		if (tok != WJB_KEY)
+			continue;
+		for (int i = 0; i < (int) N_INTENT_KEYS; i++)
+		{
+			if ((int) strlen(intent_keys[i]) == v.val.string.len &&
+				strncmp(intent_keys[i], v.val.string.val, v.val.string.len) == 0)
+				known = true;
+		}
+		if (!known)
+			appendStringInfo(&unknown, "%s%.*s", unknown.len ? ", " : "",
+							 Min(v.val.string.len, 100), v.val.string.val);
+	}
+	if (unknown.len > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown intent field(s): %s", unknown.data),
+				 errhint("Known fields: intent_type, to_agent, payload, from_agent, correlation_id, "
+						 "reply_to, deadline_at, not_before, max_delivery_attempts, "
+						 "remind_after_seconds, remind_interval_seconds, max_reminders, "
+						 "escalate_to, human_task.")));
+}
+
+static void
+new_uuid(pg_uuid_t *id)
+{
+	if (!pg_strong_random(id->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	id->data[6] = (id->data[6] & 0x0f) | 0x40;	/* version 4 */
+	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+}
+
+static Datum
+text_or_null(const char *s, char *nulls, int i)
+{
+	if (s == NULL)
+	{
+		nulls[i] = 'n';
+		return (Datum) 0;
+	}
+	return CStringGetTextDatum(s);
+}
+
+/*
+ * axme.send_intent(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+ *
+ * Validates the intent document (REFERENCE.md section 1), stores it SUBMITTED with events 1 and
+ * 2, and returns its id; with an idempotency key already used by the same sender for the same
+ * document, returns the first intent's id instead.  Runs in the caller's transaction.
+ * Errors: 22023 invalid or unknown field, 22P02 correlation_id not a UUID, 54000 payload over
+ * axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused with another document.
+ */
+Datum
+axme_send_intent(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *intent;
+	JsonbValue *v;
+	Jsonb	   *payload;
+	char	   *intent_type,
+			   *to_agent,
+			   *from_agent,
+			   *reply_to,
+			   *escalate_to,
+			   *corr_text,
+			   *key = NULL;
+	char	   *role = GetUserNameFromId(GetUserId(), false);
+	Jsonb	   *human_task = NULL;
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+	pg_uuid_t  *corr = palloc(sizeof(pg_uuid_t));
+	TimestampTz deadline = 0,
+				not_before = 0;
+	bool		has_deadline = false,
+				has_not_before = false;
+	int32		budget,
+				remind_after,
+				remind_interval,
+				max_reminders;
+	size_t		payload_bytes;
+	char		hash[33];
+	int64		agent_id;
+	char	   *address;
+	bool		is_stream;
+	bool		isnull;
+
+	/* --- validation, before any write --- */
+	if (PG_ARGISNULL(0))
+		invalid("argument \"%s\" must not be null", "intent");
+	intent = PG_GETARG_JSONB_P(0);
+	if (!JB_ROOT_IS_OBJECT(intent) || JB_ROOT_IS_SCALAR(intent))
+		invalid("argument \"%s\" must be a JSON object", "intent");
+	check_unknown_keys(intent);
+
+	intent_type = get_string(intent, "intent_type");
+	if (intent_type == NULL)
+		invalid("intent field \"%s\" is required", "intent_type");
+	if (!axme_intent_type_is_valid(intent_type, strlen(intent_type)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid intent_type \"%.300s\"", intent_type),
+				 errhint("Use a dotted lower-case name ending in a version, e.g. intent.order.process.v1.")));
+	to_agent = get_string(intent, "to_agent");
+	if (to_agent == NULL)
+		invalid("intent field \"%s\" is required", "to_agent");
+
+	v = get_key(intent, "payload");
+	if (v == NULL || !is_object(v))
+		invalid("intent field \"%s\" is required and must be a JSON object", "payload");
+	payload = JsonbValueToJsonb(v);
+	payload_bytes = strlen(JsonbToCString(NULL, &payload->root, VARSIZE(payload)));
+	if (payload_bytes > (size_t) axme_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("payload is %zu bytes, larger than axme.max_payload_bytes (%d)",
+						payload_bytes, axme_max_payload_bytes)));
+
+	from_agent = get_string(intent, "from_agent");
+	if (from_agent != NULL)
+		axme_check_address(from_agent, "from_agent");
+	reply_to = get_string(intent, "reply_to");
+	if (reply_to != NULL)
+		axme_check_address(reply_to, "reply_to");
+	escalate_to = get_string(intent, "escalate_to");
+	if (escalate_to != NULL)
+		axme_check_address(escalate_to, "escalate_to");
+
+	v = get_key(intent, "correlation_id");
+	if (v != NULL && v->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("intent field \"correlation_id\" must be a UUID string")));
+	corr_text = get_string(intent, "correlation_id");
+	if (corr_text != NULL)
+		corr = DatumGetUUIDP(parse_field(uuid_in, corr_text, "correlation_id", "UUID",
+										 ERRCODE_INVALID_TEXT_REPRESENTATION));
+	else
+		new_uuid(corr);
+
+	{
+		char	   *s = get_string(intent, "deadline_at");
+
+		if (s != NULL)
+		{
+			deadline = DatumGetTimestampTz(parse_field(timestamptz_in, s, "deadline_at", "timestamp",
+													   ERRCODE_INVALID_PARAMETER_VALUE));
+			has_deadline = true;
+			if (deadline <= GetCurrentTransactionStartTimestamp())
+				invalid("intent field \"%s\" is not in the future", "deadline_at");
+		}
+		s = get_string(intent, "not_before");
+		if (s != NULL)
+		{
+			not_before = DatumGetTimestampTz(parse_field(timestamptz_in, s, "not_before", "timestamp",
+														 ERRCODE_INVALID_PARAMETER_VALUE));
+			has_not_before = true;
+		}
+		if (has_deadline && has_not_before && not_before >= deadline)
+			invalid("intent field \"%s\" is not before deadline_at", "not_before");
+	}
+	budget = get_int(intent, "max_delivery_attempts", 1, 1000);
+	remind_after = get_int(intent, "remind_after_seconds", 1, 31536000);
+	remind_interval = get_int(intent, "remind_interval_seconds", 1, 31536000);
+	max_reminders = get_int(intent, "max_reminders", 0, 1000);
+	v = get_key(intent, "human_task");
+	if (v != NULL)
+	{
+		if (!is_object(v))
+			invalid("intent field \"%s\" must be a JSON object", "human_task");
+		human_task = JsonbValueToJsonb(v);
+	}
+	if (!PG_ARGISNULL(1))
+	{
+		text	   *k = PG_GETARG_TEXT_PP(1);
+		int			chars = pg_mbstrlen_with_len(VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k));
+
+		if (chars < 8 || chars > 128)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("argument \"idempotency_key\" must be 8..128 characters, got %d", chars)));
+		key = text_to_cstring(k);
+	}
+
+	/* --- the receiver --- */
+	SPI_connect();
+	prepare_plans();
+	{
+		Datum		args[1] = {CStringGetTextDatum(to_agent)};
+
+		if (SPI_execute_plan(agent_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "axme: agent lookup failed");
+	}
+	if (SPI_processed == 0)
+	{
+		axme_check_address(to_agent, "to_agent");
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("agent \"%s\" is not registered", to_agent),
+				 errhint("Register it first: SELECT axme.register_agent('%s', 'poll');", to_agent)));
+	}
+	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	address = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);	/* used before SPI_finish */
+	is_stream = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "stream") == 0;
+	if (budget < 0)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+
+		budget = isnull ? axme_max_delivery_attempts : DatumGetInt32(d);
+	}
+
+	new_uuid(id);
+
+	/* --- idempotency: (coalesce(from_agent, sender_role), key) -> one intent --- */
+	if (key != NULL)
+	{
+		char	   *doc = JsonbToCString(NULL, &intent->root, VARSIZE(intent));
+		const char *errstr = NULL;
+		Datum		args[4];
+
+		if (!pg_md5_hash(doc, strlen(doc), hash, &errstr))
+			elog(ERROR, "could not compute MD5 hash: %s", errstr);
+		args[0] = CStringGetTextDatum(from_agent ? from_agent : role);
+		args[1] = CStringGetTextDatum(key);
+		args[2] = UUIDPGetDatum(id);
+		args[3] = CStringGetTextDatum(hash);
+		if (SPI_execute_plan(key_insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "axme: idempotency key insert failed");
+		if (SPI_processed == 0)
+		{
+			char	   *old_hash;
+			Datum		old_id;
+
+			if (SPI_execute_plan(key_select_plan, args, NULL, false, 1) != SPI_OK_SELECT ||
+				SPI_processed != 1)
+				elog(ERROR, "axme: idempotency key lookup failed");
+			old_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			old_hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+			if (strcmp(old_hash, hash) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("idempotency key \"%s\" was already used with a different intent", key),
+						 errdetail("It created intent %s.",
+								   DatumGetCString(DirectFunctionCall1(uuid_out, old_id)))));
+			memcpy(id, DatumGetUUIDP(old_id), sizeof(pg_uuid_t));
+			SPI_finish();
+			PG_RETURN_UUID_P(id);
+		}
+	}
+
+	/* --- the intent and its first two events --- */
+	{
+		Datum		args[18];
+		char		nulls[19];
+
+		memset(nulls, ' ', sizeof(nulls));
+		nulls[18] = '\0';
+		args[0] = UUIDPGetDatum(id);
+		args[1] = Int64GetDatum(agent_id);
+		args[2] = CStringGetTextDatum(intent_type);
+		args[3] = text_or_null(from_agent, nulls, 3);
+		args[4] = CStringGetTextDatum(address);
+		args[5] = CStringGetTextDatum(role);
+		args[6] = UUIDPGetDatum(corr);
+		args[7] = text_or_null(reply_to, nulls, 7);
+		args[8] = JsonbPGetDatum(payload);
+		args[9] = Int32GetDatum(budget);
+		args[10] = TimestampTzGetDatum(deadline);
+		nulls[10] = has_deadline ? ' ' : 'n';
+		args[11] = TimestampTzGetDatum(not_before);
+		nulls[11] = has_not_before ? ' ' : 'n';
+		args[12] = Int32GetDatum(remind_after);
+		nulls[12] = remind_after < 0 ? 'n' : ' ';
+		args[13] = Int32GetDatum(remind_interval);
+		nulls[13] = remind_interval < 0 ? 'n' : ' ';
+		args[14] = Int32GetDatum(max_reminders);
+		nulls[14] = max_reminders < 0 ? 'n' : ' ';
+		args[15] = text_or_null(escalate_to, nulls, 15);
+		args[16] = PointerGetDatum(human_task);
+		nulls[16] = human_task ? ' ' : 'n';
+		args[17] = text_or_null(key, nulls, 17);
+		if (SPI_execute_plan(intent_insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "axme: intent insert failed");
+	}
+	{
+		Datum		args[5];
+		char		nulls[6] = "    n";
+
+		args[0] = UUIDPGetDatum(id);
+		args[1] = CStringGetTextDatum(role);
+		args[2] = CStringGetTextDatum(intent_type);
+		args[3] = CStringGetTextDatum(address);
+		args[4] = TimestampTzGetDatum(not_before);
+		if (has_not_before)
+			nulls[4] = ' ';
+		if (SPI_execute_plan(events_insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "axme: event insert failed");
+	}
+	SPI_finish();
+
+	if (is_stream)
+		axme_queue_notify(agent_id, id);
+
+	PG_RETURN_UUID_P(id);
+}

@@ -1,0 +1,161 @@
+-- agents: register_agent (validation, upsert, option merge), channel(), the GUCs.
+-- Output must not depend on shared_preload_libraries (the suite runs with and without it).
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS axme;
+RESET client_min_messages;
+
+-- err(sql [, id [, hint]]): run sql with $1 bound to id; show 'ok' or 'SQLSTATE message' with
+-- uuids and timestamps masked, so the expected output pins the SQLSTATE of every refusal.
+CREATE FUNCTION pg_temp.err(q text, id uuid DEFAULT NULL, hint boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql AS $f$
+DECLARE
+    st text;
+    msg text;
+    h text;
+BEGIN
+    EXECUTE q USING id;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS OR query_canceled THEN
+    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
+    msg := st || ' ' || msg || CASE WHEN hint AND h <> '' THEN ' HINT: ' || h ELSE '' END;
+    msg := regexp_replace(msg, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g');
+    RETURN regexp_replace(msg, '\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:\d\d)?)?', '<timestamp>', 'g');
+END $f$;
+
+-- A valid registration, one of every mode.
+SELECT axme.register_agent('agent://myorg/prod/agent-poll');
+SELECT axme.register_agent('agent://myorg/prod/agent-stream', 'stream');
+SELECT axme.register_agent('agent://myorg/prod/agent-http', 'http', 'https://example.com/hook');
+SELECT axme.register_agent('agent://myorg/prod/agent-inbox', 'inbox');
+SELECT axme.register_agent('agent://myorg/prod/agent-internal', 'internal');
+SELECT address, delivery_mode, endpoint_url, options, registered_by = current_user AS by_me
+FROM axme.agents WHERE address LIKE 'agent://myorg/prod/agent-%' ORDER BY agent_id;
+
+-- Address rules: org and workspace 3..63 of [a-z0-9-] without leading/trailing '-',
+-- name 2..63 of [a-z0-9._-] starting and ending alphanumeric.
+SELECT replace(left(a, 34), chr(10), '\n') AS address, length(a) AS len,
+       split_part(pg_temp.err(format('SELECT axme.register_agent(%L)', a)), ' ', 1) AS sqlstate
+FROM unnest(ARRAY[
+    'agent://abc/def/gh',                                   -- shortest valid
+    'agent://' || repeat('o', 63) || '/' || repeat('w', 63) || '/' || repeat('n', 63),  -- longest valid
+    'agent://my-org/work-space/a.b_c-d9',
+    '',
+    'agent://myorg/prod',
+    'agent://myorg/prod/',
+    'agent://MyOrg/prod/x1',
+    'agent://myorg/prod/X1',
+    'agent://ab/prod/x1',
+    'agent://myorg/pr/x1',
+    'agent://-org/prod/x1',
+    'agent://org-/prod/x1',
+    'agent://myorg/-prod/x1',
+    'agent://my_org/prod/x1',
+    'agent://myorg/prod/x',
+    'agent://myorg/prod/.x1',
+    'agent://myorg/prod/x1.',
+    'agent://myorg/prod/-x1',
+    'agent://' || repeat('o', 64) || '/prod/x1',
+    'agent://myorg/' || repeat('w', 64) || '/x1',
+    'agent://myorg/prod/' || repeat('n', 64),
+    'http://myorg/prod/x1',
+    'agent:/myorg/prod/x1',
+    'agent://myorg/prod/x1/extra',
+    'agent://myorg/prod/x 1',
+    ' agent://myorg/prod/x1',
+    'agent://myorg/prod/x1' || chr(10),
+    'agent://myorg/prod/xé'
+]) a;
+SELECT pg_temp.err($$SELECT axme.register_agent(NULL)$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/x', 'poll')$$, NULL, true);
+
+-- Modes and endpoints.
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', NULL)$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', '')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', 'POLL')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', 'webhook')$$, NULL, true);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', 'http')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', 'http', 'ftp://example.com/x')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', 'http', '')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m1', 'poll', 'https://example.com/x')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/m2', 'http', 'http://127.0.0.1:8080/x')$$);
+
+-- Options: only "retry" with max_attempts (1..1000), base_delay_ms, max_delay_ms.
+SELECT o AS options, pg_temp.err(format('SELECT axme.register_agent(%L, %L, NULL, %L)',
+                                        'agent://myorg/prod/opts', 'poll', o)) AS result
+FROM unnest(ARRAY[
+    '{}',
+    '{"retry": {"max_attempts": 3}}',
+    '{"retry": {"max_attempts": 1000, "base_delay_ms": 10, "max_delay_ms": 100}}',
+    '{"foo": 1}',
+    '{"retry": {"max_attempts": 3}, "foo": 1}',
+    '{"retry": 5}',
+    '{"retry": {"tries": 3}}',
+    '{"retry": {"max_attempts": 0}}',
+    '{"retry": {"max_attempts": 1001}}',
+    '{"retry": {"max_attempts": -1}}',
+    '{"retry": {"max_attempts": 2.5}}',
+    '{"retry": {"max_attempts": 3.0}}',
+    '{"retry": {"max_attempts": "3"}}',
+    '{"retry": {"max_attempts": true}}',
+    '{"retry": {"base_delay_ms": 0}}',
+    '[]',
+    '"x"',
+    'null'
+]::jsonb[]) o;
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/opts', 'poll', NULL, NULL)$$);
+
+-- A refused registration writes nothing.
+SELECT count(*) AS agents_before FROM axme.agents \gset
+SELECT count(*) AS refused_written FROM axme.agents
+WHERE address IN ('agent://myorg/prod/m1', 'agent://myorg/prod/x', 'agent://ab/prod/x1');
+
+-- Re-registering is an upsert: same row (same agent_id), new mode, options merged
+-- (nested objects merge, a JSON null removes a key).
+SELECT agent_id AS opts_id FROM axme.agents WHERE address = 'agent://myorg/prod/opts' \gset
+SELECT axme.register_agent('agent://myorg/prod/opts', 'poll', NULL, '{"retry": {"max_attempts": 4}}');
+SELECT options FROM axme.agents WHERE address = 'agent://myorg/prod/opts';
+SELECT axme.register_agent('agent://myorg/prod/opts', 'stream', NULL, '{"retry": {"base_delay_ms": 50}}');
+SELECT delivery_mode, options, agent_id = :opts_id AS same_id
+FROM axme.agents WHERE address = 'agent://myorg/prod/opts';
+SELECT axme.register_agent('agent://myorg/prod/opts', 'stream');
+SELECT options FROM axme.agents WHERE address = 'agent://myorg/prod/opts';
+SELECT axme.register_agent('agent://myorg/prod/opts', 'stream', NULL, '{"retry": {"base_delay_ms": null}}');
+SELECT options FROM axme.agents WHERE address = 'agent://myorg/prod/opts';
+SELECT axme.register_agent('agent://myorg/prod/opts', 'stream', NULL, '{"retry": null}');
+SELECT options FROM axme.agents WHERE address = 'agent://myorg/prod/opts';
+-- a merge that would end invalid is refused and keeps the stored options
+SELECT axme.register_agent('agent://myorg/prod/opts', 'poll', NULL, '{"retry": {"max_attempts": 2}}');
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/opts', 'poll', NULL, '{"retry": {"max_attempts": 0}}')$$);
+SELECT delivery_mode, options FROM axme.agents WHERE address = 'agent://myorg/prod/opts';
+-- http -> poll drops the endpoint; poll -> http needs one
+SELECT axme.register_agent('agent://myorg/prod/agent-http', 'poll');
+SELECT delivery_mode, endpoint_url FROM axme.agents WHERE address = 'agent://myorg/prod/agent-http';
+SELECT axme.register_agent('agent://myorg/prod/agent-http', 'http', 'https://example.com/hook2');
+SELECT delivery_mode, endpoint_url FROM axme.agents WHERE address = 'agent://myorg/prod/agent-http';
+SELECT count(*) - :agents_before AS new_agents FROM axme.agents;
+
+-- channel(): axme_agent_<id>, a valid lower-case identifier of at most 63 bytes, stable across
+-- re-registration, distinct for addresses that differ only past 63 bytes.
+SELECT axme.channel('agent://myorg/prod/opts') = 'axme_agent_' || :opts_id AS channel_is_id;
+SELECT axme.register_agent('agent://' || repeat('o', 63) || '/' || repeat('w', 63) || '/' || repeat('n', 62) || 'a');
+SELECT axme.register_agent('agent://' || repeat('o', 63) || '/' || repeat('w', 63) || '/' || repeat('n', 62) || 'b');
+SELECT count(DISTINCT c) = count(*) AS all_distinct, bool_and(c ~ '^[a-z0-9_]+$') AS identifiers,
+       max(octet_length(c)) <= 63 AS short, bool_and(quote_ident(c) = c) AS no_quoting_needed
+FROM (SELECT axme.channel(address) AS c FROM axme.agents) s;
+SELECT axme.channel('agent://' || repeat('o', 63) || '/' || repeat('w', 63) || '/' || repeat('n', 62) || 'a')
+    <> axme.channel('agent://' || repeat('o', 63) || '/' || repeat('w', 63) || '/' || repeat('n', 62) || 'b') AS long_addresses_differ;
+SELECT pg_temp.err($$SELECT axme.channel(NULL)$$);
+SELECT pg_temp.err($$SELECT axme.channel('not an address')$$);
+SELECT pg_temp.err($$SELECT axme.channel('agent://myorg/prod/nobody')$$, NULL, true);
+
+-- GUCs: defined once the library is loaded (with or without preload).
+LOAD 'axme';
+SHOW axme.max_delivery_attempts;
+SHOW axme.max_payload_bytes;
+SELECT pg_temp.err($$SET axme.max_delivery_attempts = 0$$);
+SELECT pg_temp.err($$SET axme.max_delivery_attempts = 1001$$);
+SELECT pg_temp.err($$SET axme.max_payload_bytes = 0$$);
+SELECT pg_temp.err($$SET axme.no_such_setting = 1$$);
+SET axme.max_delivery_attempts = 7;
+SHOW axme.max_delivery_attempts;
+RESET axme.max_delivery_attempts;
