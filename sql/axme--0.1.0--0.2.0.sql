@@ -175,6 +175,10 @@ BEGIN
         RAISE EXCEPTION 'argument "options" must not be null' USING ERRCODE = '22023',
             HINT = 'Pass ''{}'' for no options.';
     END IF;
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'argument "options" must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = '22023';
+    END IF;
     IF delivery_mode = 'http' THEN
         IF endpoint_url IS NULL OR endpoint_url !~* '^https?://[^/?#[:space:]]+' THEN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
@@ -291,7 +295,7 @@ BEGIN
             WHERE ag.delivery_mode = 'http'
         ), c AS (
             SELECT ci.intent_id, a.tmo,
-                   ci.deadline_at <= now() AS timed_out,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
                    ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
                    row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn
             FROM a, LATERAL (

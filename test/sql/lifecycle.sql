@@ -56,6 +56,8 @@ $f$;
 SELECT axme.register_agent('agent://myorg/prod/life', 'poll', NULL,
                            '{"retry": {"base_delay_ms": 1, "max_delay_ms": 2}}');
 SELECT axme.register_agent('agent://myorg/prod/hook', 'http', 'https://example.com/hook');
+-- never polled: its intents stay SUBMITTED (an http agent's would be posted by the worker)
+SELECT axme.register_agent('agent://myorg/prod/idle', 'poll');
 SELECT axme.register_agent('agent://myorg/prod/streamer', 'stream');
 
 -- poll arguments.
@@ -135,7 +137,7 @@ SELECT * FROM pg_temp.state('c');
 SELECT * FROM pg_temp.events('c');
 
 -- Refusals on a SUBMITTED intent; any non-terminal status may end COMPLETED/FAILED/CANCELED.
-SELECT pg_temp.send('d', 'agent://myorg/prod/hook');
+SELECT pg_temp.send('d', 'agent://myorg/prod/idle');
 SELECT f AS call, pg_temp.err(f, pg_temp.id('d')) AS result
 FROM unnest(ARRAY[
     'SELECT axme.ack($1)',
@@ -148,10 +150,10 @@ FROM unnest(ARRAY[
 SELECT * FROM pg_temp.state('d');
 SELECT axme.complete(pg_temp.id('d'), '{"done": "without a hand-out"}');
 SELECT * FROM pg_temp.state('d');
-SELECT pg_temp.send('e', 'agent://myorg/prod/hook');
+SELECT pg_temp.send('e', 'agent://myorg/prod/idle');
 SELECT axme.resolve(pg_temp.id('e'), 'FAILED', '{"reason": "order withdrawn"}');
 SELECT * FROM pg_temp.state('e');
-SELECT pg_temp.send('e2', 'agent://myorg/prod/hook');
+SELECT pg_temp.send('e2', 'agent://myorg/prod/idle');
 SELECT axme.fail(pg_temp.id('e2'), '{"reason": "refused"}');
 SELECT * FROM pg_temp.state('e2');
 SELECT * FROM pg_temp.events('e2');
