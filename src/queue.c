@@ -237,17 +237,13 @@ axme_queue_claim(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 	return claimed;
 }
 
-/* The first bytes of the response as valid text of the database encoding (invalid bytes: '?'). */
+/* Bytes from the network as valid text of the database encoding (invalid bytes: '?', no NULs). */
 static char *
-excerpt(AxmeDelivery *d)
+sanitize(const char *p, int len)
 {
-	int			len = Min(d->response.len, AXME_EXCERPT_CAP);
-	const char *p = d->response.data;
 	StringInfoData out;
 	int			enc = GetDatabaseEncoding();
 
-	if (len == 0)
-		return NULL;
 	initStringInfo(&out);
 	while (len > 0)
 	{
@@ -275,6 +271,17 @@ excerpt(AxmeDelivery *d)
 		p++, len--;
 	}
 	return out.data;
+}
+
+/* The first bytes of the response, as text; NULL when there is none. */
+static char *
+excerpt(AxmeDelivery *d)
+{
+	int			len = Min(d->response.len, AXME_EXCERPT_CAP);
+
+	if (len == 0)
+		return NULL;
+	return sanitize(d->response.data, len);
 }
 
 /* The whole response body when it is valid JSON (then a 2xx can carry a status/result). */
@@ -338,7 +345,7 @@ axme_queue_record(List *done)
 		else
 			n[6] = 'n';
 		if (d->error)
-			v[7] = CStringGetTextDatum(d->error);
+			v[7] = CStringGetTextDatum(sanitize(d->error, strlen(d->error)));
 		else
 			n[7] = 'n';
 		if (ex)

@@ -410,6 +410,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 	int			running = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	bool		want[AXME_DB_SLOTS];
+	bool		signalled[AXME_DB_SLOTS];
 	Oid			oids[AXME_DB_SLOTS];
 
 	initStringInfo(&capped);
@@ -421,6 +422,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 		bool		alive = s->pid != 0;
 
 		want[i] = false;
+		signalled[i] = false;
 		oids[i] = s->dboid;
 		if (handles[i] != NULL)
 		{
@@ -441,14 +443,15 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 		}
 		if (s->state == SLOT_UNUSED || s->leave)
 			continue;
-		want[i] = s->state == SLOT_SERVE ||
-			(s->state == SLOT_NO_EXT && s->signal_gen != s->seen_gen);
+		signalled[i] = s->state == SLOT_NO_EXT && s->signal_gen != s->seen_gen;
+		want[i] = s->state == SLOT_SERVE || signalled[i];
 	}
 	SpinLockRelease(&ws->mutex);
 
 	for (int i = 0; i < AXME_DB_SLOTS; i++)
 	{
-		if (!want[i] || (last_start[i] != 0 &&
+		/* a worker that ended on its own is restarted after a pause; a signal starts one now */
+		if (!want[i] || (!signalled[i] && last_start[i] != 0 &&
 						 !TimestampDifferenceExceeds(last_start[i], now, RESTART_DELAY_MS)))
 			continue;
 		if (running >= axme_max_database_workers)
