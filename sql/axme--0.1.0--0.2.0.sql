@@ -67,6 +67,10 @@ COMMENT ON TABLE axme.delivery_attempts IS
     '(when a retry is due; NULL when none follows).';
 
 SELECT pg_catalog.pg_extension_config_dump('axme.agent_secrets', '');
+
+-- http agents registered under 0.1.0 get a secret now: no request goes out unsigned.
+INSERT INTO axme.agent_secrets (agent_id, secret)
+SELECT a.agent_id, axme._random_secret() FROM axme.agents a WHERE a.delivery_mode = 'http';
 SELECT pg_catalog.pg_extension_config_dump('axme.delivery_attempts', '');
 
 -- Sends, replays, retries and mode changes make an intent due: wake the worker at commit.

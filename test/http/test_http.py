@@ -528,9 +528,15 @@ def test_upgrade_from_0_1_0(ctx):
     q(c, "ALTER EXTENSION axme UPDATE")
     check(q1(c, "SELECT extversion FROM pg_extension WHERE extname = 'axme'") == "0.2.0", "version")
     check(status(ctx, old, c) == "SUBMITTED", "poll intent changed")
-    # the http agent registered under 0.1.0 has no secret yet; re-registering makes one
-    q(c, "SELECT axme.register_agent('agent://acme/tests/up', 'http', %s)", (ctx.rx.url("/up"),))
+    # the http agent registered under 0.1.0 got a secret in the update, and its intent goes out signed
+    secret = q1(c, "SELECT axme.agent_secret('agent://acme/tests/up')")
+    check(secret and secret.startswith("whsec_"), "no secret after the update: %r" % secret)
     wait_status(ctx, pending, ("COMPLETED",), conn=c)
+    r = ctx.rx.requests("/up")[0]
+    rc, out = node_verify([{"secret": secret, "id": r["headers"]["webhook-id"],
+                            "timestamp": r["headers"]["webhook-timestamp"],
+                            "signature": r["headers"]["webhook-signature"], "body": r["body"].decode()}])
+    check(rc == 0, out)
     c.close()
     q(ctx.admin, "DROP DATABASE axt_up")
 
