@@ -292,6 +292,10 @@ BEGIN
         WITH a AS (
             SELECT ag.agent_id, ag.endpoint_url, ag.options,
                    coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = ag.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(ag.options->'headers') h) AS headers,
                    greatest(0, coalesce((ag.options->>'max_in_flight')::integer, 16) - coalesce(b.n, 0)) AS free
             FROM axme.agents ag
             LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
@@ -342,7 +346,8 @@ BEGIN
                                  ELSE jsonb_build_object('deadline_at', u.deadline_at) END
             FROM u
         )
-        SELECT u.*, a.endpoint_url, a.options, a.tmo FROM u JOIN a ON a.agent_id = u.agent_id
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers
+        FROM u JOIN a ON a.agent_id = u.agent_id
     LOOP
         IF r.status <> 'DELIVERED' THEN
             PERFORM axme._wake_waiters(r.intent_id);
@@ -356,10 +361,8 @@ BEGIN
             'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
             'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
             'created_at', r.created_at, 'attempt', r.attempt)::text;
-        secrets := ARRAY(SELECT s.secret FROM axme.agent_secrets s
-                         WHERE s.agent_id = r.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
-                         ORDER BY s.created_at DESC);
-        headers := ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(r.options->'headers') h);
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
         timeout_ms := r.tmo;
         ca_file := r.options->>'ca_file';
         RETURN NEXT;
@@ -447,6 +450,58 @@ BEGIN
     VALUES (p_intent_id, p_attempt, p_agent_id, p_started_at, p_duration_ms, p_http_status,
         p_error_class, p_error, p_excerpt, next_at)
     ON CONFLICT DO NOTHING;
+END $$;
+
+-- Record a batch of finished attempts.  The common case, a 2xx that completes the intent
+-- (completion on_2xx, no status body), is done set-based: one UPDATE, one INSERT of events, one of
+-- attempt rows.  Everything else goes through axme._http_record one by one.
+CREATE FUNCTION axme._http_record_batch(p_ids uuid[], p_attempts integer[], p_agents bigint[],
+                                        p_started timestamptz[], p_durations double precision[],
+                                        p_statuses integer[], p_classes text[], p_errors text[],
+                                        p_excerpts text[], p_responses text[], p_retry_after bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    done uuid[];
+    r record;
+BEGIN
+    WITH o AS (
+        SELECT x.id, x.att, x.agent, x.started, x.dur, x.st, x.excerpt, x.resp::jsonb AS body
+        FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses, p_classes,
+                    p_excerpts, p_responses)
+             AS x(id, att, agent, started, dur, st, cls, excerpt, resp)
+        WHERE x.cls IS NULL
+    ), u AS (
+        UPDATE axme.intents i SET
+            status = 'COMPLETED', result = o.body, due_at = NULL, lease_until = NULL,
+            updated_at = now(), event_seq = i.event_seq + 1
+        FROM o, axme.agents a
+        WHERE i.intent_id = o.id AND i.attempt = o.att AND i.status = 'DELIVERED'
+          AND i.lease_until IS NOT NULL
+          AND a.agent_id = i.agent_id AND coalesce(a.options->>'completion', 'on_2xx') <> 'explicit'
+          AND NOT coalesce(jsonb_typeof(o.body) = 'object' AND o.body->>'status' IN ('COMPLETED', 'FAILED'), false)
+        RETURNING i.intent_id, i.event_seq, i.attempt, o.agent, o.started, o.dur, o.st, o.excerpt
+    ), e AS (
+        INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', current_user,
+               jsonb_build_object('attempt', u.attempt, 'http_status', u.st)
+        FROM u
+    ), da AS (
+        INSERT INTO axme.delivery_attempts (intent_id, attempt, agent_id, started_at, duration_ms,
+                                            http_status, response_excerpt)
+        SELECT u.intent_id, u.attempt, u.agent, u.started, u.dur, u.st, u.excerpt FROM u
+        ON CONFLICT DO NOTHING
+    )
+    SELECT array_agg(u.intent_id) INTO done FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+
+    FOR r IN
+        SELECT x.* FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                               p_classes, p_errors, p_excerpts, p_responses, p_retry_after)
+                        AS x(id, att, agent, started, dur, st, cls, err, excerpt, resp, ra)
+        WHERE done IS NULL OR NOT (x.id = ANY (done))
+    LOOP
+        PERFORM axme._http_record(r.id, r.att, r.agent, r.started, r.dur, r.st, r.cls, r.err,
+                                  r.excerpt, r.resp, r.ra);
+    END LOOP;
 END $$;
 
 -------------------------------------------------------------------------------------------------

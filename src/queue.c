@@ -299,14 +299,29 @@ response_is_json(AxmeDelivery *d)
 	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
 }
 
+/* a one-dimensional array of n datums with nulls (nulls[i] true: NULL) */
+static Datum
+make_array(Datum *v, bool *nulls, int n, Oid type, int len, bool byval, char align)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(v, nulls, 1, dims, lbs, type, len, byval, align));
+}
+
 /*
- * Record finished deliveries in one transaction and free them.  false when the extension is
- * gone (nothing recorded).
+ * Record finished deliveries in one transaction (axme._http_record_batch) and free them.
+ * false when the extension is gone (nothing recorded).
  */
 bool
 axme_queue_record(List *done)
 {
 	ListCell   *lc;
+	int			n = list_length(done);
+	int			i = 0;
+	Datum	   *v[11];
+	bool	   *nl[11];
+	Datum		args[11];
 
 	if (done == NIL)
 		return true;
@@ -318,50 +333,61 @@ axme_queue_record(List *done)
 	}
 	if (record_plan == NULL)
 	{
-		Oid			types[11] = {UUIDOID, INT4OID, INT8OID, TIMESTAMPTZOID, FLOAT8OID, INT4OID,
-		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
+		Oid			types[11] = {UUIDARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+			FLOAT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		INT8ARRAYOID};
 
-		record_plan = prepare_kept("SELECT axme._http_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+		record_plan = prepare_kept("SELECT axme._http_record_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
 								   11, types);
+	}
+	for (int k = 0; k < 11; k++)
+	{
+		v[k] = palloc(sizeof(Datum) * n);
+		nl[k] = palloc0(sizeof(bool) * n);
 	}
 	foreach(lc, done)
 	{
 		AxmeDelivery *d = lfirst(lc);
-		Datum		v[11];
-		char		n[11];
 		char	   *ex = excerpt(d);
 
-		memset(n, ' ', sizeof(n));
-		v[0] = DirectFunctionCall1(uuid_in, CStringGetDatum(d->intent_id));
-		v[1] = Int32GetDatum(d->attempt);
-		v[2] = Int64GetDatum(d->agent_id);
-		v[3] = TimestampTzGetDatum(d->started_at);
-		v[4] = Float8GetDatum(d->duration_ms);
-		v[5] = Int32GetDatum(d->http_status);
-		if (d->http_status == 0)
-			n[5] = 'n';
+		v[0][i] = DirectFunctionCall1(uuid_in, CStringGetDatum(d->intent_id));
+		v[1][i] = Int32GetDatum(d->attempt);
+		v[2][i] = Int64GetDatum(d->agent_id);
+		v[3][i] = TimestampTzGetDatum(d->started_at);
+		v[4][i] = Float8GetDatum(d->duration_ms);
+		v[5][i] = Int32GetDatum(d->http_status);
+		nl[5][i] = d->http_status == 0;
 		if (d->error_class)
-			v[6] = CStringGetTextDatum(d->error_class);
+			v[6][i] = CStringGetTextDatum(d->error_class);
 		else
-			n[6] = 'n';
+			nl[6][i] = true;
 		if (d->error)
-			v[7] = CStringGetTextDatum(sanitize(d->error, strlen(d->error)));
+			v[7][i] = CStringGetTextDatum(sanitize(d->error, strlen(d->error)));
 		else
-			n[7] = 'n';
+			nl[7][i] = true;
 		if (ex)
-			v[8] = CStringGetTextDatum(ex);
+			v[8][i] = CStringGetTextDatum(ex);
 		else
-			n[8] = 'n';
+			nl[8][i] = true;
 		if (d->error_class == NULL && response_is_json(d))
-			v[9] = PointerGetDatum(cstring_to_text_with_len(d->response.data, d->response.len));
+			v[9][i] = PointerGetDatum(cstring_to_text_with_len(d->response.data, d->response.len));
 		else
-			n[9] = 'n';
-		v[10] = Int64GetDatum(d->retry_after_ms);
-		if (d->retry_after_ms < 0)
-			n[10] = 'n';
-		if (SPI_execute_plan(record_plan, v, n, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "axme._http_record failed");
+			nl[9][i] = true;
+		v[10][i] = Int64GetDatum(d->retry_after_ms);
+		nl[10][i] = d->retry_after_ms < 0;
+		i++;
 	}
+	args[0] = make_array(v[0], nl[0], n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
+	args[1] = make_array(v[1], nl[1], n, INT4OID, 4, true, TYPALIGN_INT);
+	args[2] = make_array(v[2], nl[2], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	args[3] = make_array(v[3], nl[3], n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	args[4] = make_array(v[4], nl[4], n, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	args[5] = make_array(v[5], nl[5], n, INT4OID, 4, true, TYPALIGN_INT);
+	for (int k = 6; k < 10; k++)
+		args[k] = make_array(v[k], nl[k], n, TEXTOID, -1, false, TYPALIGN_INT);
+	args[10] = make_array(v[10], nl[10], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	if (SPI_execute_plan(record_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "axme._http_record_batch failed");
 	end_tx();
 	foreach(lc, done)
 		axme_http_free(lfirst(lc));

@@ -1,0 +1,195 @@
+"""http delivery benchmark: axme vs nginx's ceiling (wrk) vs a hand-written Python sender.
+
+Run through bench/http/run.sh.  Prints a markdown table.  The cluster runs with fsync=off (the
+numbers measure axme, not the disk); every delivery is still committed and recorded.
+"""
+import argparse
+import base64
+import concurrent.futures
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "test", "http"))
+from cluster import Cluster  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NGINX_DIR = "/tmp/axme_bench_nginx"
+PORT = 18088
+N = 20000
+
+
+def q(conn, sql, args=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else None
+
+
+def start_nginx():
+    os.makedirs(NGINX_DIR, exist_ok=True)
+    stop_nginx()
+    for f in ("latency.log",):
+        try:
+            os.remove(os.path.join(NGINX_DIR, f))
+        except OSError:
+            pass
+    subprocess.run(["nginx", "-c", os.path.join(HERE, "nginx.conf")], check=True)
+    time.sleep(0.3)
+
+
+def stop_nginx():
+    try:
+        with open(os.path.join(NGINX_DIR, "nginx.pid")) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 15)
+        time.sleep(0.3)
+    except (OSError, ValueError):
+        pass
+
+
+def wrk_ceiling():
+    out = subprocess.run(["wrk", "-t2", "-c64", "-d5s", "-s", os.path.join(HERE, "post.lua"),
+                          "http://127.0.0.1:%d/" % PORT], capture_output=True, text=True).stdout
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    return float(m.group(1)) if m else None
+
+
+def axme_throughput(db, n):
+    addr = "agent://acme/bench/nginx"
+    q(db, "SELECT axme.register_agent(%s, 'http', %s, '{\"max_in_flight\": 256}')",
+      (addr, "http://127.0.0.1:%d/throughput" % PORT))
+    db.autocommit = False
+    t_send = time.time()
+    q(db, """SELECT count(axme.send_intent(jsonb_build_object('intent_type', 'intent.bench.v1',
+                 'to_agent', %s, 'payload', jsonb_build_object('n', g))))
+             FROM generate_series(1, %s) g""", (addr, n))
+    db.commit()
+    t_commit = time.time()
+    db.autocommit = True
+    end = time.time() + 600
+    while time.time() < end:
+        done = q(db, "SELECT count(*) FROM axme.intents WHERE to_agent = %s AND status = 'COMPLETED'", (addr,))[0][0]
+        if done >= n:
+            break
+        time.sleep(0.05)
+    last = q(db, "SELECT extract(epoch FROM max(updated_at)) FROM axme.intents WHERE to_agent = %s", (addr,))[0][0]
+    attempts = q(db, "SELECT count(*) FROM axme.delivery_attempts a JOIN axme.agents g USING (agent_id) WHERE g.address = %s", (addr,))[0][0]
+    return n / (float(last) - t_commit), float(last) - t_commit, attempts, t_commit - t_send
+
+
+def axme_latency(db, count=300):
+    addr = "agent://acme/bench/latency"
+    q(db, "SELECT axme.register_agent(%s, 'http', %s, '{}')", (addr, "http://127.0.0.1:%d/latency" % PORT))
+    committed = {}
+    for i in range(count):
+        db.autocommit = False
+        iid = q(db, "SELECT axme.send_intent(%s)", (json.dumps(
+            {"intent_type": "intent.bench.v1", "to_agent": addr, "payload": {"i": i}}),))[0][0]
+        db.commit()
+        committed[iid] = time.time()
+        db.autocommit = True
+        time.sleep(0.02)
+    time.sleep(1)
+    lat = []
+    with open(os.path.join(NGINX_DIR, "latency.log")) as f:
+        for line in f:
+            t, wid = line.split()
+            if wid in committed:
+                lat.append((float(t) - committed[wid]) * 1000)
+    lat.sort()
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99) - 1], len(lat)
+
+
+def python_sender(n, threads):
+    secret = base64.b64decode(base64.b64encode(os.urandom(32)))
+    local = threading.local()
+
+    def conn():
+        if not hasattr(local, "c"):
+            local.c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=15)
+        return local.c
+
+    def deliver(i):
+        body = json.dumps({"intent_id": str(uuid.uuid4()), "intent_type": "intent.bench.v1",
+                           "payload": {"n": i}}).encode()
+        mid = str(uuid.uuid4())
+        for attempt in range(5):
+            ts = str(int(time.time()))
+            sig = base64.b64encode(hmac.new(secret, ("%s.%s." % (mid, ts)).encode() + body,
+                                            hashlib.sha256).digest()).decode()
+            try:
+                c = conn()
+                c.request("POST", "/python", body, {"content-type": "application/json",
+                                                    "webhook-id": mid, "webhook-timestamp": ts,
+                                                    "webhook-signature": "v1," + sig})
+                r = c.getresponse()
+                r.read()
+                if 200 <= r.status < 300:
+                    return True
+            except (OSError, http.client.HTTPException):
+                local.__dict__.pop("c", None)
+            time.sleep(0.1 * 2 ** attempt)
+        return False
+
+    t0 = time.time()
+    if threads == 1:
+        ok = sum(deliver(i) for i in range(n))
+    else:
+        with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+            ok = sum(ex.map(deliver, range(n), chunksize=64))
+    return ok / (time.time() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bindir", required=True)
+    ap.add_argument("--port", type=int, default=5495)
+    ap.add_argument("-n", type=int, default=N)
+    args = ap.parse_args()
+
+    start_nginx()
+    cluster = Cluster(args.bindir, args.port, extra_conf="shared_buffers = 256MB\nmax_wal_size = 4GB\n")
+    try:
+        cluster.start()
+        admin = cluster.connect("postgres")
+        q(admin, "CREATE DATABASE axbench")
+        db = cluster.connect("axbench")
+        q(db, "CREATE EXTENSION axme")
+        time.sleep(1.5)
+        ceiling = wrk_ceiling()
+        rate, secs, attempts, send_s = axme_throughput(db, args.n)
+        p50, p99, nlat = axme_latency(db)
+        py1 = python_sender(args.n, 1)
+        py16 = python_sender(args.n, 16)
+        rss = q(admin, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' AND datname = 'axbench'")
+        rss_kb = None
+        if rss:
+            with open("/proc/%d/status" % rss[0][0]) as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        rss_kb = int(line.split()[1])
+        print("| what | result |")
+        print("|---|---|")
+        print("| nginx ceiling (wrk -t2 -c64, POST) | %.0f requests/s |" % ceiling)
+        print("| axme: %d intents, commit -> last recorded delivery | %.0f deliveries/s (%.2f s, %d attempt rows; sending them took %.2f s) |"
+              % (args.n, rate, secs, attempts, send_s))
+        print("| axme: commit -> receiver latency, idle (%d sends) | p50 %.1f ms, p99 %.1f ms |" % (nlat, p50, p99))
+        print("| hand-written Python sender, 1 keep-alive connection | %.0f requests/s |" % py1)
+        print("| hand-written Python sender, 16 threads | %.0f requests/s |" % py16)
+        print("| axme worker private memory (RssAnon) after the run | %s kB |" % rss_kb)
+        print("\n(fsync=off; 2-core machine shared with other work; nginx, PostgreSQL and the senders on one host)")
+    finally:
+        cluster.destroy()
+        stop_nginx()
+
+
+if __name__ == "__main__":
+    main()
