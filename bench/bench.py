@@ -150,11 +150,26 @@ def pgbench(script, clients, seconds):
     return float(m.group(1)), float(lat.group(1)) if lat else None
 
 
-def send_run(system, batch, clients):
+# How the rows of one transaction are sent: (key, script suffix, rows per transaction, label)
+SEND_SHAPES = [
+    ("1", "1", 1, "1"),
+    ("100", "100", 100, "100, one statement"),
+    ("100s", "100s", 100, "100, one statement each"),
+]
+
+
+def send_script(system, shape):
     prefix = dict((k, p) for k, p, _ in SEND_SYSTEMS)[system]
+    suffix = dict((k, x) for k, x, _, _ in SEND_SHAPES)[shape]
+    path = "%s_%s.sql" % (prefix, suffix)
+    return path if os.path.exists(os.path.join(HERE, "pgbench", path)) else None
+
+
+def send_run(system, shape, clients):
+    batch = dict((k, n) for k, _, n, _ in SEND_SHAPES)[shape]
     reset_all()
     time.sleep(0.5)
-    tps, lat_ms = pgbench("%s_%d.sql" % (prefix, batch), clients, SECONDS)
+    tps, lat_ms = pgbench(send_script(system, shape), clients, SECONDS)
     rows = tps * batch
     # sanity: the rows are really there
     table = {"floor": "bench.floor_intents", "axme": "axme.intents", "axme_stream": "axme.intents"}.get(system)
@@ -450,13 +465,13 @@ def med(values):
 
 
 def fmt_rate(v):
-    return "{:,.0f}".format(v) if v == v else "n/a"
+    return "{:,.0f}".format(v) if v == v else "—"
 
 
 def paired_ratio(runs, floor_runs):
     """Median over rounds of run / floor run of the same round (noise within a round is shared)."""
     pairs = [a / b for a, b in zip(runs, floor_runs) if b]
-    return "%.0f %%" % (100.0 * med(pairs)) if pairs else "n/a"
+    return "%.0f %%" % (100.0 * med(pairs)) if pairs else "—"
 
 
 def spread(values):
@@ -492,19 +507,21 @@ def report(info, sends, cycles, lat, started, finished):
     L.append("")
     L.append("One row = one intent with a ~110-byte JSON order payload. Floor: a bare `INSERT` of the same "
              "row (same columns, defaults and CHECKs as `axme.intents`, primary key only) into a plain "
-             "table. 100/tx: one statement per transaction that sends 100 (`SELECT send_intent(...) FROM "
-             "generate_series(1, 100)`; the floor is `INSERT ... SELECT` of 100 rows, PgQ calls "
-             "`insert_event` 100 times).")
+             "table. *100, one statement*: one statement per transaction sends 100 (`SELECT send_intent(...) "
+             "FROM generate_series(1, 100)`, the shape of a row trigger on a 100-row INSERT; the floor is "
+             "`INSERT ... SELECT` of 100 rows, the cheapest write PostgreSQL has; PgQ calls `insert_event` 100 "
+             "times). *100, one statement each*: `BEGIN`, 100 single-row statements, `COMMIT` (an application "
+             "sending 100 in one transaction; 100 round trips).")
     L.append("")
     L.append("| rows/tx | clients | floor: bare INSERT | axme send_intent (poll agent) | axme/floor "
              "| axme send_intent (stream agent) | stream/floor | PgQ insert_event | PgQ/floor |")
     L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for batch in (1, BATCH):
+    for shape, _, _, shape_label in SEND_SHAPES:
         for clients in (1, 4):
-            v = {k: [r["rows_per_s"] for r in sends.get((k, batch, clients), [])] for k, _, _ in SEND_SYSTEMS}
+            v = {k: [r["rows_per_s"] for r in sends.get((k, shape, clients), [])] for k, _, _ in SEND_SYSTEMS}
             f = med(v["floor"])
-            L.append("| %d | %d | %s%s | %s%s | **%s** | %s%s | %s | %s%s | %s |" % (
-                batch, clients, fmt_rate(f), spread(v["floor"]),
+            L.append("| %s | %d | %s%s | %s%s | **%s** | %s%s | %s | %s%s | %s |" % (
+                shape_label, clients, fmt_rate(f), spread(v["floor"]),
                 fmt_rate(med(v["axme"])), spread(v["axme"]), paired_ratio(v["axme"], v["floor"]),
                 fmt_rate(med(v["axme_stream"])), spread(v["axme_stream"]), paired_ratio(v["axme_stream"], v["floor"]),
                 fmt_rate(med(v["pgq"])), spread(v["pgq"]), paired_ratio(v["pgq"], v["floor"])))
@@ -582,14 +599,14 @@ def main():
     sends, cycles, lat_rounds = {}, {}, {"notify": [], "stream": [], "wait_for": []}
     for rnd in range(1, ROUNDS + 1):
         log("round %d/%d: sending" % (rnd, ROUNDS))
-        for batch in (1, BATCH):
+        for shape, _, _, _ in SEND_SHAPES:
             for clients in (1, 4):
                 for key, _, _ in SEND_SYSTEMS:
-                    if not ONLY.search("send %s %d %d" % (key, batch, clients)):
+                    if not send_script(key, shape) or not ONLY.search("send %s %s %d" % (key, shape, clients)):
                         continue
-                    r = send_run(key, batch, clients)
-                    sends.setdefault((key, batch, clients), []).append(r)
-                    log("  send %-12s %3d/tx c=%d: %9.0f rows/s" % (key, batch, clients, r["rows_per_s"]))
+                    r = send_run(key, shape, clients)
+                    sends.setdefault((key, shape, clients), []).append(r)
+                    log("  send %-12s %4s/tx c=%d: %9.0f rows/s" % (key, shape, clients, r["rows_per_s"]))
         log("round %d/%d: consuming" % (rnd, ROUNDS))
         for mode in ("each", "batch"):
             for consumers in (1, 4):
@@ -615,8 +632,9 @@ def main():
     # latency: report the round with the median p50 (all rounds are in results.json)
     lat = {}
     for k, v in lat_rounds.items():
-        v = sorted(v, key=lambda x: x[0]["p50"])
-        lat[k] = v[(len(v) - 1) // 2]
+        if v:
+            v = sorted(v, key=lambda x: x[0]["p50"])
+            lat[k] = v[(len(v) - 1) // 2]
     info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     finished = time.time()
     md = report(info, sends, cycles, lat, started, finished)
@@ -624,7 +642,7 @@ def main():
         f.write(md)
     with open(OUT_JSON, "w") as f:
         json.dump({"machine": info, "seconds": SECONDS, "rounds": ROUNDS,
-                   "send": [{"system": k[0], "rows_per_tx": k[1], "clients": k[2], "runs": v} for k, v in sends.items()],
+                   "send": [{"system": k[0], "shape": k[1], "clients": k[2], "runs": v} for k, v in sends.items()],
                    "cycle": [{"system": k[0], "consumers": k[1], "ack": k[2], "runs": v} for k, v in cycles.items()],
                    "latency_ms": {k: [{"commit_to_received": c, "call_to_received": d} for c, d in v]
                                   for k, v in lat_rounds.items()}}, f, indent=1)

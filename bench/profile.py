@@ -23,11 +23,11 @@ OUT = os.environ.get("PROFILE_OUT", os.path.join(HERE, "PROFILE.md"))
 TOP = """
 SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,
        round((1000 * total_exec_time / calls)::numeric, 1) AS mean_us,
-       round(100 * total_exec_time / nullif(sum(total_exec_time) FILTER (WHERE toplevel) OVER (), 0), 1) AS pct_of_top,
+       round((100 * total_exec_time / nullif(sum(total_exec_time) FILTER (WHERE toplevel) OVER (), 0))::numeric, 1) AS pct_of_top,
        toplevel AS top,
        left(regexp_replace(query, '\\s+', ' ', 'g'), 140) AS query
 FROM pg_stat_statements
-WHERE query NOT LIKE '%%pg_stat_statements%%'
+WHERE query NOT LIKE '%pg_stat_statements%'
 ORDER BY total_exec_time DESC
 LIMIT 18
 """
