@@ -26,6 +26,7 @@ LOGDIR=${AXME_TEST_LOGDIR:-$(mktemp -d /tmp/axme-test.XXXXXX)}
 mkdir -p "$LOGDIR"
 SUITES=${AXME_TEST_SUITES:-regress regress-nopreload isolation python python-nopreload dump-restore demo}
 PY=/usr/bin/python3
+export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUITE_TIMEOUT=540          # seconds; a suite that hangs is killed and counted as failed
 export PGISOLATIONTIMEOUT=120
 

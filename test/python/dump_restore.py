@@ -12,7 +12,7 @@ import psycopg2.errors
 
 from axmetest import AxmeTestCase, connect
 
-BINDIR = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+BINDIR = subprocess.run([os.environ.get("PG_CONFIG", "pg_config"), "--bindir"], capture_output=True, text=True,
                         check=True).stdout.strip()
 POLL = "agent://myorg/prod/dump-poll"
 STREAM = "agent://myorg/prod/dump-stream"
