@@ -9,11 +9,17 @@ PG_CPPFLAGS  = -Isrc
 PG_CFLAGS    = -Wall -Wextra -Wno-unused-parameter -Werror
 SHLIB_LINK   = -lcurl -lcrypto
 
-# pg_regress suites; scripts/test.sh runs them with and without preload.
-REGRESS      = $(sort $(basename $(notdir $(wildcard test/sql/*.sql))))
-REGRESS_OPTS = --inputdir=test --outputdir=test
-ISOLATION    = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))
-ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso
+# Tests (scripts/test.sh runs them all, each suite in its own throwaway cluster).
+# pg_regress: test/sql + test/expected, run with and without shared_preload_libraries=axme.
+# Isolation: test/specs, expected output also in test/expected.
+# `make installcheck` runs both against the server in PG*; REGRESS= or ISOLATION= skips one.
+# REGRESS_OUTDIR / ISOLATION_OUTDIR choose where results and diffs go.
+REGRESS_OUTDIR   ?= test
+ISOLATION_OUTDIR ?= test/output_iso
+REGRESS        = $(sort $(basename $(notdir $(wildcard test/sql/*.sql))))
+REGRESS_OPTS   = --inputdir=test --outputdir=$(REGRESS_OUTDIR)
+ISOLATION      = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))
+ISOLATION_OPTS = --inputdir=test --outputdir=$(ISOLATION_OUTDIR)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

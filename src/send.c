@@ -36,11 +36,17 @@ static const char *const intent_keys[] = {
 
 #define N_INTENT_KEYS lengthof(intent_keys)
 
-static SPIPlanPtr agent_plan = NULL;
 static SPIPlanPtr key_insert_plan = NULL;
 static SPIPlanPtr key_select_plan = NULL;
-static SPIPlanPtr intent_insert_plan = NULL;
-static SPIPlanPtr events_insert_plan = NULL;
+static SPIPlanPtr store_plan = NULL;
+
+/* The parameters of store_plan, in order. */
+enum
+{
+	P_ID, P_TYPE, P_FROM, P_TO, P_ROLE, P_CORR, P_REPLY, P_PAYLOAD, P_BUDGET, P_DEADLINE,
+	P_NOT_BEFORE, P_REMIND_AFTER, P_REMIND_INTERVAL, P_MAX_REMINDERS, P_ESCALATE, P_TASK, P_KEY,
+	P_DEFAULT_BUDGET, N_STORE_PARAMS
+};
 
 static SPIPlanPtr
 keep_plan(const char *sql, int nargs, Oid *argtypes)
@@ -53,17 +59,14 @@ keep_plan(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/*
+ * One statement stores the intent and its first two events and returns the receiving agent:
+ * a single executor run per send.  No row comes back when the agent is not registered, and then
+ * nothing was inserted (both INSERTs select from the agent lookup).
+ */
 static void
 prepare_plans(void)
 {
-	if (agent_plan == NULL)
-	{
-		Oid			t[1] = {TEXTOID};
-
-		agent_plan = keep_plan(
-			"SELECT agent_id, address, delivery_mode, (options->'retry'->>'max_attempts')::int4"
-			" FROM axme.agents WHERE address OPERATOR(pg_catalog.=) $1", 1, t);
-	}
 	if (key_insert_plan == NULL)
 	{
 		Oid			t[4] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID};
@@ -80,31 +83,38 @@ prepare_plans(void)
 			"SELECT intent_id, request_hash FROM axme.idempotency_keys"
 			" WHERE sender OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2", 2, t);
 	}
-	if (intent_insert_plan == NULL)
+	if (store_plan == NULL)
 	{
-		Oid			t[18] = {UUIDOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, UUIDOID,
-		TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, INT4OID,
-		TEXTOID, JSONBOID, TEXTOID};
+		Oid			t[N_STORE_PARAMS] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, UUIDOID,
+			TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, INT4OID,
+		TEXTOID, JSONBOID, TEXTOID, INT4OID};
 
-		intent_insert_plan = keep_plan(
-			"INSERT INTO axme.intents (intent_id, agent_id, intent_type, from_agent, to_agent,"
-			" sender_role, correlation_id, reply_to, payload, status, max_delivery_attempts,"
-			" deadline_at, not_before, due_at, remind_after_seconds, remind_interval_seconds,"
-			" max_reminders, escalate_to, human_task, idempotency_key, event_seq)"
-			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'SUBMITTED', $10, $11, $12,"
-			" GREATEST(pg_catalog.now(), $12), $13, $14, $15, $16, $17, $18, 2)", 18, t);
-	}
-	if (events_insert_plan == NULL)
-	{
-		Oid			t[5] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-
-		events_insert_plan = keep_plan(
-			"INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details) VALUES"
-			" ($1, 1, 'intent.created', 'CREATED', $2,"
-			"  pg_catalog.jsonb_build_object('intent_type', $3, 'to_agent', $4)),"
-			" ($1, 2, 'intent.submitted', 'SUBMITTED', $2,"
-			"  CASE WHEN $5 > pg_catalog.now() THEN pg_catalog.jsonb_build_object('not_before', $5)"
-			"  ELSE '{}'::pg_catalog.jsonb END)", 5, t);
+		store_plan = keep_plan(
+			"WITH a AS ("
+			"  SELECT agent_id, address, delivery_mode,"
+			"         (options->'retry'->>'max_attempts')::pg_catalog.int4 AS retry_max"
+			"  FROM axme.agents WHERE address OPERATOR(pg_catalog.=) $4"
+			"), i AS ("
+			"  INSERT INTO axme.intents (intent_id, agent_id, intent_type, from_agent, to_agent,"
+			"    sender_role, correlation_id, reply_to, payload, status, max_delivery_attempts,"
+			"    deadline_at, not_before, due_at, remind_after_seconds, remind_interval_seconds,"
+			"    max_reminders, escalate_to, human_task, idempotency_key, event_seq)"
+			"  SELECT $1, a.agent_id, $2, $3, a.address, $5, $6, $7, $8, 'SUBMITTED',"
+			"    COALESCE($9, a.retry_max, $18), $10, $11, GREATEST(pg_catalog.now(), $11),"
+			"    $12, $13, $14, $15, $16, $17, 2"
+			"  FROM a"
+			"), e AS ("
+			"  INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)"
+			"  SELECT $1, s.seq, s.event_type, s.status, $5, s.details"
+			"  FROM a, LATERAL (VALUES"
+			"    (1, 'intent.created', 'CREATED',"
+			"     pg_catalog.jsonb_build_object('intent_type', $2, 'to_agent', a.address)),"
+			"    (2, 'intent.submitted', 'SUBMITTED',"
+			"     CASE WHEN $11 > pg_catalog.now()"
+			"          THEN pg_catalog.jsonb_build_object('not_before', $11)"
+			"          ELSE '{}'::pg_catalog.jsonb END)) AS s(seq, event_type, status, details)"
+			")"
+			" SELECT agent_id, delivery_mode FROM a", N_STORE_PARAMS, t);
 	}
 }
 
@@ -292,7 +302,6 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	size_t		payload_bytes;
 	char		hash[33];
 	int64		agent_id;
-	char	   *address;
 	bool		is_stream;
 	bool		isnull;
 
@@ -393,33 +402,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		key = text_to_cstring(k);
 	}
 
-	/* --- the receiver --- */
 	SPI_connect();
 	prepare_plans();
-	{
-		Datum		args[1] = {CStringGetTextDatum(to_agent)};
-
-		if (SPI_execute_plan(agent_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "axme: agent lookup failed");
-	}
-	if (SPI_processed == 0)
-	{
-		axme_check_address(to_agent, "to_agent");
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("agent \"%s\" is not registered", to_agent),
-				 errhint("Register it first: SELECT axme.register_agent('%s', 'poll');", to_agent)));
-	}
-	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	address = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);	/* used before SPI_finish */
-	is_stream = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "stream") == 0;
-	if (budget < 0)
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
-
-		budget = isnull ? axme_max_delivery_attempts : DatumGetInt32(d);
-	}
-
 	new_uuid(id);
 
 	/* --- idempotency: (coalesce(from_agent, sender_role), key) -> one intent --- */
@@ -459,54 +443,51 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		}
 	}
 
-	/* --- the intent and its first two events --- */
+	/* --- the intent and its first two events, in one statement --- */
 	{
-		Datum		args[18];
-		char		nulls[19];
+		Datum		args[N_STORE_PARAMS];
+		char		nulls[N_STORE_PARAMS + 1];
 
-		memset(nulls, ' ', sizeof(nulls));
-		nulls[18] = '\0';
-		args[0] = UUIDPGetDatum(id);
-		args[1] = Int64GetDatum(agent_id);
-		args[2] = CStringGetTextDatum(intent_type);
-		args[3] = text_or_null(from_agent, nulls, 3);
-		args[4] = CStringGetTextDatum(address);
-		args[5] = CStringGetTextDatum(role);
-		args[6] = UUIDPGetDatum(corr);
-		args[7] = text_or_null(reply_to, nulls, 7);
-		args[8] = JsonbPGetDatum(payload);
-		args[9] = Int32GetDatum(budget);
-		args[10] = TimestampTzGetDatum(deadline);
-		nulls[10] = has_deadline ? ' ' : 'n';
-		args[11] = TimestampTzGetDatum(not_before);
-		nulls[11] = has_not_before ? ' ' : 'n';
-		args[12] = Int32GetDatum(remind_after);
-		nulls[12] = remind_after < 0 ? 'n' : ' ';
-		args[13] = Int32GetDatum(remind_interval);
-		nulls[13] = remind_interval < 0 ? 'n' : ' ';
-		args[14] = Int32GetDatum(max_reminders);
-		nulls[14] = max_reminders < 0 ? 'n' : ' ';
-		args[15] = text_or_null(escalate_to, nulls, 15);
-		args[16] = PointerGetDatum(human_task);
-		nulls[16] = human_task ? ' ' : 'n';
-		args[17] = text_or_null(key, nulls, 17);
-		if (SPI_execute_plan(intent_insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		memset(nulls, ' ', N_STORE_PARAMS);
+		nulls[N_STORE_PARAMS] = '\0';
+		args[P_ID] = UUIDPGetDatum(id);
+		args[P_TYPE] = CStringGetTextDatum(intent_type);
+		args[P_FROM] = text_or_null(from_agent, nulls, P_FROM);
+		args[P_TO] = CStringGetTextDatum(to_agent);
+		args[P_ROLE] = CStringGetTextDatum(role);
+		args[P_CORR] = UUIDPGetDatum(corr);
+		args[P_REPLY] = text_or_null(reply_to, nulls, P_REPLY);
+		args[P_PAYLOAD] = JsonbPGetDatum(payload);
+		args[P_BUDGET] = Int32GetDatum(budget);
+		nulls[P_BUDGET] = budget < 0 ? 'n' : ' ';
+		args[P_DEADLINE] = TimestampTzGetDatum(deadline);
+		nulls[P_DEADLINE] = has_deadline ? ' ' : 'n';
+		args[P_NOT_BEFORE] = TimestampTzGetDatum(not_before);
+		nulls[P_NOT_BEFORE] = has_not_before ? ' ' : 'n';
+		args[P_REMIND_AFTER] = Int32GetDatum(remind_after);
+		nulls[P_REMIND_AFTER] = remind_after < 0 ? 'n' : ' ';
+		args[P_REMIND_INTERVAL] = Int32GetDatum(remind_interval);
+		nulls[P_REMIND_INTERVAL] = remind_interval < 0 ? 'n' : ' ';
+		args[P_MAX_REMINDERS] = Int32GetDatum(max_reminders);
+		nulls[P_MAX_REMINDERS] = max_reminders < 0 ? 'n' : ' ';
+		args[P_ESCALATE] = text_or_null(escalate_to, nulls, P_ESCALATE);
+		args[P_TASK] = PointerGetDatum(human_task);
+		nulls[P_TASK] = human_task ? ' ' : 'n';
+		args[P_KEY] = text_or_null(key, nulls, P_KEY);
+		args[P_DEFAULT_BUDGET] = Int32GetDatum(axme_max_delivery_attempts);
+		if (SPI_execute_plan(store_plan, args, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "axme: intent insert failed");
 	}
+	if (SPI_processed == 0)
 	{
-		Datum		args[5];
-		char		nulls[6] = "    n";
-
-		args[0] = UUIDPGetDatum(id);
-		args[1] = CStringGetTextDatum(role);
-		args[2] = CStringGetTextDatum(intent_type);
-		args[3] = CStringGetTextDatum(address);
-		args[4] = TimestampTzGetDatum(not_before);
-		if (has_not_before)
-			nulls[4] = ' ';
-		if (SPI_execute_plan(events_insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "axme: event insert failed");
+		axme_check_address(to_agent, "to_agent");
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("agent \"%s\" is not registered", to_agent),
+				 errhint("Register it first: SELECT axme.register_agent('%s', 'poll');", to_agent)));
 	}
+	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	is_stream = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "stream") == 0;
 	SPI_finish();
 
 	if (is_stream)

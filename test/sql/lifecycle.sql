@@ -216,6 +216,20 @@ SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg
 SELECT axme.fail(pg_temp.id('f'), '{"code": "fourth"}', true, 4);
 SELECT * FROM pg_temp.state('f');
 SELECT * FROM pg_temp.events('f');
+-- ACKNOWLEDGED -> SUBMITTED and IN_PROGRESS -> SUBMITTED: failed attempts after ack or progress
+SELECT pg_temp.send('f2', 'agent://myorg/prod/life');
+SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg/prod/life', 10);
+SELECT axme.ack(pg_temp.id('f2'), 1);
+SELECT axme.fail(pg_temp.id('f2'), '{"code": "after ack"}', true, 1);
+SELECT * FROM pg_temp.state('f2');
+SELECT pg_sleep(0.05);
+SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg/prod/life', 10);
+SELECT axme.progress(pg_temp.id('f2'), '{}', 2);
+SELECT axme.fail(pg_temp.id('f2'), '{"code": "after progress"}', true, 2);
+SELECT * FROM pg_temp.state('f2');
+SELECT * FROM pg_temp.events('f2');
+SELECT axme.resolve(pg_temp.id('f2'), 'CANCELED');
+
 -- replay notifies nobody but a stream agent, and poll serves stream agents too
 SELECT pg_temp.send('s', 'agent://myorg/prod/streamer', '{"max_delivery_attempts": 1}');
 SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg/prod/streamer', 10);
