@@ -267,7 +267,8 @@ BEGIN
     delay_ms := greatest(delay_ms, least(coalesce(min_delay_ms, 0), max_ms));
     i.error := error;
     i.lease_until := NULL;
-    i.due_at := now() + delay_ms * interval '1 millisecond';
+    -- never due later than the deadline: the claim times it out then
+    i.due_at := least(now() + delay_ms * interval '1 millisecond', i.deadline_at);
     RETURN axme._transition(i, 'SUBMITTED', 'intent.delivery_failed',
         jsonb_build_object('attempt', i.attempt, 'error', error, 'next_attempt_at', i.due_at));
 END $$;
@@ -416,8 +417,9 @@ BEGIN
                 SELECT a.options->>'completion' INTO completion FROM axme.agents a WHERE a.agent_id = i.agent_id;
                 IF completion = 'explicit' THEN
                     -- Delivered; the receiver reports the result with complete/fail.  The lease
-                    -- ends, so it is not sent again.
-                    UPDATE axme.intents SET lease_until = NULL, due_at = NULL, updated_at = now()
+                    -- ends, so it is not sent again; only its deadline (if any) stays due.
+                    -- due_at = deadline_at: the worker's claim times it out then.
+                    UPDATE axme.intents SET lease_until = NULL, due_at = i.deadline_at, updated_at = now()
                     WHERE intent_id = i.intent_id;
                 ELSE
                     i.result := resp;

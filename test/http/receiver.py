@@ -14,7 +14,7 @@ import time
 
 
 class Receiver:
-    def __init__(self, host="127.0.0.1", port=0):
+    def __init__(self, host="127.0.0.1", port=0, tls=None):
         self.lock = threading.Lock()
         self.scripts = {}
         self.defaults = {}
@@ -77,11 +77,18 @@ class Receiver:
 
         self.server = Server((host, port), Handler)
         self.port = self.server.server_address[1]
+        self.scheme = "http"
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
+        return "%s://127.0.0.1:%d%s" % (self.scheme, self.port, path)
 
     def script(self, path, responses, default=None):
         with self.lock:

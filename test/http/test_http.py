@@ -341,6 +341,50 @@ def test_retry_after(ctx):
 
 
 @test
+def test_deadline_while_delivered_explicit(ctx):
+    """explicit completion: a DELIVERED intent still times out at its deadline_at."""
+    addr = agent(ctx, "expdl", "/expdl", {"completion": "explicit"})
+    deadline = q1(ctx.db, "SELECT now() + interval '2 seconds'")
+    iid = send(ctx, addr, deadline_at=deadline.isoformat())
+    ctx.rx.wait_requests("/expdl", 1, 10)
+    wait_until(lambda: attempts(ctx, iid), 10, "attempt row")
+    check(status(ctx, iid) == "DELIVERED", "status %s" % status(ctx, iid))
+    wait_status(ctx, iid, ("TIMED_OUT",), timeout=20)
+    check(q1(ctx.db, "SELECT updated_at >= %s FROM axme.intents WHERE intent_id = %s", (deadline, iid)),
+          "timed out before its deadline")
+
+
+@test
+def test_tls_verified_and_private_ca(ctx):
+    """https: an unknown CA fails (tls, retried until dead-lettered); with ca_file it is delivered."""
+    d = ctx.cluster.dir
+    cert, key = os.path.join(d, "rx.pem"), os.path.join(d, "rx.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    os.chmod(cert, 0o644)
+    rx = Receiver(tls=(cert, key))
+    try:
+        bad = "agent://acme/tests/tlsbad"
+        q(ctx.db, "SELECT axme.register_agent(%s, 'http', %s, %s)",
+          (bad, rx.url("/tls"), json.dumps({"retry": {"max_attempts": 2, "base_delay_ms": 100}})))
+        a = send(ctx, bad)
+        wait_status(ctx, a, ("FAILED",))
+        rows = attempts(ctx, a)
+        check([r[2] for r in rows] == ["tls", "tls"], "attempts %s" % rows)
+        check(q1(ctx.db, "SELECT dead_letter_reason FROM axme.intents WHERE intent_id = %s", (a,)) == "exhausted",
+              "reason")
+        good = "agent://acme/tests/tlsgood"
+        q(ctx.db, "SELECT axme.register_agent(%s, 'http', %s, %s)",
+          (good, rx.url("/tls"), json.dumps({"ca_file": cert})))
+        b = send(ctx, good)
+        wait_status(ctx, b, ("COMPLETED",))
+        check(len(rx.requests("/tls")) == 1, "requests over TLS: %d" % len(rx.requests("/tls")))
+    finally:
+        rx.server.shutdown()
+
+
+@test
 def test_hanging_endpoint_does_not_delay_healthy(ctx):
     """A hanging endpoint at its cap does not hold up another agent."""
     slow = agent(ctx, "hang", "/hang", {"max_in_flight": 2, "timeout_ms": 30000})
