@@ -404,9 +404,11 @@ static void
 start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 			  char names[AXME_DB_SLOTS][NAMEDATALEN])
 {
-	static char last_warning[1024] = "";
+	static char last_warning[2048] = "";
+	static TimestampTz waiting_since[AXME_DB_SLOTS];
 	StringInfoData capped;
 	StringInfoData exhausted;
+	StringInfoData key;
 	int			running = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	bool		want[AXME_DB_SLOTS];
@@ -415,6 +417,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 
 	initStringInfo(&capped);
 	initStringInfo(&exhausted);
+	initStringInfo(&key);
 	SpinLockAcquire(&ws->mutex);
 	for (int i = 0; i < AXME_DB_SLOTS; i++)
 	{
@@ -451,42 +454,56 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 	for (int i = 0; i < AXME_DB_SLOTS; i++)
 	{
 		/* a worker that ended on its own is restarted after a pause; a signal starts one now */
-		if (!want[i] || (!signalled[i] && last_start[i] != 0 &&
-						 !TimestampDifferenceExceeds(last_start[i], now, RESTART_DELAY_MS)))
-			continue;
-		if (running >= axme_max_database_workers)
+		bool		no_slot;
+
+		if (!want[i])
 		{
+			waiting_since[i] = 0;
+			continue;
+		}
+		if (!signalled[i] && last_start[i] != 0 &&
+			!TimestampDifferenceExceeds(last_start[i], now, RESTART_DELAY_MS))
+			continue;
+		no_slot = running >= axme_max_database_workers;
+		if (!no_slot && start_worker(i, oids[i], &handles[i]))
+		{
+			last_start[i] = now;
+			waiting_since[i] = 0;
+			running++;
+			continue;
+		}
+		handles[i] = NULL;
+		/* warn about databases left waiting for a while (probes come and go quickly) */
+		if (waiting_since[i] == 0)
+			waiting_since[i] = now;
+		if (!TimestampDifferenceExceeds(waiting_since[i], now, 3000))
+			continue;
+		if (no_slot)
 			appendStringInfo(&capped, "%s\"%s\"", capped.len ? ", " : "", names[i]);
-			continue;
-		}
-		if (!start_worker(i, oids[i], &handles[i]))
-		{
-			handles[i] = NULL;
+		else
 			appendStringInfo(&exhausted, "%s\"%s\"", exhausted.len ? ", " : "", names[i]);
-			continue;
-		}
-		last_start[i] = now;
-		running++;
 	}
+	appendStringInfo(&key, "%s|%s", capped.data, exhausted.data);
 	if ((capped.len || exhausted.len) &&
-		strncmp(last_warning, capped.data, sizeof(last_warning) - 1) != 0)
+		strncmp(last_warning, key.data, sizeof(last_warning) - 1) != 0)
 	{
 		if (exhausted.len)
 			ereport(WARNING,
-					(errmsg("axme: no background worker slot free; databases not served: %s",
-							exhausted.data),
+					(errmsg("axme: no background worker slot free; databases not served "
+							"(or not yet checked for axme): %s", exhausted.data),
 					 errhint("Raise max_worker_processes.")));
 		if (capped.len)
 			ereport(WARNING,
-					(errmsg("axme: axme.max_database_workers (%d) reached; databases not served: %s",
-							axme_max_database_workers, capped.data),
+					(errmsg("axme: axme.max_database_workers (%d) reached; databases not served "
+							"(or not yet checked for axme): %s", axme_max_database_workers, capped.data),
 					 errhint("Raise axme.max_database_workers.")));
-		strlcpy(last_warning, capped.len ? capped.data : exhausted.data, sizeof(last_warning));
+		strlcpy(last_warning, key.data, sizeof(last_warning));
 	}
 	else if (!capped.len && !exhausted.len)
 		last_warning[0] = '\0';
 	pfree(capped.data);
 	pfree(exhausted.data);
+	pfree(key.data);
 }
 
 void

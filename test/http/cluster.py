@@ -37,7 +37,6 @@ listen_addresses = ''
 fsync = off
 max_worker_processes = 16
 restart_after_crash = on
-log_min_messages = log
 axme.http_allowed_networks = '127.0.0.0/8'
 %s
 """ % (port, extra_conf))

@@ -557,6 +557,38 @@ def test_drop_extension_and_database_while_delivering(ctx):
 
 
 @test
+def test_database_worker_cap_warns(ctx):
+    """axme.max_database_workers reached: one worker runs, a WARNING names the database left unserved."""
+    c2 = Cluster(ctx.cluster.bindir, ctx.cluster.port + 1, extra_conf="axme.max_database_workers = 1\n")
+    try:
+        c2.start()
+        admin = c2.connect("postgres")
+        for d in ("capped_a", "capped_b"):
+            q(admin, "CREATE DATABASE %s" % d)
+            c = c2.connect(d)
+            q(c, "CREATE EXTENSION axme")
+            c.close()
+        served = wait_until(lambda: q(admin, """SELECT datname FROM pg_stat_activity
+                                               WHERE backend_type = 'axme worker'
+                                                 AND datname LIKE 'capped%%'"""), 15, "a worker")
+        check(len(served) == 1, "workers %s" % served)
+        other = "capped_b" if served[0][0] == "capped_a" else "capped_a"
+        wait_until(lambda: "axme.max_database_workers (1) reached" in c2.log() and '"%s"' % other in c2.log(),
+                   20, "the WARNING naming %s" % other)
+        time.sleep(1)
+        check(len(q(admin, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'axme worker'")) == 1,
+              "cap exceeded")
+        check(q(admin, "SELECT datname FROM pg_stat_activity WHERE backend_type = 'axme worker'") == served,
+              "the served database changed")
+        admin.close()
+    except Exception:
+        print("\n".join(l for l in c2.log().splitlines() if "axme" in l)[-3000:])
+        raise
+    finally:
+        c2.destroy()
+
+
+@test
 def test_upgrade_from_0_1_0(ctx):
     """CREATE EXTENSION axme VERSION '0.1.0' then ALTER EXTENSION UPDATE keeps data; http then works."""
     q(ctx.admin, "DROP DATABASE IF EXISTS axt_up")
