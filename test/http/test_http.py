@@ -619,16 +619,40 @@ def test_upgrade_from_0_1_0(ctx):
 
 # ------------------------------------------------------------------------------------------------
 
+def free_port_pair():
+    """Two consecutive ports free for TCP on loopback and for a unix socket in /tmp."""
+    import random
+    import socket
+    for _ in range(200):
+        p = random.randint(20000, 40000)
+        ok = True
+        for port in (p, p + 1):
+            if os.path.exists("/tmp/.s.PGSQL.%d" % port):
+                ok = False
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return p
+    raise RuntimeError("no free port pair")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bindir", required=True)
-    ap.add_argument("--port", type=int, default=int(os.environ.get("AXME_HTTP_TEST_PORT", "5493")))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("AXME_HTTP_TEST_PORT", "0")),
+                    help="first of two ports for the test clusters (default: two free ones)")
     ap.add_argument("-k", default=None, help="run tests whose name contains this")
     args = ap.parse_args()
 
     ctx = Ctx()
     ctx.rx = Receiver()
-    ctx.cluster = Cluster(args.bindir, args.port)
+    ctx.cluster = Cluster(args.bindir, args.port or free_port_pair())
     passed = failed = 0
     try:
         ctx.cluster.start()
