@@ -24,6 +24,12 @@ CREATE FUNCTION axme._http_wake_trigger() RETURNS trigger
 COMMENT ON FUNCTION axme._http_wake_trigger() IS
     'Private: row trigger on axme.intents; an intent became due, wake the http worker at commit.';
 
+CREATE FUNCTION axme._agents_changed() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_agents_changed';
+COMMENT ON FUNCTION axme._agents_changed() IS
+    'Private: agents were registered or changed mode; at commit, backends forget which agents are '
+    'http agents (the wake-up trigger caches it).';
+
 CREATE FUNCTION axme._random_secret() RETURNS text
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_random_secret';
 COMMENT ON FUNCTION axme._random_secret() IS
@@ -210,6 +216,9 @@ BEGIN
         INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, new_secret);
     ELSIF delivery_mode = 'http' AND NOT EXISTS (SELECT FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id) THEN
         INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, axme._random_secret());
+    END IF;
+    IF old_mode IS DISTINCT FROM delivery_mode THEN
+        PERFORM axme._agents_changed();
     END IF;
     -- Pending intents follow the new mode; an http agent's are picked up by the worker now.
     IF delivery_mode = 'http' THEN
@@ -466,6 +475,9 @@ DECLARE
     done uuid[];
     r record;
 BEGIN
+    -- Lock in one order (intent_id), so that sessions locking many intents in that order too
+    -- cannot deadlock with the worker.
+    PERFORM FROM axme.intents i WHERE i.intent_id = ANY (p_ids) ORDER BY i.intent_id FOR UPDATE;
     WITH o AS (
         SELECT x.id, x.att, x.agent, x.started, x.dur, x.st, x.excerpt, x.resp::jsonb AS body
         FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses, p_classes,
@@ -535,5 +547,5 @@ COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz) IS
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM PUBLIC;
 
--- Have the launcher start this database's worker once this commits.
-SELECT axme._wake_http();
+-- Have the launcher start this database's worker once this commits; agent ids may be new.
+SELECT axme._wake_http(), axme._agents_changed();

@@ -59,6 +59,8 @@ typedef struct AxmeDelivery
 /* worker.c */
 extern void axme_delivery_init(void);
 extern void axme_worker_wake(Oid dboid);
+extern bool axme_agents_generation(uint32 *gen);
+extern void axme_agents_bump(void);
 extern bool axme_is_http_worker;
 
 /* wakeup.c */
@@ -70,7 +72,10 @@ PGDLLEXPORT extern void axme_worker_main(Datum arg);
 extern bool axme_queue_ready(bool full_check);
 extern List *axme_queue_claim(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 							  TimestampTz *next_due, bool *ext_gone);
-extern bool axme_queue_record(List *done);
+#define AXME_RECORD_OK 1
+#define AXME_RECORD_GONE 0
+#define AXME_RECORD_FAILED (-1)
+extern int	axme_queue_record(List *done);
 
 /* http.c */
 extern void axme_http_init(void);

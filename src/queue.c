@@ -30,10 +30,17 @@ static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 static MemoryContext delivery_context = NULL;
+static MemoryContext caller_context = NULL;
 
+/*
+ * Start a transaction with SPI and a snapshot.  end_tx() commits and returns to the memory
+ * context current before begin_tx() (CommitTransactionCommand leaves TopMemoryContext current,
+ * where the worker's per-iteration allocations would otherwise pile up).
+ */
 static void
 begin_tx(const char *activity)
 {
+	caller_context = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -48,7 +55,29 @@ end_tx(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_context);
 	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * After an error in one of the worker's transactions (a deadlock with a session updating the
+ * same intents, say): report it as a WARNING, roll back, and let the caller try again later,
+ * instead of ending the worker with requests in flight.
+ */
+static void
+recover_from_error(MemoryContext cxt, const char *what)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(cxt);
+	ereport(WARNING,
+			(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
+	FreeErrorData(edata);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -152,9 +181,9 @@ text_copy(Datum d, MemoryContext cxt)
  * Returns AxmeDelivery structs in a long-lived context; *next_due is when to look again
  * (DT_NOEND: nothing due later).  *ext_gone when the extension has been dropped.
  */
-List *
-axme_queue_claim(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
-				 TimestampTz *next_due, bool *ext_gone)
+static List *
+claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
+		 TimestampTz *next_due, bool *ext_gone)
 {
 	List	   *claimed = NIL;
 	Datum		args[3];
@@ -313,8 +342,8 @@ make_array(Datum *v, bool *nulls, int n, Oid type, int len, bool byval, char ali
  * Record finished deliveries in one transaction (axme._http_record_batch) and free them.
  * false when the extension is gone (nothing recorded).
  */
-bool
-axme_queue_record(List *done)
+static bool
+record_tx(List *done)
 {
 	ListCell   *lc;
 	int			n = list_length(done);
@@ -393,4 +422,54 @@ axme_queue_record(List *done)
 		axme_http_free(lfirst(lc));
 	list_free(done);
 	return true;
+}
+
+/*
+ * Claim due deliveries (see claim_tx); on an error, nothing is claimed and *next_due is in a
+ * second.
+ */
+List *
+axme_queue_claim(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
+				 TimestampTz *next_due, bool *ext_gone)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *volatile result = NIL;
+
+	PG_TRY();
+	{
+		result = claim_tx(max_total, nbusy, busy_agents, busy_counts, next_due, ext_gone);
+	}
+	PG_CATCH();
+	{
+		recover_from_error(cxt, "claiming deliveries");
+		result = NIL;
+		*ext_gone = false;
+		*next_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/*
+ * Record finished deliveries (see record_tx).  AXME_RECORD_OK: recorded and freed;
+ * AXME_RECORD_GONE: the extension was dropped; AXME_RECORD_FAILED: an error, the list is kept
+ * for another try.
+ */
+int
+axme_queue_record(List *done)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int result = AXME_RECORD_FAILED;
+
+	PG_TRY();
+	{
+		result = record_tx(done) ? AXME_RECORD_OK : AXME_RECORD_GONE;
+	}
+	PG_CATCH();
+	{
+		recover_from_error(cxt, "recording deliveries");
+		result = AXME_RECORD_FAILED;
+	}
+	PG_END_TRY();
+	return result;
 }

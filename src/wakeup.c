@@ -21,7 +21,11 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
+#include "utils/hsearch.h"
 #include "miscadmin.h"
 #include "delivery.h"
 
@@ -29,6 +33,7 @@ PG_FUNCTION_INFO_V1(axme_notify_agent);
 PG_FUNCTION_INFO_V1(axme_wake_waiters);
 PG_FUNCTION_INFO_V1(axme_wake_http);
 PG_FUNCTION_INFO_V1(axme_http_wake_trigger);
+PG_FUNCTION_INFO_V1(axme_agents_changed);
 
 /* Sends to one agent made at one subtransaction nesting level. */
 typedef struct PendingNotify
@@ -44,6 +49,21 @@ static List *pending_notifies = NIL;
 static bool pending_buckets[AXME_WAIT_BUCKETS];
 static bool any_pending_bucket = false;
 static bool pending_http_wake = false;	/* wake this database's http worker at commit */
+static bool pending_agents_changed = false; /* agents' modes changed: flush caches at commit */
+
+/*
+ * Which agents are http agents, cached per backend so that the trigger on axme.intents wakes the
+ * http worker only for sends to http agents (a poll or stream workload never wakes it).  Flushed
+ * when the cluster-wide agents generation moves (bumped at the commit of register_agent).
+ */
+typedef struct AgentMode
+{
+	int64		agent_id;
+	bool		is_http;
+} AgentMode;
+
+static HTAB *agent_modes = NULL;
+static uint32 agent_modes_gen = 0;
 
 static PendingNotify *
 find_pending(int64 agent_id, int level)
@@ -146,12 +166,79 @@ axme_wake_http(PG_FUNCTION_ARGS)
 Datum
 axme_http_wake_trigger(PG_FUNCTION_ARGS)
 {
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	HeapTuple	tup;
+	int			attnum;
+	bool		isnull;
+	int64		agent_id;
+	uint32		gen;
+	AgentMode  *m;
+	bool		found;
+
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("axme._http_wake_trigger() must be called as a trigger")));
-	axme_wake_http_at_commit();
+	if (pending_http_wake || !axme_agents_generation(&gen))
+		return PointerGetDatum(NULL);	/* already woken, or no worker (not preloaded) */
+
+	tup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+	attnum = SPI_fnumber(td->tg_relation->rd_att, "agent_id");
+	if (attnum <= 0)
+	{
+		axme_wake_http_at_commit();
+		return PointerGetDatum(NULL);
+	}
+	agent_id = DatumGetInt64(heap_getattr(tup, attnum, td->tg_relation->rd_att, &isnull));
+
+	if (agent_modes == NULL || agent_modes_gen != gen)
+	{
+		HASHCTL		ctl;
+
+		if (agent_modes)
+			hash_destroy(agent_modes);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(AgentMode);
+		agent_modes = hash_create("axme agent modes", 64, &ctl, HASH_ELEM | HASH_BLOBS);
+		agent_modes_gen = gen;
+	}
+	m = hash_search(agent_modes, &agent_id, HASH_FIND, &found);
+	if (!found)
+	{
+		Oid			argtypes[1] = {INT8OID};
+		Datum		args[1] = {Int64GetDatum(agent_id)};
+		bool		is_http = true; /* unknown agent: wake, to be safe */
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args("SELECT delivery_mode = 'http' FROM axme.agents WHERE agent_id = $1",
+								  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1)
+		{
+			is_http = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			m = hash_search(agent_modes, &agent_id, HASH_ENTER, &found);
+			m->is_http = is_http;
+		}
+		SPI_finish();
+		if (is_http)
+			axme_wake_http_at_commit();
+		return PointerGetDatum(NULL);
+	}
+	if (m->is_http)
+		axme_wake_http_at_commit();
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * axme._agents_changed(): an agent was registered or changed mode; at commit, every backend's
+ * cache of agent modes is flushed.
+ */
+Datum
+axme_agents_changed(PG_FUNCTION_ARGS)
+{
+	pending_agents_changed = true;
+	PG_RETURN_VOID();
 }
 
 /*
@@ -215,6 +302,7 @@ reset_pending(void)
 		memset(pending_buckets, 0, sizeof(pending_buckets));
 	any_pending_bucket = false;
 	pending_http_wake = false;
+	pending_agents_changed = false;
 }
 
 static void
@@ -229,6 +317,8 @@ axme_xact_callback(XactEvent event, void *arg)
 			/* the terminal transitions are visible to others now */
 			if (any_pending_bucket)
 				broadcast_pending_waiters();
+			if (pending_agents_changed)
+				axme_agents_bump();
 			if (pending_http_wake)
 				axme_worker_wake(MyDatabaseId);
 			reset_pending();

@@ -25,6 +25,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "port/atomics.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -71,6 +72,7 @@ typedef struct DbSlot
 typedef struct WorkerShared
 {
 	slock_t		mutex;
+	pg_atomic_uint32 agents_gen;	/* bumped when agents change mode (wakeup.c caches modes) */
 	Latch	   *launcher_latch;
 	bool		rescan;
 	DbSlot		slots[AXME_DB_SLOTS];
@@ -109,6 +111,7 @@ worker_shmem_startup(void)
 	{
 		memset(ws, 0, sizeof(WorkerShared));
 		SpinLockInit(&ws->mutex);
+		pg_atomic_init_u32(&ws->agents_gen, 1);
 		ws->rescan = true;
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -159,6 +162,26 @@ axme_worker_wake(Oid dboid)
 		SetLatch(worker);
 	if (launcher)
 		SetLatch(launcher);
+}
+
+/*
+ * The generation of agent modes (false without shared memory: then no worker runs at all).
+ */
+bool
+axme_agents_generation(uint32 *gen)
+{
+	if (ws == NULL)
+		return false;
+	*gen = pg_atomic_read_u32(&ws->agents_gen);
+	return true;
+}
+
+/* Called at the commit of a change of agents: backends re-read agent modes. */
+void
+axme_agents_bump(void)
+{
+	if (ws != NULL)
+		pg_atomic_fetch_add_u32(&ws->agents_gen, 1);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -312,6 +335,7 @@ scan_databases(char names[AXME_DB_SLOTS][NAMEDATALEN])
 	char		found_names[AXME_DB_SLOTS][NAMEDATALEN];
 	int			n = 0;
 	bool		overflow = false;
+	MemoryContext caller = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -336,6 +360,7 @@ scan_databases(char names[AXME_DB_SLOTS][NAMEDATALEN])
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (overflow)
 		ereport(WARNING,
@@ -599,6 +624,8 @@ deliver_loop(void)
 												   ALLOCSET_DEFAULT_SIZES);
 	TimestampTz next_due = 0;
 	bool		want_claim = true;
+	List	   *unrecorded = NIL;
+	TimestampTz record_retry_at = 0;
 
 	for (;;)
 	{
@@ -621,9 +648,27 @@ deliver_loop(void)
 		done = axme_http_collect();
 		if (done != NIL)
 		{
-			if (!axme_queue_record(done))
+			/* kept in TopMemoryContext until recorded: a failed record is tried again */
+			MemoryContextSwitchTo(TopMemoryContext);
+			unrecorded = list_concat(unrecorded, done);
+			MemoryContextSwitchTo(loop_cxt);
+			list_free(done);
+		}
+		if (unrecorded != NIL &&
+			(record_retry_at == 0 || GetCurrentTimestamp() >= record_retry_at))
+		{
+			int			rc = axme_queue_record(unrecorded);
+
+			if (rc == AXME_RECORD_GONE)
 				worker_leave(SLOT_NO_EXT);
-			want_claim = true;	/* slots freed; retries may be due earlier */
+			if (rc == AXME_RECORD_OK)
+			{
+				unrecorded = NIL;
+				record_retry_at = 0;
+				want_claim = true;	/* slots freed; retries may be due earlier */
+			}
+			else
+				record_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 500);
 		}
 
 		free_slots = axme_max_in_flight - axme_http_in_flight();
@@ -648,7 +693,9 @@ deliver_loop(void)
 		}
 
 		now = GetCurrentTimestamp();
-		if (want_claim && axme_max_in_flight > axme_http_in_flight())
+		if (unrecorded != NIL)
+			timeout = 500;		/* a failed record is tried again soon */
+		else if (want_claim && axme_max_in_flight > axme_http_in_flight())
 			timeout = 0;
 		else if (next_due == DT_NOEND)
 			timeout = IDLE_RECHECK_MS;

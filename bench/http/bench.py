@@ -148,11 +148,80 @@ def python_sender(n, threads):
     return ok / (time.time() - t0)
 
 
+def worker_rss_kb(admin, dbname):
+    rows = q(admin, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' AND datname = %s", (dbname,))
+    if not rows:
+        return None
+    with open("/proc/%d/status" % rows[0][0]) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return None
+
+
+def backlog(db, admin, n, outage_s):
+    """n intents sent while the receiver is down for outage_s seconds, then drained."""
+    addr = "agent://acme/bench/backlog"
+    cap = 64
+    q(db, "SELECT axme.register_agent(%s, 'http', %s, %s)",
+      (addr, "http://127.0.0.1:%d/backlog" % PORT,
+       json.dumps({"max_in_flight": cap, "timeout_ms": 5000,
+                   "retry": {"max_attempts": 100, "base_delay_ms": 2000, "max_delay_ms": 30000}})))
+    agent_id = q(db, "SELECT agent_id FROM axme.agents WHERE address = %s", (addr,))[0][0]
+    rss_before = worker_rss_kb(admin, "axbench")
+    peak = [0]
+    stop = threading.Event()
+    mon = cluster_conn[0]("axbench")
+
+    def monitor():
+        while not stop.is_set():
+            v = q(mon, """SELECT count(*) FROM axme.intents WHERE agent_id = %s AND status = 'DELIVERED'
+                          AND lease_until IS NOT NULL""", (agent_id,))[0][0]
+            peak[0] = max(peak[0], v)
+            time.sleep(0.05)
+
+    th = threading.Thread(target=monitor, daemon=True)
+    th.start()
+    stop_nginx()
+    t_down = time.time()
+    db.autocommit = False
+    for start in range(0, n, 5000):
+        q(db, """SELECT count(axme.send_intent(jsonb_build_object('intent_type', 'intent.bench.v1',
+                     'to_agent', %s, 'payload', jsonb_build_object('n', g))))
+                 FROM generate_series(%s, %s) g""", (addr, start + 1, min(n, start + 5000)))
+        db.commit()
+    db.autocommit = True
+    time.sleep(max(0, outage_s - (time.time() - t_down)))
+    failed_attempts = q(db, "SELECT count(*) FROM axme.delivery_attempts WHERE agent_id = %s", (agent_id,))[0][0]
+    start_nginx()
+    t_up = time.time()
+    end = t_up + 900
+    while time.time() < end:
+        done = q(db, "SELECT count(*) FROM axme.intents WHERE agent_id = %s AND status = 'COMPLETED'", (agent_id,))[0][0]
+        if done >= n:
+            break
+        time.sleep(0.2)
+    stop.set()
+    th.join()
+    last = float(q(db, "SELECT extract(epoch FROM max(updated_at)) FROM axme.intents WHERE agent_id = %s",
+                   (agent_id,))[0][0])
+    dead = q(db, "SELECT count(*) FROM axme.intents WHERE agent_id = %s AND status <> 'COMPLETED'", (agent_id,))[0][0]
+    return {"drain_s": last - t_up, "rate": n / (last - t_up), "peak": peak[0], "cap": cap,
+            "rss_before": rss_before, "rss_after": worker_rss_kb(admin, "axbench"),
+            "failed_attempts": failed_attempts, "not_completed": dead}
+
+
+cluster_conn = [None]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bindir", required=True)
     ap.add_argument("--port", type=int, default=5495)
     ap.add_argument("-n", type=int, default=N)
+    ap.add_argument("--backlog", type=int, default=0, metavar="SECONDS",
+                    help="also build a 50,000-intent backlog during a receiver outage this long, then drain it")
+    ap.add_argument("--backlog-n", type=int, default=50000)
     args = ap.parse_args()
 
     start_nginx()
@@ -169,6 +238,8 @@ def main():
         p50, p99, nlat = axme_latency(db)
         py1 = python_sender(args.n, 1)
         py16 = python_sender(args.n, 16)
+        cluster_conn[0] = cluster.connect
+        bl = backlog(db, admin, args.backlog_n, args.backlog) if args.backlog else None
         rss = q(admin, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' AND datname = 'axbench'")
         rss_kb = None
         if rss:
@@ -185,6 +256,10 @@ def main():
         print("| hand-written Python sender, 1 keep-alive connection | %.0f requests/s |" % py1)
         print("| hand-written Python sender, 16 threads | %.0f requests/s |" % py16)
         print("| axme worker private memory (RssAnon) after the run | %s kB |" % rss_kb)
+        if bl:
+            print("| backlog: %d intents sent during a %d s receiver outage (%d failed attempts meanwhile), drained after it | %.0f deliveries/s (%.1f s); peak in flight %d (cap %d); %d not completed |"
+                  % (args.backlog_n, args.backlog, bl["failed_attempts"], bl["rate"], bl["drain_s"], bl["peak"], bl["cap"], bl["not_completed"]))
+            print("| axme worker private memory (RssAnon) before / after the backlog | %s kB / %s kB |" % (bl["rss_before"], bl["rss_after"]))
         print("\n(fsync=off; 2-core machine shared with other work; nginx, PostgreSQL and the senders on one host)")
     finally:
         cluster.destroy()

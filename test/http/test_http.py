@@ -448,6 +448,55 @@ def test_ssrf(ctx):
         time.sleep(1.5)
 
 
+def _rss_anon_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+
+
+@test
+def test_worker_memory_stable(ctx):
+    """Thousands of failing attempts do not grow the worker's private memory."""
+    addr = "agent://acme/tests/refused"
+    q(ctx.db, "SELECT axme.register_agent(%s, 'http', 'http://127.0.0.1:9/x', %s)",
+      (addr, json.dumps({"max_in_flight": 64, "retry": {"max_attempts": 1000, "base_delay_ms": 50,
+                                                         "max_delay_ms": 100}})))
+    ids = [r[0] for r in q(ctx.db, """SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.deliver.v1',
+                                          'to_agent', %s, 'payload', '{}'::jsonb)) FROM generate_series(1, 300)""",
+                              (addr,))]
+    pid = worker_pids(ctx)[0]
+    n_attempts = lambda: q1(ctx.db, "SELECT count(*) FROM axme.delivery_attempts a JOIN axme.agents g USING (agent_id) WHERE g.address = %s", (addr,))
+    wait_until(lambda: n_attempts() >= 3000, 60, "3000 attempts")
+    before = _rss_anon_kb(pid)
+    start = n_attempts()
+    wait_until(lambda: n_attempts() >= start + 10000, 120, "10000 more attempts")
+    after = _rss_anon_kb(pid)
+    for iid in ids:
+        q(ctx.db, "SELECT axme.resolve(%s, 'CANCELED')", (iid,))
+    check(after - before < 4096, "worker memory grew from %d kB to %d kB over 10000 attempts" % (before, after))
+
+
+@test
+def test_record_error_retried_not_fatal(ctx):
+    """An error while recording outcomes is retried; the worker keeps running, nothing is lost."""
+    pid = worker_pids(ctx)[0]
+    q(ctx.db, "ALTER TABLE axme.delivery_attempts ADD CONSTRAINT test_no_teapot CHECK (http_status <> 418)")
+    try:
+        addr = agent(ctx, "teapot", "/teapot")
+        ctx.rx.script("/teapot", [{"status": 418}])
+        iid = send(ctx, addr)
+        ctx.rx.wait_requests("/teapot", 1, 10)
+        time.sleep(1.5)
+        check(status(ctx, iid) == "DELIVERED", "recorded despite the constraint: %s" % status(ctx, iid))
+    finally:
+        q(ctx.db, "ALTER TABLE axme.delivery_attempts DROP CONSTRAINT test_no_teapot")
+    wait_status(ctx, iid, ("FAILED",), timeout=10)
+    check(worker_pids(ctx) == [pid], "the worker was restarted: %s -> %s" % (pid, worker_pids(ctx)))
+    check(len(ctx.rx.requests("/teapot")) == 1, "sent again")
+    check("recording deliveries failed, will retry" in ctx.cluster.log(), "no WARNING in the log")
+
+
 @test
 def test_terminate_restarts_worker(ctx):
     """pg_terminate_backend of the worker: the launcher starts a new one, delivery goes on."""
