@@ -574,7 +574,7 @@ BEGIN
         -- handed out; then the loop claims again to fill the batch.
         FOR r IN
             WITH c AS (
-                SELECT i.intent_id,
+                SELECT i.intent_id, i.due_at AS was_due,
                        coalesce(i.deadline_at <= now(), false) AS timed_out,
                        i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
                 FROM axme.intents i
@@ -589,13 +589,17 @@ BEGIN
                     attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
                     dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
                     dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
                     lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE now() + lease END,
                     due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE now() + lease END,
                     updated_at = now(),
                     event_seq = i.event_seq + 1
                 FROM c
                 WHERE i.intent_id = c.intent_id
-                RETURNING i.*
+                RETURNING i.*, c.was_due
             ), e AS (
                 INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
                 SELECT u.intent_id, u.event_seq,
@@ -605,11 +609,11 @@ BEGIN
                        u.status, current_user,
                        CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
                                      WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
-                                                                           'error', 'lease expired')
+                                                                           'error', u.error)
                                      ELSE jsonb_build_object('deadline_at', u.deadline_at) END
                 FROM u
             )
-            SELECT u.* FROM u ORDER BY u.due_at
+            SELECT u.* FROM u ORDER BY u.was_due
         LOOP
             seen := seen + 1;
             IF r.status = 'DELIVERED' THEN
@@ -806,17 +810,20 @@ DECLARE
     i axme.intents := axme._lock_intent(intent_id, NULL);
     reason text := i.dead_letter_reason;
     lettered_at timestamptz := i.dead_lettered_at;
+    last_error jsonb := i.error;
 BEGIN
     IF i.status <> 'FAILED' OR reason IS NULL THEN
         RAISE EXCEPTION 'intent % is not a dead letter (status %)', i.intent_id, i.status
             USING ERRCODE = '55000', HINT = 'Only dead-lettered intents can be replayed.';
     END IF;
     i.attempt_base := i.attempt;
+    i.error := NULL;                -- kept in the intent.replayed event below
     i.dead_letter_reason := NULL;
     i.dead_lettered_at := NULL;
     i.due_at := now();
     i := axme._transition(i, 'SUBMITTED', 'intent.replayed',
-        jsonb_build_object('previous_reason', reason, 'dead_lettered_at', lettered_at));
+        jsonb_build_object('previous_reason', reason, 'dead_lettered_at', lettered_at,
+                           'previous_error', last_error));
     IF (SELECT delivery_mode FROM axme.agents WHERE agent_id = i.agent_id) = 'stream' THEN
         PERFORM axme._notify_agent(i.agent_id, i.intent_id);
     END IF;

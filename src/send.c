@@ -8,7 +8,6 @@
  */
 #include "postgres.h"
 
-#include <math.h>
 
 #include "catalog/pg_type.h"
 #include "common/md5.h"
@@ -172,7 +171,8 @@ get_int(Jsonb *intent, const char *key, int32 lo, int32 hi)
 		invalid("intent field \"%s\" must be an integer", key);
 	text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
 	d = strtod(text, NULL);
-	if (d != floor(d) || d < lo || d > hi)
+	/* the JSON text itself must be an integer: 3.0 and 3e0 are refused like in agent options */
+	if (strpbrk(text, ".eE") != NULL || d < lo || d > hi)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("intent field \"%s\" must be an integer between %d and %d, got %s",

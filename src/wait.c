@@ -134,7 +134,7 @@ axme_wait_for(PG_FUNCTION_ARGS)
 	if (status_plan == NULL)
 		status_plan = prepare_kept("SELECT status, xmin FROM axme.intents WHERE intent_id = $1");
 	if (document_plan == NULL)
-		document_plan = prepare_kept("SELECT axme.get_intent($1)");
+		document_plan = prepare_kept("SELECT axme._document(i) FROM axme.intents i WHERE i.intent_id = $1");
 
 	for (;;)
 	{
