@@ -334,6 +334,11 @@ BEGIN
                 attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
                 dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
                 dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
                 lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
                                    ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
                 due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
@@ -352,7 +357,7 @@ BEGIN
                    u.status, current_user,
                    CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
                                  WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
-                                                                       'error', 'lease expired')
+                                                                       'error', u.error)
                                  ELSE jsonb_build_object('deadline_at', u.deadline_at) END
             FROM u
         )
