@@ -480,9 +480,8 @@ DECLARE
     done uuid[];
     r record;
 BEGIN
-    -- Lock in one order (intent_id), so that sessions locking many intents in that order too
-    -- cannot deadlock with the worker.
-    PERFORM FROM axme.intents i WHERE i.intent_id = ANY (p_ids) ORDER BY i.intent_id FOR UPDATE;
+    -- The worker passes the outcomes sorted by intent_id, so rows are usually locked in that
+    -- order (a deadlock with another session is still possible: the worker then retries).
     WITH o AS (
         SELECT x.id, x.att, x.agent, x.started, x.dur, x.st, x.excerpt, x.resp::jsonb AS body
         FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses, p_classes,

@@ -338,6 +338,12 @@ make_array(Datum *v, bool *nulls, int n, Oid type, int len, bool byval, char ali
 	return PointerGetDatum(construct_md_array(v, nulls, 1, dims, lbs, type, len, byval, align));
 }
 
+static int
+by_intent_id(const ListCell *a, const ListCell *b)
+{
+	return strcmp(((AxmeDelivery *) lfirst(a))->intent_id, ((AxmeDelivery *) lfirst(b))->intent_id);
+}
+
 /*
  * Record finished deliveries in one transaction (axme._http_record_batch) and free them.
  * false when the extension is gone (nothing recorded).
@@ -354,6 +360,8 @@ record_tx(List *done)
 
 	if (done == NIL)
 		return true;
+	/* in intent_id order, the order in which other sessions had better lock many intents too */
+	list_sort(done, by_intent_id);
 	begin_tx("axme: recording deliveries");
 	if (!extension_exists())
 	{
