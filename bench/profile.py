@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (same fixtures, same consumer cycle)
-from bench import BATCH, HERE, WORKER, connect, cycle_once, log, preload, reset_all, sql  # noqa: E402
+from bench import HERE, WORKER, connect, cycle_once, log, prepare, preload, reset_all, sql  # noqa: E402
 
 SECONDS = float(os.environ.get("PROFILE_SECONDS", "5"))
 OUT = os.environ.get("PROFILE_OUT", os.path.join(HERE, "PROFILE.md"))
@@ -70,6 +70,7 @@ def cycle_work(system, mode):
         sql("SELECT pg_stat_statements_reset()")
         conn = connect()
         cur = conn.cursor()
+        prepare(cur, system)
         done, deadline = 0, time.perf_counter() + SECONDS
         while time.perf_counter() < deadline:
             n = cycle_once(cur, system, mode)

@@ -4,7 +4,7 @@
 # Starts a throwaway PostgreSQL 15 cluster (pg_virtualenv -t: fsync=off, deleted afterwards) with
 # axme preloaded and runs bench/bench.py in it: send throughput, consume-cycle throughput and
 # wake-up latency, each side by side with its floor and PgQ.  Writes bench/RESULTS.md and
-# bench/results.json.  Takes about 20 minutes with the defaults.
+# bench/results.json.  Takes about 30 minutes with the defaults.
 #
 #   bash bench/run.sh            the benchmark
 #   bash bench/run.sh profile    where the time goes: pg_stat_statements (track=all) per workload

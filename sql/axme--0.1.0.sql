@@ -271,6 +271,11 @@ BEGIN
         PERFORM axme._jsonb_int(options->'retry'->'max_attempts', 'retry.max_attempts', 1, 1000);
         PERFORM axme._jsonb_int(options->'retry'->'base_delay_ms', 'retry.base_delay_ms', 1, 86400000);
         PERFORM axme._jsonb_int(options->'retry'->'max_delay_ms', 'retry.max_delay_ms', 1, 604800000);
+        IF (options->'retry'->>'base_delay_ms')::bigint > coalesce((options->'retry'->>'max_delay_ms')::bigint, 3600000) THEN
+            RAISE EXCEPTION 'option "retry.base_delay_ms" (%) is larger than "retry.max_delay_ms" (%)',
+                            options->'retry'->>'base_delay_ms', coalesce(options->'retry'->>'max_delay_ms', '3600000')
+                USING ERRCODE = '22023';
+        END IF;
     END IF;
 END $$;
 
@@ -289,7 +294,7 @@ BEGIN
         RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
     END IF;
     IF receipt IS NOT NULL AND receipt <> i.attempt THEN
-        RAISE EXCEPTION 'stale receipt for intent %: attempt % was handed out again as attempt %',
+        RAISE EXCEPTION 'stale receipt for intent %: receipt % does not match its current attempt %',
                         intent_id, receipt, i.attempt
             USING ERRCODE = '55000',
                   HINT = 'The lease ran out and another receiver holds the intent now; drop this work.';
@@ -387,7 +392,7 @@ BEGIN
     delay_ms := greatest(delay_ms, coalesce(min_delay_ms, 0));
     i.error := error;
     i.lease_until := NULL;
-    i.due_at := now() + delay_ms * interval '1 millisecond';
+    i.due_at := clock_timestamp() + delay_ms * interval '1 millisecond';
     RETURN axme._transition(i, 'SUBMITTED', 'intent.delivery_failed',
         jsonb_build_object('attempt', i.attempt, 'error', error, 'next_attempt_at', i.due_at));
 END $$;
@@ -416,23 +421,24 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF delivery_mode = 'http' THEN
-        IF endpoint_url IS NULL OR endpoint_url !~* '^https?://[^/?#[:space:]]+' THEN
+        IF endpoint_url IS NULL OR length(endpoint_url) > 2048
+           OR endpoint_url !~* '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
                 USING ERRCODE = '22023', HINT = 'Use an http:// or https:// URL.';
         END IF;
     ELSIF endpoint_url IS NOT NULL THEN
         RAISE EXCEPTION 'endpoint_url is only for http agents' USING ERRCODE = '22023';
     END IF;
-    -- Lock the row (if any) so concurrent re-registrations merge one after the other.
-    SELECT axme._jsonb_merge(a.options, register_agent.options) INTO merged
-    FROM axme.agents a WHERE a.address = register_agent.address FOR UPDATE;
-    merged := coalesce(merged, axme._jsonb_merge('{}', options));
-    PERFORM axme._check_agent_options(delivery_mode, merged);
+    -- Merge inside the upsert, against the row as locked by it, so two concurrent registrations
+    -- of one agent (the first ones included) merge one after the other; then check the result
+    -- (an error undoes the upsert with the statement).
     INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by)
-    VALUES (address, delivery_mode, endpoint_url, merged, current_user)
+    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options), current_user)
     ON CONFLICT ON CONSTRAINT agents_address_key DO UPDATE
         SET delivery_mode = excluded.delivery_mode, endpoint_url = excluded.endpoint_url,
-            options = excluded.options, updated_at = now();
+            options = axme._jsonb_merge(a.options, register_agent.options), updated_at = now()
+    RETURNING a.options INTO merged;
+    PERFORM axme._check_agent_options(delivery_mode, merged);
 END $$;
 COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'Register or update an agent (upsert). address: agent://org/workspace/name; delivery_mode: '
@@ -556,6 +562,7 @@ DECLARE
     claimed integer := 0;
     seen integer;
     r record;
+    t timestamptz;
 BEGIN
     a := axme._agent(agent, 'agent');
     IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
@@ -569,16 +576,18 @@ BEGIN
     END IF;
     LOOP
         seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
         -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
         -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
         -- handed out; then the loop claims again to fill the batch.
         FOR r IN
             WITH c AS (
                 SELECT i.intent_id, i.due_at AS was_due,
-                       coalesce(i.deadline_at <= now(), false) AS timed_out,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
                        i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
                 FROM axme.intents i
-                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
                 ORDER BY i.due_at
                 LIMIT max_count - claimed
                 FOR UPDATE SKIP LOCKED
@@ -588,13 +597,13 @@ BEGIN
                                   ELSE 'DELIVERED' END,
                     attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
                     dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
-                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
                     error = CASE WHEN c.exhausted AND NOT c.timed_out
                                  THEN jsonb_build_object('reason', 'lease_expired',
                                           'message', 'the lease of the last allowed attempt ran out')
                                  ELSE i.error END,
-                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE now() + lease END,
-                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE now() + lease END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
                     updated_at = now(),
                     event_seq = i.event_seq + 1
                 FROM c
@@ -661,11 +670,14 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     i axme.intents := axme._lock_intent(intent_id, attempt);
 BEGIN
+    IF details IS NULL THEN
+        RAISE EXCEPTION 'argument "details" must not be null' USING ERRCODE = '22023';
+    END IF;
     IF i.status = 'IN_PROGRESS' THEN
         RAISE EXCEPTION 'intent % is already IN_PROGRESS', i.intent_id USING ERRCODE = '55000';
     END IF;
     PERFORM axme._transition(i, 'IN_PROGRESS', 'intent.in_progress',
-        jsonb_build_object('attempt', i.attempt, 'progress', coalesce(details, '{}')));
+        jsonb_build_object('attempt', i.attempt, 'progress', details));
 END $$;
 COMMENT ON FUNCTION axme.progress(uuid, jsonb, integer) IS
     'Report that work on a handed-out intent has started (-> IN_PROGRESS); details are kept in the '
@@ -682,12 +694,15 @@ BEGIN
         RAISE EXCEPTION 'intent % holds no lease in status %', i.intent_id, i.status
             USING ERRCODE = '55000';
     END IF;
-    UPDATE axme.intents SET lease_until = now() + lease, due_at = now() + lease, updated_at = now()
+    -- from the clock, not the transaction start: a lease extended late in a long transaction
+    -- must still lie in the future
+    i.lease_until := clock_timestamp() + lease;
+    UPDATE axme.intents SET lease_until = i.lease_until, due_at = i.lease_until, updated_at = now()
     WHERE intents.intent_id = i.intent_id;
-    RETURN now() + lease;
+    RETURN i.lease_until;
 END $$;
 COMMENT ON FUNCTION axme.extend_lease(uuid, interval, integer) IS
-    'Set the lease of a handed-out intent to now() + lease (1 second .. 12 hours) and return the '
+    'Set the lease of a handed-out intent to clock_timestamp() + lease (1 second .. 12 hours) and return the '
     'new lease end. Errors: 22023 invalid argument, P0002 unknown intent, 55000 not handed out or stale receipt.';
 
 CREATE FUNCTION axme.complete(intent_id uuid, result jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
@@ -695,6 +710,10 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     i axme.intents := axme._lock_intent(intent_id, attempt);
 BEGIN
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'argument "result" must not be null' USING ERRCODE = '22023',
+            HINT = 'Pass ''{}'' for no result.';
+    END IF;
     i.result := result;
     PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
 END $$;
@@ -761,8 +780,9 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     i axme.intents;
 BEGIN
-    IF retry IS NULL THEN
-        RAISE EXCEPTION 'argument "retry" must not be null' USING ERRCODE = '22023';
+    IF retry IS NULL OR error IS NULL THEN
+        RAISE EXCEPTION 'argument "%" must not be null', CASE WHEN retry IS NULL THEN 'retry' ELSE 'error' END
+            USING ERRCODE = '22023';
     END IF;
     i := axme._lock_intent(intent_id, attempt);
     IF retry THEN
@@ -770,9 +790,9 @@ BEGIN
             RAISE EXCEPTION 'intent % cannot be retried in status %', i.intent_id, i.status
                 USING ERRCODE = '55000', HINT = 'fail(..., retry => true) applies to a handed-out intent.';
         END IF;
-        PERFORM axme._retry_or_dead_letter(i, coalesce(error, '{}'));
+        PERFORM axme._retry_or_dead_letter(i, error);
     ELSE
-        i.error := coalesce(error, '{}');
+        i.error := error;
         PERFORM axme._transition(i, 'FAILED', 'intent.failed', jsonb_build_object('attempt', i.attempt, 'error', i.error));
     END IF;
 END $$;
@@ -820,7 +840,7 @@ BEGIN
     i.error := NULL;                -- kept in the intent.replayed event below
     i.dead_letter_reason := NULL;
     i.dead_lettered_at := NULL;
-    i.due_at := now();
+    i.due_at := clock_timestamp();
     i := axme._transition(i, 'SUBMITTED', 'intent.replayed',
         jsonb_build_object('previous_reason', reason, 'dead_lettered_at', lettered_at,
                            'previous_error', last_error));

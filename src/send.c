@@ -366,7 +366,9 @@ axme_send_intent(PG_FUNCTION_ARGS)
 			deadline = DatumGetTimestampTz(parse_field(timestamptz_in, s, "deadline_at", "timestamp",
 													   ERRCODE_INVALID_PARAMETER_VALUE));
 			has_deadline = true;
-			if (deadline <= GetCurrentTransactionStartTimestamp())
+			if (TIMESTAMP_NOT_FINITE(deadline))
+				invalid("intent field \"%s\" must be a finite timestamp", "deadline_at");
+			if (deadline <= GetCurrentTimestamp())
 				invalid("intent field \"%s\" is not in the future", "deadline_at");
 		}
 		s = get_string(intent, "not_before");
@@ -375,6 +377,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 			not_before = DatumGetTimestampTz(parse_field(timestamptz_in, s, "not_before", "timestamp",
 														 ERRCODE_INVALID_PARAMETER_VALUE));
 			has_not_before = true;
+			if (TIMESTAMP_NOT_FINITE(not_before))
+				invalid("intent field \"%s\" must be a finite timestamp", "not_before");
 		}
 		if (has_deadline && has_not_before && not_before >= deadline)
 			invalid("intent field \"%s\" is not before deadline_at", "not_before");

@@ -18,6 +18,12 @@ SELECT axme.register_agent('agent://bench/perf/waiter', 'poll');
 CREATE TABLE bench.floor_intents (LIKE axme.intents INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 ALTER TABLE bench.floor_intents ADD PRIMARY KEY (intent_id);
 
+-- "axme's writes in bare SQL": the rows and indexes axme keeps (intents with its primary key,
+-- claim index and dead-letter index; events with theirs), written by one plain statement with no
+-- validation and no function.  Separates what axme's data model costs from what its code costs.
+CREATE TABLE bench.w_intents (LIKE axme.intents INCLUDING ALL);
+CREATE TABLE bench.w_events (LIKE axme.events INCLUDING ALL);
+
 -- Lease-queue floor (the pgmq shape): a bare table claimed with
 -- UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING, then deleted.
 CREATE TABLE bench.lease_queue (

@@ -98,11 +98,13 @@ FROM unnest(ARRAY[
     '{"retry": {"max_attempts": "3"}}',
     '{"retry": {"max_attempts": true}}',
     '{"retry": {"base_delay_ms": 0}}',
+    '{"retry": {"base_delay_ms": 5000, "max_delay_ms": 10}}',
     '[]',
     '"x"',
     'null'
 ]::jsonb[]) o;
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/opts', 'poll', NULL, NULL)$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/hooks', 'http', 'http://a b/')$$);
 
 -- A refused registration writes nothing.
 SELECT count(*) AS agents_before FROM axme.agents \gset

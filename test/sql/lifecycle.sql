@@ -84,7 +84,7 @@ SELECT pg_temp.send('b', 'agent://myorg/prod/life');
 SELECT pg_temp.send('c', 'agent://myorg/prod/life');
 SELECT pg_temp.name_of(intent_id) AS name, intent_type, payload, from_agent,
        correlation_id = (axme.get_intent(intent_id)->>'correlation_id')::uuid AS correlation_ok,
-       attempt, lease_until = now() + interval '5 minutes' AS lease_ok
+       attempt, lease_until BETWEEN now() + interval '5 minutes' AND clock_timestamp() + interval '5 minutes' AS lease_ok
 FROM axme.poll('agent://myorg/prod/life', 2, '5 minutes');
 SELECT * FROM pg_temp.state('a');
 SELECT * FROM pg_temp.events('a');
@@ -98,8 +98,10 @@ SELECT axme.progress(pg_temp.id('a'), '{"step": "charging"}');
 SELECT pg_temp.err('SELECT axme.progress($1)', pg_temp.id('a'));
 SELECT pg_temp.err('SELECT axme.ack($1)', pg_temp.id('a'));
 BEGIN;
-SELECT axme.extend_lease(pg_temp.id('a'), '10 minutes') = now() + interval '10 minutes' AS extended;
-SELECT (axme.get_intent(pg_temp.id('a'))->>'lease_until')::timestamptz = now() + interval '10 minutes' AS lease_moved;
+SELECT pg_sleep(1.1);
+-- leases run from the clock, not from the start of the transaction (which is 1.1 s old here)
+SELECT axme.extend_lease(pg_temp.id('a'), '10 minutes') > now() + interval '10 minutes 1 second' AS extended;
+SELECT (axme.get_intent(pg_temp.id('a'))->>'lease_until')::timestamptz > now() + interval '10 minutes 1 second' AS lease_moved;
 COMMIT;
 SELECT axme.complete(pg_temp.id('a'), '{"charged": 42.5}', 1);
 SELECT * FROM pg_temp.state('a');
@@ -334,3 +336,17 @@ WHERE (SELECT array_agg(seq ORDER BY seq) FROM axme.intent_events(id))
       <> (SELECT array_agg(n::bigint ORDER BY n) FROM generate_series(1, (SELECT count(*) FROM axme.intent_events(id))) n);
 SELECT count(*) AS last_event_status_mismatch FROM ids
 WHERE (SELECT status FROM axme.intent_events(id) ORDER BY seq DESC LIMIT 1) <> axme.get_intent(id)->>'status';
+
+-- A lease taken late in a long transaction still lies in the future.
+SELECT pg_temp.send('late', 'agent://myorg/prod/life');
+BEGIN;
+SELECT pg_sleep(1.2);
+SELECT pg_temp.name_of(intent_id) AS name, lease_until > clock_timestamp() AS lease_in_future
+FROM axme.poll('agent://myorg/prod/life', 1, '1 second');
+COMMIT;
+
+-- NULL results, errors and details are refused, not stored.
+SELECT pg_temp.err('SELECT axme.complete($1, NULL)', pg_temp.id('late'));
+SELECT pg_temp.err('SELECT axme.fail($1, NULL)', pg_temp.id('late'));
+SELECT pg_temp.err('SELECT axme.progress($1, NULL)', pg_temp.id('late'));
+SELECT (axme.get_intent(pg_temp.id('late')))->>'status' AS still;
