@@ -119,6 +119,13 @@ BEGIN
         PERFORM axme._jsonb_int(options->'retry'->'max_attempts', 'retry.max_attempts', 1, 1000);
         PERFORM axme._jsonb_int(options->'retry'->'base_delay_ms', 'retry.base_delay_ms', 1, 86400000);
         PERFORM axme._jsonb_int(options->'retry'->'max_delay_ms', 'retry.max_delay_ms', 1, 604800000);
+        IF (options->'retry'->>'base_delay_ms')::bigint >
+           coalesce((options->'retry'->>'max_delay_ms')::bigint, CASE WHEN mode = 'http' THEN 36000000 ELSE 3600000 END) THEN
+            RAISE EXCEPTION 'option "retry.base_delay_ms" (%) is larger than "retry.max_delay_ms" (%)',
+                            options->'retry'->>'base_delay_ms',
+                            coalesce(options->'retry'->>'max_delay_ms', CASE WHEN mode = 'http' THEN '36000000' ELSE '3600000' END)
+                USING ERRCODE = '22023';
+        END IF;
     END IF;
     PERFORM axme._jsonb_int(options->'timeout_ms', 'timeout_ms', 100, 600000);
     PERFORM axme._jsonb_int(options->'max_in_flight', 'max_in_flight', 1, 10000);
@@ -190,27 +197,31 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF delivery_mode = 'http' THEN
-        IF endpoint_url IS NULL OR endpoint_url !~* '^https?://[^/?#[:space:]]+' THEN
+        IF endpoint_url IS NULL OR length(endpoint_url) > 2048
+           OR endpoint_url !~* '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
                 USING ERRCODE = '22023', HINT = 'Use an http:// or https:// URL.';
         END IF;
     ELSIF endpoint_url IS NOT NULL THEN
         RAISE EXCEPTION 'endpoint_url is only for http agents' USING ERRCODE = '22023';
     END IF;
-    -- Lock the row (if any) so concurrent re-registrations merge one after the other.
-    SELECT axme._jsonb_merge(a.options, register_agent.options), a.delivery_mode INTO merged, old_mode
-    FROM axme.agents a WHERE a.address = register_agent.address FOR UPDATE;
-    merged := coalesce(merged, axme._jsonb_merge('{}', options));
-    PERFORM axme._check_agent_options(delivery_mode, merged);
+    -- The mode before, for the wake-ups below (no lock needed: a race only costs a wake-up).
+    SELECT a.delivery_mode INTO old_mode FROM axme.agents a WHERE a.address = register_agent.address;
     -- The secret is kept apart from the options, which anyone reading axme.agents can see.
-    new_secret := merged->>'secret';
-    merged := merged - 'secret';
+    IF jsonb_typeof(options->'secret') IS DISTINCT FROM 'null' THEN
+        new_secret := options->>'secret';
+    END IF;
+    -- Merge inside the upsert, against the row as locked by it, so two concurrent registrations
+    -- of one agent (the first ones included) merge one after the other; then check the result
+    -- (an error undoes the upsert with the statement).
     INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by)
-    VALUES (address, delivery_mode, endpoint_url, merged, current_user)
+    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), current_user)
     ON CONFLICT ON CONSTRAINT agents_address_key DO UPDATE
         SET delivery_mode = excluded.delivery_mode, endpoint_url = excluded.endpoint_url,
-            options = excluded.options, updated_at = now()
-    RETURNING a.agent_id INTO v_agent_id;
+            options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now()
+    RETURNING a.options, a.agent_id INTO merged, v_agent_id;
+    PERFORM axme._check_agent_options(delivery_mode,
+        CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
     IF new_secret IS NOT NULL THEN
         DELETE FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id;
         INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, new_secret);
@@ -277,7 +288,7 @@ BEGIN
     i.error := error;
     i.lease_until := NULL;
     -- never due later than the deadline: the claim times it out then
-    i.due_at := least(now() + delay_ms * interval '1 millisecond', i.deadline_at);
+    i.due_at := least(clock_timestamp() + delay_ms * interval '1 millisecond', i.deadline_at);
     RETURN axme._transition(i, 'SUBMITTED', 'intent.delivery_failed',
         jsonb_build_object('attempt', i.attempt, 'error', error, 'next_attempt_at', i.due_at));
 END $$;
