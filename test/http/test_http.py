@@ -177,6 +177,54 @@ def test_secret_option_kept_and_used(ctx):
 
 
 @test
+def test_two_secrets_two_signatures(ctx):
+    """With two valid secrets (a rotation), each request carries one signature per secret."""
+    addr = agent(ctx, "rot", "/rot")
+    old = q1(ctx.db, "SELECT axme.agent_secret(%s)", (addr,))
+    new = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    q(ctx.db, """INSERT INTO axme.agent_secrets (agent_id, secret, created_at)
+                 SELECT agent_id, %s, now() + interval '1 second' FROM axme.agents WHERE address = %s""",
+      (new, addr))
+    check(q1(ctx.db, "SELECT axme.agent_secret(%s)", (addr,)) == new, "agent_secret is not the newest")
+    iid = send(ctx, addr)
+    wait_status(ctx, iid, ("COMPLETED",))
+    r = ctx.rx.requests("/rot")[0]
+    sigs = r["headers"]["webhook-signature"].split(" ")
+    check(len(sigs) == 2, "signatures: %r" % sigs)
+    for secret in (old, new):
+        rc, out = node_verify([{"secret": secret, "id": r["headers"]["webhook-id"],
+                                "timestamp": r["headers"]["webhook-timestamp"],
+                                "signature": r["headers"]["webhook-signature"], "body": r["body"].decode()}])
+        check(rc == 0, "verification with one of the secrets: %s" % out)
+
+
+@test
+def test_secret_not_readable_by_others(ctx):
+    """A role that is not a superuser cannot read secrets (42501)."""
+    q(ctx.db, "DROP ROLE IF EXISTS axme_test_app")
+    q(ctx.db, "CREATE ROLE axme_test_app")
+    q(ctx.db, "GRANT USAGE ON SCHEMA axme TO axme_test_app")
+    q(ctx.db, "GRANT SELECT ON axme.agents TO axme_test_app")
+    q(ctx.db, "GRANT EXECUTE ON FUNCTION axme.agent_secret(text), axme._agent(text, text), "
+              "axme._check_address(text, text), axme._valid_address(text) TO axme_test_app")
+    addr = agent(ctx, "hidden", "/hidden")
+    try:
+        q(ctx.db, "SET ROLE axme_test_app")
+        for sql in ("SELECT axme.agent_secret('%s')" % addr, "SELECT * FROM axme.agent_secrets"):
+            try:
+                q(ctx.db, sql)
+                raise AssertionError("%s: a secret was readable" % sql)
+            except psycopg2.Error as e:
+                check(e.pgcode == "42501", "%s: SQLSTATE %s" % (sql, e.pgcode))
+    finally:
+        q(ctx.db, "RESET ROLE")
+        q(ctx.db, "REVOKE ALL ON SCHEMA axme FROM axme_test_app")
+        q(ctx.db, "REVOKE ALL ON axme.agents FROM axme_test_app")
+        q(ctx.db, "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM axme_test_app")
+        q(ctx.db, "DROP ROLE axme_test_app")
+
+
+@test
 def test_option_errors(ctx):
     """Unknown or bad options are refused with 22023."""
     bad = [{"nope": 1}, {"headers": {"webhook-id": "x"}}, {"headers": {"x-a": "b\r\nc"}},
