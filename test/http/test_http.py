@@ -686,6 +686,27 @@ def test_database_worker_cap_warns(ctx):
 
 
 @test
+def test_worker_processes_exhausted_warns(ctx):
+    """No background worker slot left: a WARNING names the database that is not served."""
+    # the launcher and the logical replication launcher take both slots
+    c3 = Cluster(ctx.cluster.bindir, ctx.cluster.port + 1, extra_conf="max_worker_processes = 2\n")
+    try:
+        c3.start()
+        admin = c3.connect("postgres")
+        q(admin, "CREATE DATABASE starved")
+        c = c3.connect("starved")
+        q(c, "CREATE EXTENSION axme")
+        c.close()
+        wait_until(lambda: "no background worker slot free" in c3.log() and '"starved"' in c3.log(),
+                   20, "the WARNING naming starved")
+        check(q(admin, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'axme worker'") == [],
+              "a worker runs without a slot")
+        admin.close()
+    finally:
+        c3.destroy()
+
+
+@test
 def test_upgrade_from_0_1_0(ctx):
     """CREATE EXTENSION axme VERSION '0.1.0' then ALTER EXTENSION UPDATE keeps data; http then works."""
     q(ctx.admin, "DROP DATABASE IF EXISTS axt_up")
