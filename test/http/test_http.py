@@ -707,6 +707,51 @@ def test_worker_processes_exhausted_warns(ctx):
 
 
 @test
+def test_hot_standby_waits_then_serves_after_promotion(ctx):
+    """No axme workers on a hot standby; after promotion they start and deliver."""
+    from cluster import _as_postgres
+    primary = Cluster(ctx.cluster.bindir, ctx.cluster.port + 1)
+    standby = None
+    try:
+        primary.start()
+        p = primary.connect("postgres")
+        q(p, "CREATE DATABASE hs")
+        pdb = primary.connect("hs")
+        q(pdb, "CREATE EXTENSION axme")
+        q(pdb, "SELECT axme.register_agent('agent://acme/tests/standby', 'poll')")
+        ids = [send(ctx, "agent://acme/tests/standby", {"i": i}, conn=pdb) for i in range(3)]
+        standby = Cluster(ctx.cluster.bindir, ctx.cluster.port + 2)
+        subprocess.run(["rm", "-rf", standby.data], check=True)
+        subprocess.run(_as_postgres([os.path.join(ctx.cluster.bindir, "pg_basebackup"), "-h", "/tmp",
+                                     "-p", str(primary.port), "-U", "postgres", "-D", standby.data, "-R",
+                                     "-c", "fast"]),
+                       check=True, capture_output=True)
+        with open(os.path.join(standby.data, "postgresql.conf"), "a") as f:
+            f.write("\nport = %d\nhot_standby = on\n" % standby.port)
+        standby.start()
+        s = standby.connect("postgres")
+        check(q1(s, "SELECT pg_is_in_recovery()") is True, "not a standby")
+        time.sleep(2)
+        check(q(s, "SELECT backend_type FROM pg_stat_activity WHERE backend_type LIKE 'axme%%'") == [],
+              "axme processes on a hot standby")
+        pdb.close()
+        p.close()
+        primary.stop("fast")
+        q(s, "SELECT pg_promote()")
+        sdb = standby.connect("hs")
+        q(sdb, "SELECT axme.register_agent('agent://acme/tests/standby', 'http', %s)", (ctx.rx.url("/standby"),))
+        for iid in ids:
+            wait_status(ctx, iid, ("COMPLETED",), conn=sdb, timeout=30)
+        check(len(ctx.rx.requests("/standby")) == 3, "requests after promotion")
+        sdb.close()
+        s.close()
+    finally:
+        primary.destroy()
+        if standby:
+            standby.destroy()
+
+
+@test
 def test_upgrade_from_0_1_0(ctx):
     """CREATE EXTENSION axme VERSION '0.1.0' then ALTER EXTENSION UPDATE keeps data; http then works."""
     q(ctx.admin, "DROP DATABASE IF EXISTS axt_up")
