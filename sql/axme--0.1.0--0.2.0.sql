@@ -427,7 +427,9 @@ DECLARE
     next_at timestamptz;
 BEGIN
     SELECT * INTO i FROM axme.intents WHERE intent_id = p_intent_id FOR UPDATE;
-    IF FOUND AND i.attempt = p_attempt AND i.status = 'DELIVERED' AND i.lease_until IS NOT NULL THEN
+    -- (the receiver may have called ack or progress while handling the request)
+    IF FOUND AND i.attempt = p_attempt AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')
+       AND i.lease_until IS NOT NULL THEN
         IF p_error_class IS NULL THEN
             resp := p_response::jsonb;
             IF jsonb_typeof(resp) = 'object' AND resp->>'status' = 'COMPLETED' THEN
@@ -504,7 +506,7 @@ BEGIN
             status = 'COMPLETED', result = o.body, due_at = NULL, lease_until = NULL,
             updated_at = now(), event_seq = i.event_seq + 1
         FROM o, axme.agents a
-        WHERE i.intent_id = o.id AND i.attempt = o.att AND i.status = 'DELIVERED'
+        WHERE i.intent_id = o.id AND i.attempt = o.att AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')
           AND i.lease_until IS NOT NULL
           AND a.agent_id = i.agent_id AND coalesce(a.options->>'completion', 'on_2xx') <> 'explicit'
           AND NOT coalesce(jsonb_typeof(o.body) = 'object' AND o.body->>'status' IN ('COMPLETED', 'FAILED'), false)

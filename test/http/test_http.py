@@ -288,6 +288,19 @@ def test_completion_explicit(ctx):
 
 
 @test
+def test_ack_while_request_runs(ctx):
+    """A receiver that calls ack() while handling the request: its 2xx still completes the intent."""
+    addr = agent(ctx, "ackrun", "/ackrun")
+    ctx.rx.script("/ackrun", [{"hang": 1.5, "status": 200, "body": {"ok": 1}}])
+    iid = send(ctx, addr)
+    ctx.rx.wait_requests("/ackrun", 1, 10)
+    q(ctx.db, "SELECT axme.ack(%s)", (iid,))
+    check(status(ctx, iid) == "ACKNOWLEDGED", "ack failed")
+    wait_status(ctx, iid, ("COMPLETED",))
+    check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (iid,)) == {"ok": 1}, "result")
+
+
+@test
 def test_retry_spacing_attempt_rows_stable_id(ctx):
     """5xx and a dropped connection are retried with backoff; one attempt row each; same webhook-id."""
     addr = agent(ctx, "retry", "/retry", {"retry": {"base_delay_ms": 1000, "max_delay_ms": 60000}})
