@@ -18,6 +18,9 @@ PACKAGES=(
     python3                    # /usr/bin/python3 for the Python tests and the demo
     python3-psycopg2           # psycopg2 for the Python tests and the demo
     postgresql-15-pgq3         # PgQ, the benchmark's comparison queue
+    nodejs                     # the npm standardwebhooks verifier in the http tests
+    openssl                    # the http tests' private CA and TLS certificates
+    ca-certificates
 )
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -41,6 +44,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${SUDO[@]}" apt-get install -y -q "${PACKAGES[@]}"
 else
     echo "setup: all ${#PACKAGES[@]} packages already installed"
+fi
+
+# Debian's nodejs comes without npm (nodesource's includes it)
+if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing npm"
+    "${SUDO[@]}" apt-get install -y -q npm
 fi
 
 # Build (with -Werror, see Makefile) and install into the PostgreSQL 15 tree.

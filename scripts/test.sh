@@ -13,6 +13,8 @@
 #   python             test/python/test_*.py (stream, leases, wait_for), preloaded
 #   python-nopreload   test_stream and test_wait_for again without preload
 #   dump-restore       test/python/dump_restore.py: pg_dump -Fc, pg_restore into a fresh database
+#   http               test/http/run.sh: the webhook worker against a programmable loopback receiver,
+#                      signatures checked with npm standardwebhooks (its own clusters)
 #   demo               the README's order demo (scripts/demo.sh), which checks its own outcome
 #
 # Prints one line per suite, a summary, and last a line "N passed, M failed" counting test cases;
@@ -24,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 LOGDIR=${AXME_TEST_LOGDIR:-$(mktemp -d /tmp/axme-test.XXXXXX)}
 mkdir -p "$LOGDIR"
-SUITES=${AXME_TEST_SUITES:-regress regress-nopreload isolation python python-nopreload dump-restore demo}
+SUITES=${AXME_TEST_SUITES:-regress regress-nopreload isolation python python-nopreload dump-restore http demo}
 PY=/usr/bin/python3
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUITE_TIMEOUT=540          # seconds; a suite that hangs is killed and counted as failed
@@ -80,6 +82,12 @@ count_unittest() {       # "Ran N tests" and "FAILED (failures=F, errors=E, ...)
     done
     PASSED=$(( ${ran:-0} - FAILED ))
 }
+count_plain() {          # a closing "N passed, M failed" line
+    local line
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -n 1)
+    PASSED=$(echo "$line" | sed -nE 's/^([0-9]+) passed.*/\1/p'); PASSED=${PASSED:-0}
+    FAILED=$(echo "$line" | sed -nE 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/p'); FAILED=${FAILED:-0}
+}
 count_one() {            # a suite that is one test
     if [ "$2" -eq 0 ]; then PASSED=1; FAILED=0; else PASSED=0; FAILED=1; fi
 }
@@ -105,6 +113,8 @@ run_suite() {
             in_cluster nopreload env PYTHONPATH=test/python $PY -m unittest -v test_stream test_wait_for >"$log" 2>&1 ;;
         dump-restore)
             in_cluster preload env PYTHONPATH=test/python $PY -m unittest -v dump_restore >"$log" 2>&1 ;;
+        http)
+            timeout --kill-after=30 "$SUITE_TIMEOUT" sh test/http/run.sh >"$log" 2>&1 ;;
         demo)
             AXME_DEMO_SKIP_SETUP=1 timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
         *)
@@ -115,6 +125,7 @@ run_suite() {
     case $name in
         regress*|isolation) count_pg_regress "$log" ;;
         python*|dump-restore) count_unittest "$log" ;;
+        http) count_plain "$log" ;;
         *) count_one "$log" "$rc" ;;
     esac
     # a non-zero exit always fails the suite, and so does a suite that ran no test
