@@ -1,27 +1,7 @@
 -- send: send_intent validation (every field), payload limit, budgets, idempotency keys,
 -- get_intent and intent_events.  Output must not depend on shared_preload_libraries.
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS axme;
-RESET client_min_messages;
+\i test/include/setup.psql
 LOAD 'axme';
-
--- err(sql [, id [, hint]]): run sql with $1 bound to id; show 'ok' or 'SQLSTATE message' with
--- uuids and timestamps masked, so the expected output pins the SQLSTATE of every refusal.
-CREATE FUNCTION pg_temp.err(q text, id uuid DEFAULT NULL, hint boolean DEFAULT false) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st text;
-    msg text;
-    h text;
-BEGIN
-    EXECUTE q USING id;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS OR query_canceled THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
-    msg := st || ' ' || msg || CASE WHEN hint AND h <> '' THEN ' HINT: ' || h ELSE '' END;
-    msg := regexp_replace(msg, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g');
-    RETURN regexp_replace(msg, '\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:\d\d)?)?', '<timestamp>', 'g');
-END $f$;
 
 -- try_send(intent, key, arg): the SQLSTATE of send_intent(intent, key) ('ok' when it succeeds)
 -- and whether the error message names arg, as every refusal must name what it refuses.

@@ -2,27 +2,7 @@
 -- the sending transaction and above READ COMMITTED, statement_timeout.  (Wake-ups by another
 -- session's commit are in the isolation spec wait_for_wakeup and test/python/test_wait_for.py.)
 -- Output must not depend on shared_preload_libraries.
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS axme;
-RESET client_min_messages;
-
--- err(sql [, id [, hint]]): run sql with $1 bound to id; show 'ok' or 'SQLSTATE message' with
--- uuids and timestamps masked, so the expected output pins the SQLSTATE of every refusal.
-CREATE FUNCTION pg_temp.err(q text, id uuid DEFAULT NULL, hint boolean DEFAULT false) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st text;
-    msg text;
-    h text;
-BEGIN
-    EXECUTE q USING id;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS OR query_canceled THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
-    msg := st || ' ' || msg || CASE WHEN hint AND h <> '' THEN ' HINT: ' || h ELSE '' END;
-    msg := regexp_replace(msg, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g');
-    RETURN regexp_replace(msg, '\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:\d\d)?)?', '<timestamp>', 'g');
-END $f$;
+\i test/include/setup.psql
 
 SELECT axme.register_agent('agent://myorg/prod/waiter');
 SELECT axme.register_agent('agent://myorg/prod/waiter-late');
