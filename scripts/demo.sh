@@ -6,10 +6,13 @@
 # Installs what it needs and builds axme (scripts/setup.sh), then runs the order scenario
 # (examples/orders/run_demo.py) in a throwaway PostgreSQL 15 cluster with axme preloaded: orders
 # inserted into a table are sent by a trigger, processed by separate receiver processes, one of
-# which crashes mid-order, and nothing is lost. Takes about 20 seconds after setup.
+# which crashes mid-order, and nothing is lost. Then invoices go to an http (webhook) agent while
+# its receiver (examples/orders/webhook_receiver.py) is down: axme's worker retries until it is up,
+# and the receiver verifies every request's signature. Takes about 20 seconds after setup.
 #
 # AXME_DEMO_SKIP_SETUP=1 skips the setup step (when it has already run, e.g. in the test suite).
-# Exit status: 0 when every order was completed, non-zero otherwise.
+# Exit status: 0 when every order and every invoice was completed (and every webhook signature
+# verified), non-zero otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +27,9 @@ export PGPORT
 
 # -t: a temporary cluster directory (initdb refuses root, and runs never collide);
 # the cluster is removed when the demo ends, whatever happens.
-exec pg_virtualenv -t -v 15 -o shared_preload_libraries=axme \
+# shared_preload_libraries=axme: the wait_for wake-ups and the http worker that sends webhooks.
+# axme.http_allowed_networks=127.0.0.0/8: the demo's webhook receiver listens on 127.0.0.1, and
+# axme's SSRF protection refuses every non-public address (loopback included) unless it is listed
+# here; without it the invoices would be dead-lettered 'ssrf_blocked' at the first attempt.
+exec pg_virtualenv -t -v 15 -o shared_preload_libraries=axme -o axme.http_allowed_networks=127.0.0.0/8 \
     /usr/bin/python3 examples/orders/run_demo.py
