@@ -768,6 +768,9 @@ BEGIN
         )
         SELECT u.intent_id FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
 END $$;
+-- A custom plan per call costs more than the statement itself (the array parameters make the
+-- planner keep re-planning): measured 129 us vs 31 us for a one-element call.
+ALTER FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) SET plan_cache_mode = force_generic_plan;
 COMMENT ON FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) IS
     'Complete many intents at once (at most 10000): intent_ids with, optionally, the receipts '
     '(attempts) and results at the same positions. Returns the ids it completed; an id that is '
