@@ -299,6 +299,8 @@ END $$;
 
 -- Claim up to max_total due intents of http agents, per agent at most its free in-flight slots
 -- (max_in_flight minus busy_counts for that agent), oldest due first, round-robin across agents.
+-- An agent with nothing in flight may take one more beyond max_total (even at max_total = 0), so
+-- hanging endpoints that fill the worker's axme.max_in_flight never starve the other agents.
 -- Claimed intents go DELIVERED with a lease of timeout_ms + 30 s: if the worker dies, they are due
 -- again when it runs out.  A candidate past its deadline times out; one whose last lease ran out
 -- is dead-lettered (exhausted).  Returns what the worker needs to send each claimed intent.
@@ -317,7 +319,8 @@ BEGIN
                          WHERE s.agent_id = ag.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
                          ORDER BY s.created_at DESC) AS secrets,
                    ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(ag.options->'headers') h) AS headers,
-                   greatest(0, coalesce((ag.options->>'max_in_flight')::integer, 16) - coalesce(b.n, 0)) AS free
+                   greatest(0, coalesce((ag.options->>'max_in_flight')::integer, 16) - coalesce(b.n, 0)) AS free,
+                   coalesce(b.n, 0) = 0 AS idle
             FROM axme.agents ag
             LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
                        GROUP BY x.id) b ON b.id = ag.agent_id
@@ -326,18 +329,19 @@ BEGIN
             SELECT ci.intent_id, a.tmo,
                    coalesce(ci.deadline_at <= now(), false) AS timed_out,
                    ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
-                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
             FROM a, LATERAL (
                 SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
                        i.max_delivery_attempts, i.due_at
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= now()
                 ORDER BY i.due_at
-                LIMIT least(a.free, max_total)
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
                 FOR UPDATE SKIP LOCKED) ci
             WHERE a.free > 0
-            ORDER BY rn
-            LIMIT max_total
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
         ), u AS (
             UPDATE axme.intents i SET
                 status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'

@@ -217,13 +217,9 @@ claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 	args[0] = Int32GetDatum(max_total);
 	args[1] = int8_array(nbusy, busy_agents);
 	args[2] = int4_array(nbusy, busy_counts);
-	if (max_total > 0)
-	{
-		if (SPI_execute_plan(claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "axme._http_claim failed");
-	}
-	else
-		SPI_processed = 0;
+	/* also at max_total = 0: an agent with nothing in flight may still take one */
+	if (SPI_execute_plan(claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "axme._http_claim failed");
 
 	n = (int) SPI_processed;
 	agents = palloc(sizeof(int64) * (nbusy + n + 1));

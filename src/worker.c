@@ -671,9 +671,14 @@ deliver_loop(void)
 				record_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 500);
 		}
 
-		free_slots = axme_max_in_flight - axme_http_in_flight();
+		/*
+		 * Claim also when the pipeline is full: agents with nothing in flight may still take one
+		 * each (see axme._http_claim), so endpoints that hang and fill axme.max_in_flight never
+		 * hold up the others.  A full pipeline is then re-checked on wake-ups and completions.
+		 */
+		free_slots = Max(axme_max_in_flight - axme_http_in_flight(), 0);
 		now = GetCurrentTimestamp();
-		if (free_slots > 0 && (want_claim || now >= next_due))
+		if (want_claim || now >= next_due)
 		{
 			int64	   *agents;
 			int		   *counts;

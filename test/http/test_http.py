@@ -466,6 +466,39 @@ def test_hanging_endpoint_does_not_delay_healthy(ctx):
         q(ctx.db, "SELECT axme.resolve(%s, 'CANCELED')", (iid,))
 
 
+@test
+def test_hanging_endpoints_filling_the_worker_do_not_starve_others(ctx):
+    """Hanging endpoints that take every slot of axme.max_in_flight still leave one for each other agent."""
+    q(ctx.admin, "ALTER SYSTEM SET axme.max_in_flight = 4")
+    q(ctx.admin, "SELECT pg_reload_conf()")
+    time.sleep(1.5)
+    slow = agent(ctx, "hogger", "/hog", {"max_in_flight": 50, "timeout_ms": 30000})
+    fast = agent(ctx, "starved", "/starved")
+    ctx.rx.script("/hog", [], default={"hang": 25})
+    try:
+        hung = [send(ctx, slow) for _ in range(10)]
+        # requests still hanging from an earlier test may hold some of the 4 slots: the hanging
+        # agent gets the rest, and the pipeline is full either way
+        ctx.rx.wait_requests("/hog", 1, 10)
+        time.sleep(1)
+        t0 = time.time()
+        ok = [send(ctx, fast) for _ in range(3)]
+        for iid in ok:
+            wait_status(ctx, iid, ("COMPLETED",), timeout=15)
+        took = time.time() - t0
+        check(took < 15, "healthy agent took %.1f s behind a full pipeline" % took)
+        check(1 <= len(ctx.rx.requests("/hog")) <= 4, "global cap exceeded by the hanging agent: %d"
+              % len(ctx.rx.requests("/hog")))
+    finally:
+        ctx.rx.script("/hog", [], default={"status": 200})
+        q(ctx.admin, "ALTER SYSTEM RESET axme.max_in_flight")
+        q(ctx.admin, "SELECT pg_reload_conf()")
+        time.sleep(1.5)
+    for iid in hung:        # those not delivered since the receiver answers again
+        q(ctx.db, "SELECT axme.resolve(intent_id, 'CANCELED') FROM axme.intents WHERE intent_id = %s"
+                  " AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')", (iid,))
+
+
 def _ssrf_case(ctx, name, url):
     addr = "agent://acme/tests/%s" % name
     q(ctx.db, "SELECT axme.register_agent(%s, 'http', %s, '{}')", (addr, url))
