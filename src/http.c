@@ -306,9 +306,15 @@ classify(CURLcode rc, AxmeDelivery *d)
 			return d->ssrf_blocked ? "ssrf_blocked" : "connect";
 		case CURLE_OPERATION_TIMEDOUT:
 			return "timeout";
-		case CURLE_UNSUPPORTED_PROTOCOL:
 		case CURLE_URL_MALFORMAT:
 			return "invalid_url";
+
+			/*
+			 * Not the URL: register_agent admits only http and https, so this is a server that
+			 * answered with no HTTP response (curl reports HTTP/0.9 this way), like a reset.
+			 */
+		case CURLE_UNSUPPORTED_PROTOCOL:
+			return d->ssrf_blocked ? "ssrf_blocked" : "network";
 		case CURLE_SSL_CONNECT_ERROR:
 		case CURLE_PEER_FAILED_VERIFICATION:
 		case CURLE_SSL_CERTPROBLEM:

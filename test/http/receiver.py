@@ -4,6 +4,7 @@ Each path has a script: a list of responses used in order, then a default.  A re
   {"status": 200, "body": "...", "headers": {...}}   answer
   {"hang": 30}                                       wait that many seconds before answering 200
   {"drop": True}                                     close the connection without an answer
+  {"raw": "text"}                                    send those bytes (no HTTP response), then close
 Every request is logged (path, headers, raw body, arrival time).
 """
 import http.server
@@ -51,6 +52,14 @@ class Receiver:
                     self.close_connection = True
                     try:
                         self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                if resp.get("raw") is not None:
+                    # bytes that are no HTTP response (e.g. HTTP/0.9), then close
+                    self.close_connection = True
+                    try:
+                        self.wfile.write(resp["raw"].encode())
                     except OSError:
                         pass
                     return

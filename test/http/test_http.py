@@ -385,6 +385,17 @@ def test_4xx_and_3xx_not_retried(ctx):
 
 
 @test
+def test_garbage_response_is_retried(ctx):
+    """A server answering with no HTTP response at all (HTTP/0.9-style bytes) is a network failure: retried."""
+    addr = agent(ctx, "garbage", "/garbage", {"retry": {"base_delay_ms": 100}})
+    ctx.rx.script("/garbage", [{"raw": "hello, I am not HTTP\r\n"}], default={"status": 200})
+    a = send(ctx, addr)
+    wait_status(ctx, a, ("COMPLETED",))
+    rows = attempts(ctx, a)
+    check(len(rows) == 2 and rows[0][2] == "network" and rows[1][1] == 200, "attempt rows: %s" % (rows,))
+
+
+@test
 def test_retry_after(ctx):
     """429 with Retry-After: 2 waits at least 2 s though the backoff says 0.1 s; 503 with a date too."""
     addr = agent(ctx, "ra", "/ra", {"retry": {"base_delay_ms": 100}})
