@@ -350,7 +350,7 @@ def preload(system, n):
 def cycle_run(system, consumers, mode):
     key = (system, consumers, mode)
     rate_guess = measured_cycle_rate.get(key, PRELOAD_GUESS[system])
-    n = int(max(20000, rate_guess * SECONDS * 1.25))
+    n = int(max(20000, rate_guess * SECONDS * 1.6))
     reset_all()
     t = time.perf_counter()
     preload(system, n)

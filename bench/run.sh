@@ -8,7 +8,9 @@
 #
 #   bash bench/run.sh            the benchmark
 #   bash bench/run.sh profile    where the time goes: pg_stat_statements (track=all) per workload
-#                                and EXPLAIN ANALYZE of the claim query (bench/PROFILE.md)
+#                                and the plans inside poll and complete (bench/PROFILE.md)
+#   bash bench/run.sh experiments  the sketches of the performance proposals in bench/README.md,
+#                                measured next to the shipped functions (bench/EXPERIMENTS.md)
 #
 # Environment: BENCH_SECONDS (per throughput run, default 10), BENCH_ROUNDS (default 3),
 # BENCH_LAT_N (stream sends, default 1000), BENCH_WAIT_N (wait_for wakes, default 500),
@@ -54,7 +56,9 @@ case "${1:-bench}" in
         exec pg_virtualenv -t -o shared_preload_libraries=axme,pg_stat_statements \
             -o pg_stat_statements.track=all -o pg_stat_statements.max=5000 \
             /usr/bin/python3 "$here/profile.py" ;;
+    experiments)
+        exec pg_virtualenv -t -o shared_preload_libraries=axme /usr/bin/python3 "$here/experiments.py" ;;
     *)
-        echo "usage: bash bench/run.sh [bench|profile]" >&2
+        echo "usage: bash bench/run.sh [bench|profile|experiments]" >&2
         exit 2 ;;
 esac
