@@ -574,7 +574,7 @@ def report(info, sends, cycles, lat, started, finished):
     L.append("## 1. Sending: rows/s (pgbench -M prepared, -T %g, -j = -c)" % SECONDS)
     L.append("")
     L.append("One row = one intent with a ~110-byte JSON order payload. Floor: a bare `INSERT` of the same "
-             "row (same columns, defaults and CHECKs as `axme.intents`, primary key only) into a plain "
+             "row (same columns and types, defaults and CHECKs as `axme.intents`, primary key only) into a plain "
              "table. *100, one statement*: one statement per transaction sends 100 (`SELECT send_intent(...) "
              "FROM generate_series(1, 100)`, the shape of a row trigger on a 100-row INSERT; the floor is "
              "`INSERT ... SELECT` of 100 rows, the cheapest write PostgreSQL has; PgQ calls `insert_event` 100 "
