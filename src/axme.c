@@ -8,6 +8,7 @@
  */
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -68,6 +69,22 @@ AxmeShared *
 axme_shmem(void)
 {
 	return axme_shared;
+}
+
+/*
+ * Prepare a statement through SPI and keep its plan for the life of the backend (SPI_keepplan).
+ * Must be called between SPI_connect and SPI_finish.  "Cannot happen" errors only: the SQL is
+ * ours.
+ */
+SPIPlanPtr
+axme_keep_plan(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
 }
 
 void

@@ -4,6 +4,7 @@
 #ifndef AXME_H
 #define AXME_H
 
+#include "executor/spi.h"
 #include "storage/condition_variable.h"
 #include "utils/uuid.h"
 
@@ -23,6 +24,7 @@ extern int	axme_max_payload_bytes;
 
 /* axme.c */
 extern AxmeShared *axme_shmem(void);
+extern SPIPlanPtr axme_keep_plan(const char *sql, int nargs, Oid *argtypes);
 
 /* wakeup.c */
 extern void axme_wakeup_init(void);

@@ -24,6 +24,7 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "axme.h"
 #include "delivery.h"
 
 static SPIPlanPtr claim_plan = NULL;
@@ -79,17 +80,6 @@ recover_from_error(MemoryContext cxt, const char *what)
 			(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
 	FreeErrorData(edata);
 	pgstat_report_activity(STATE_IDLE, NULL);
-}
-
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
 }
 
 static bool
@@ -211,8 +201,8 @@ claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 	{
 		Oid			types[3] = {INT4OID, INT8ARRAYOID, INT4ARRAYOID};
 
-		claim_plan = prepare_kept("SELECT * FROM axme._http_claim($1, $2, $3)", 3, types);
-		next_due_plan = prepare_kept("SELECT axme._http_next_due($1, $2)", 2, types + 1);
+		claim_plan = axme_keep_plan("SELECT * FROM axme._http_claim($1, $2, $3)", 3, types);
+		next_due_plan = axme_keep_plan("SELECT axme._http_next_due($1, $2)", 2, types + 1);
 	}
 	args[0] = Int32GetDatum(max_total);
 	args[1] = int8_array(nbusy, busy_agents);
@@ -370,7 +360,7 @@ record_tx(List *done)
 			FLOAT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		INT8ARRAYOID};
 
-		record_plan = prepare_kept("SELECT axme._http_record_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+		record_plan = axme_keep_plan("SELECT axme._http_record_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
 								   11, types);
 	}
 	for (int k = 0; k < 11; k++)

@@ -47,17 +47,6 @@ enum
 	P_DEFAULT_BUDGET, N_STORE_PARAMS
 };
 
-static SPIPlanPtr
-keep_plan(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 /*
  * One statement stores the intent and its first two events and returns the receiving agent:
  * a single executor run per send.  No row comes back when the agent is not registered, and then
@@ -70,7 +59,7 @@ prepare_plans(void)
 	{
 		Oid			t[4] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID};
 
-		key_insert_plan = keep_plan(
+		key_insert_plan = axme_keep_plan(
 			"INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash)"
 			" VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", 4, t);
 	}
@@ -78,7 +67,7 @@ prepare_plans(void)
 	{
 		Oid			t[2] = {TEXTOID, TEXTOID};
 
-		key_select_plan = keep_plan(
+		key_select_plan = axme_keep_plan(
 			"SELECT intent_id, request_hash FROM axme.idempotency_keys"
 			" WHERE sender OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2", 2, t);
 	}
@@ -88,7 +77,7 @@ prepare_plans(void)
 			TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, INT4OID,
 		TEXTOID, JSONBOID, TEXTOID, INT4OID};
 
-		store_plan = keep_plan(
+		store_plan = axme_keep_plan(
 			"WITH a AS ("
 			"  SELECT agent_id, address, delivery_mode,"
 			"         (options->'retry'->>'max_attempts')::pg_catalog.int4 AS retry_max"

@@ -33,18 +33,6 @@ PG_FUNCTION_INFO_V1(axme_wait_for);
 static SPIPlanPtr status_plan = NULL;
 static SPIPlanPtr document_plan = NULL;
 
-static SPIPlanPtr
-prepare_kept(const char *sql)
-{
-	Oid			argtypes[1] = {UUIDOID};
-	SPIPlanPtr	plan = SPI_prepare(sql, 1, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 /*
  * Convert the timeout argument to milliseconds; 22023 outside 0 .. 1 hour.
  */
@@ -132,9 +120,14 @@ axme_wait_for(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	if (status_plan == NULL)
-		status_plan = prepare_kept("SELECT status, xmin FROM axme.intents WHERE intent_id = $1");
-	if (document_plan == NULL)
-		document_plan = prepare_kept("SELECT axme._document(i) FROM axme.intents i WHERE i.intent_id = $1");
+	{
+		Oid			argtypes[1] = {UUIDOID};
+
+		status_plan = axme_keep_plan("SELECT status, xmin FROM axme.intents WHERE intent_id = $1",
+									 1, argtypes);
+		document_plan = axme_keep_plan("SELECT axme._document(i) FROM axme.intents i WHERE i.intent_id = $1",
+									   1, argtypes);
+	}
 
 	for (;;)
 	{
