@@ -148,16 +148,6 @@ SELECT pg_catalog.pg_extension_config_dump('axme.idempotency_keys', '');
 -- Private helpers
 -------------------------------------------------------------------------------------------------
 
--- Raise 22023 naming the argument when it is NULL.
-CREATE FUNCTION axme._not_null(value anyelement, argname text) RETURNS anyelement
-LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    IF value IS NULL THEN
-        RAISE EXCEPTION 'argument "%" must not be null', argname USING ERRCODE = '22023';
-    END IF;
-    RETURN value;
-END $$;
-
 -- An agent address: agent://org/workspace/name (REFERENCE.md section 1).  Raises 22023.
 CREATE FUNCTION axme._check_address(address text, argname text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
