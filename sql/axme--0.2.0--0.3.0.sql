@@ -12,6 +12,19 @@
 -- Section 0: shared objects
 -------------------------------------------------------------------------------------------------
 
+-- Agent administration and endpoint health state, read by every claim path (poll, http, internal):
+-- an agent that is paused (axme.pause_agent) or disabled (breaker gave up, 410 Gone, operator) is
+-- handed nothing; its intents wait and are not charged attempts.
+ALTER TABLE axme.agents
+    ADD COLUMN paused_at       timestamptz,
+    ADD COLUMN disabled_at     timestamptz,
+    ADD COLUMN disabled_reason text;
+COMMENT ON COLUMN axme.agents.paused_at IS
+    'Set by axme.pause_agent(): nothing is handed out to the agent until axme.resume_agent().';
+COMMENT ON COLUMN axme.agents.disabled_at IS
+    'Set when the endpoint was disabled (410 Gone, failing for axme.disable_after): nothing is '
+    'handed out until axme.enable_agent(); disabled_reason says why.';
+
 -- The timer queue: one row per pending time-driven step of an intent.  The worker claims due rows
 -- (FOR UPDATE SKIP LOCKED, oldest first) and fires them, see axme._fire_timers().
 CREATE TABLE axme.timers (
