@@ -222,15 +222,34 @@ COMMENT ON FUNCTION axme._check_agent_refs(text, jsonb, jsonb) IS
     'Private: checks of agent options against the catalogs (roles, handlers, admin-only options). '
     'Errors: 42704 unknown role, 42501 an admin-only option set by someone else.';
 
--- Whether the current user is an administrator of axme: a superuser or a member of axme_admin.
+-- Who is calling (section 5, roles and security; defined here because _is_admin uses them).
+-- Public functions run as their owner (SECURITY DEFINER): the caller is the outer user id, the
+-- role the session runs as (SET ROLE honoured).  "Has role r": has the privileges of r (directly
+-- or through an INHERIT membership); superusers have every role; an unknown or NULL role name
+-- is held by superusers only.
+CREATE FUNCTION axme._caller() RETURNS text
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_fn';
+COMMENT ON FUNCTION axme._caller() IS
+    'Private: the calling role: current_user outside any SECURITY DEFINER function (SET ROLE is '
+    'honoured). Recorded as sender_role, registered_by and event actor.';
+CREATE FUNCTION axme._caller_has(role text) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_has_fn';
+COMMENT ON FUNCTION axme._caller_has(text) IS
+    'Private: whether the calling role has the privileges of role (superusers: always; unknown or '
+    'NULL role: superusers only). For checks inside SECURITY DEFINER functions.';
+CREATE FUNCTION axme._user_has(role text) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_user_has_fn';
+COMMENT ON FUNCTION axme._user_has(text) IS
+    'Private: whether current_user has the privileges of role (superusers: always; unknown or NULL '
+    'role: superusers only). For row-level security policies.';
+
+-- Whether the caller is an administrator of axme: a superuser or a role with the privileges of
+-- axme_admin.
 CREATE FUNCTION axme._is_admin() RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false)
-        OR (EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'axme_admin')
-            AND pg_catalog.pg_has_role(current_user, 'axme_admin', 'MEMBER'))
-$$;
+LANGUAGE sql STABLE AS $$ SELECT axme._caller_has('axme_admin') $$;
 COMMENT ON FUNCTION axme._is_admin() IS
-    'Private: true when the current user is a superuser or a member of axme_admin.';
+    'Private: true when the calling role (axme._caller()) is a superuser or has the privileges of '
+    'axme_admin.';
 
 CREATE OR REPLACE FUNCTION axme.register_agent(address text, delivery_mode text DEFAULT 'poll',
                                                endpoint_url text DEFAULT NULL, options jsonb DEFAULT '{}')
@@ -241,6 +260,7 @@ DECLARE
     new_secret text;
     v_agent_id bigint;
 BEGIN
+    PERFORM axme._check_admin('register_agent');   -- sec: agents are configured by admins only
     PERFORM axme._check_address(address, 'address');
     IF delivery_mode IS NULL OR delivery_mode NOT IN ('stream', 'poll', 'http', 'inbox', 'internal') THEN
         RAISE EXCEPTION 'invalid delivery mode "%"', coalesce(delivery_mode, 'NULL')
@@ -273,7 +293,7 @@ BEGIN
     -- of one agent (the first ones included) merge one after the other; then check the result
     -- (an error undoes the upsert with the statement).
     INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by)
-    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), current_user)
+    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), axme._caller())
     ON CONFLICT ON CONSTRAINT agents_address_key DO UPDATE
         SET delivery_mode = excluded.delivery_mode, endpoint_url = excluded.endpoint_url,
             options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now()
@@ -305,7 +325,353 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
     're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
     'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path). Changing the '
-    'mode moves pending intents to the new mode. Errors: 22023 invalid address, mode, URL or option.';
+    'mode moves pending intents to the new mode. db_role: the database role that receives for the '
+    'agent. Superusers and axme_admin members only. Errors: 42501 not an admin, 22023 invalid '
+    'address, mode, URL or option, 42704 db_role names no role.';
+
+
+-- sec (section 5, roles and security): the caller checks and the event actor of earlier
+-- functions.  Lines changed against the earlier version are marked "sec".
+
+-- The intent row, locked FOR UPDATE, after the receipt check.  Raises 22023 for NULL,
+-- P0002 when unknown, 42501 when the caller does not receive for its agent (sec), 55000 when a receipt is given and the intent has been handed out since.
+CREATE OR REPLACE FUNCTION axme._lock_intent(intent_id uuid, receipt integer) RETURNS axme.intents
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO i FROM axme.intents WHERE intents.intent_id = _lock_intent.intent_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    -- sec: every writer of a handed-out intent (ack, progress, extend_lease, complete, fail,
+    -- resolve, replay) is its receiver's role (agent option db_role) or an admin
+    PERFORM axme._check_receiver(i.agent_id, 'intent ' || i.intent_id);
+    IF receipt IS NOT NULL AND receipt <> i.attempt THEN
+        RAISE EXCEPTION 'stale receipt for intent %: receipt % does not match its current attempt %',
+                        intent_id, receipt, i.attempt
+            USING ERRCODE = '55000',
+                  HINT = 'The lease ran out and another receiver holds the intent now; drop this work.';
+    END IF;
+    RETURN i;
+END $$;
+
+-- The single place that applies a transition: checks it against the transition table, updates the
+-- row, appends one event and arranges wake-ups.  `i` is the locked row as read by the caller
+-- (status still the old one), with the caller's changes to other columns applied; this sets
+-- status, updated_at and event_seq.
+-- Raises 55000 when the transition is not allowed.
+CREATE OR REPLACE FUNCTION axme._transition(i axme.intents, new_status text, event_type text, details jsonb)
+RETURNS axme.intents LANGUAGE plpgsql AS $$
+DECLARE
+    old_status text;
+    allowed boolean;
+BEGIN
+    old_status := i.status;
+    allowed := CASE
+        WHEN old_status IN ('COMPLETED', 'CANCELED', 'TIMED_OUT') THEN false
+        WHEN old_status = 'FAILED' THEN
+            new_status = 'SUBMITTED' AND event_type = 'intent.replayed'
+        WHEN new_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN true
+        WHEN old_status = 'CREATED' THEN new_status = 'SUBMITTED'
+        WHEN old_status = 'SUBMITTED' THEN new_status IN ('DELIVERED', 'WAITING')
+        WHEN old_status = 'DELIVERED' THEN new_status IN ('ACKNOWLEDGED', 'IN_PROGRESS', 'WAITING', 'DELIVERED', 'SUBMITTED')
+        WHEN old_status = 'ACKNOWLEDGED' THEN new_status IN ('IN_PROGRESS', 'WAITING', 'DELIVERED', 'SUBMITTED')
+        WHEN old_status = 'IN_PROGRESS' THEN new_status IN ('WAITING', 'DELIVERED', 'SUBMITTED')
+        WHEN old_status = 'WAITING' THEN new_status IN ('IN_PROGRESS', 'SUBMITTED')
+        ELSE false END;
+    IF NOT allowed THEN
+        -- (two RAISEs: a RAISE option that evaluates to NULL is itself an error, 22004)
+        IF old_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN
+            RAISE EXCEPTION 'intent % cannot go from % to %', i.intent_id, old_status, new_status
+                USING ERRCODE = '55000', DETAIL = 'The intent is already terminal.';
+        END IF;
+        RAISE EXCEPTION 'intent % cannot go from % to %', i.intent_id, old_status, new_status
+            USING ERRCODE = '55000';
+    END IF;
+    i.status := new_status;
+    i.updated_at := now();
+    i.event_seq := i.event_seq + 1;
+    IF new_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN
+        i.due_at := NULL;
+        i.lease_until := NULL;
+    END IF;
+    UPDATE axme.intents SET
+        status = i.status, waiting_reason = i.waiting_reason, attempt = i.attempt,
+        attempt_base = i.attempt_base, result = i.result, error = i.error,
+        dead_letter_reason = i.dead_letter_reason, dead_lettered_at = i.dead_lettered_at,
+        updated_at = i.updated_at, due_at = i.due_at, lease_until = i.lease_until,
+        event_seq = i.event_seq
+    WHERE intent_id = i.intent_id;
+    INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+    VALUES (i.intent_id, i.event_seq, event_type, new_status, axme._caller(), coalesce(details, '{}'));  -- sec: the caller, not the definer
+    IF new_status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN
+        PERFORM axme._wake_waiters(i.intent_id);
+    END IF;
+    RETURN i;
+END $$;
+
+CREATE OR REPLACE FUNCTION axme.get_intent(intent_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO i FROM axme.intents WHERE intents.intent_id = get_intent.intent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM axme._check_read(i.sender_role, i.agent_id, i.intent_id);   -- sec
+    RETURN axme._document(i);
+END $$;
+COMMENT ON FUNCTION axme.get_intent(uuid) IS
+    'The intent as a JSON document (intent_id, intent_type, from_agent, to_agent, sender_role, '
+    'correlation_id, reply_to, payload, status, waiting_reason, attempt, max_delivery_attempts, '
+    'result, error, dead_letter_reason, created_at, updated_at, deadline_at, not_before, '
+    'next_attempt_at, lease_until, human_task). Readable by the sending role, the receiver''s role and '
+    'admins. Errors: 22023 NULL, P0002 unknown intent, 42501 not allowed to read it.';
+
+CREATE OR REPLACE FUNCTION axme.intent_events(intent_id uuid, since bigint DEFAULT 0)
+RETURNS TABLE (seq bigint, event_type text, status text, at timestamptz, actor text, details jsonb)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF intent_id IS NULL OR since IS NULL THEN
+        RAISE EXCEPTION 'argument "%" must not be null', CASE WHEN intent_id IS NULL THEN 'intent_id' ELSE 'since' END
+            USING ERRCODE = '22023';
+    END IF;
+    IF since < 0 THEN
+        RAISE EXCEPTION 'argument "since" must not be negative, got %', since USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_intent_reader(intent_events.intent_id);   -- sec: 22023, P0002, 42501
+    RETURN QUERY
+        SELECT e.seq::bigint, e.event_type, e.status, e.at, e.actor, e.details
+        FROM axme.events e
+        WHERE e.intent_id = intent_events.intent_id AND e.seq > since
+        ORDER BY e.seq;
+END $$;
+COMMENT ON FUNCTION axme.intent_events(uuid, bigint) IS
+    'Lifecycle events of an intent with seq > since (exclusive), ascending. '
+    'Readable by the sending role, the receiver''s role and admins. '
+    'Errors: 22023 NULL or negative since, P0002 unknown intent, 42501 not allowed to read it.';
+
+CREATE OR REPLACE FUNCTION axme.channel(agent text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM axme._check_any_role('channel');   -- sec
+    RETURN 'axme_agent_' || (axme._agent(agent, 'agent')).agent_id;
+END $$;
+COMMENT ON FUNCTION axme.channel(text) IS
+    'The LISTEN channel of a registered agent (axme_agent_<id>: lower case, at most 63 bytes). '
+    'Stream agents get one NOTIFY per sending transaction with {"intent_id": first, "count": n}. '
+    'Errors: 42501 caller has none of the axme roles, 22023 invalid address, P0002 not registered.';
+
+CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
+               correlation_id uuid, attempt integer, lease_until timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    claimed integer := 0;
+    seen integer;
+    r record;
+    t timestamptz;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'poll');   -- sec
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 10000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    IF a.delivery_mode NOT IN ('poll', 'stream') THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    LOOP
+        seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
+        -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
+        -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
+        -- handed out; then the loop claims again to fill the batch.
+        FOR r IN
+            WITH c AS (
+                SELECT i.intent_id, i.due_at AS was_due,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
+                       i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
+                ORDER BY i.due_at
+                LIMIT max_count - claimed
+                FOR UPDATE SKIP LOCKED
+            ), u AS (
+                UPDATE axme.intents i SET
+                    status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                                  ELSE 'DELIVERED' END,
+                    attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                    dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    updated_at = now(),
+                    event_seq = i.event_seq + 1
+                FROM c
+                WHERE i.intent_id = c.intent_id
+                RETURNING i.*, c.was_due
+            ), e AS (
+                INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+                SELECT u.intent_id, u.event_seq,
+                       CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                     WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                     ELSE 'intent.timed_out' END,
+                       u.status, axme._caller(),   -- sec: the caller, not the definer
+                       CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
+                                     WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                           'error', u.error)
+                                     ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+                FROM u
+            )
+            SELECT u.* FROM u ORDER BY u.was_due
+        LOOP
+            seen := seen + 1;
+            IF r.status = 'DELIVERED' THEN
+                claimed := claimed + 1;
+                intent_id := r.intent_id;
+                intent_type := r.intent_type;
+                payload := r.payload;
+                from_agent := r.from_agent;
+                correlation_id := r.correlation_id;
+                attempt := r.attempt;
+                lease_until := r.lease_until;
+                RETURN NEXT;
+            ELSE
+                PERFORM axme._wake_waiters(r.intent_id);
+            END IF;
+        END LOOP;
+        EXIT WHEN seen = 0 OR claimed >= max_count;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
+    'Claim up to max_count (1..10000) due intents of a poll or stream agent, oldest due first, '
+    'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
+    'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
+    'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. '
+    'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
+
+CREATE OR REPLACE FUNCTION axme.complete_many(intent_ids uuid[], attempts integer[] DEFAULT NULL,
+                                   results jsonb[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := cardinality(intent_ids);
+    -- sec: intents of agents the caller does not receive for are skipped, like unknown ones
+    v_admin boolean := axme._is_admin();
+    v_agents bigint[] := CASE WHEN NOT axme._is_admin() THEN ARRAY(
+        SELECT a.agent_id FROM axme.agents a WHERE axme._caller_has(a.db_role)) END;
+BEGIN
+    IF intent_ids IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_ids" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF n > 10000 THEN
+        RAISE EXCEPTION 'argument "intent_ids" must have at most 10000 elements, got %', n
+            USING ERRCODE = '22023';
+    END IF;
+    IF attempts IS NOT NULL AND cardinality(attempts) <> n THEN
+        RAISE EXCEPTION 'argument "attempts" must have as many elements as "intent_ids" (%), got %', n, cardinality(attempts)
+            USING ERRCODE = '22023';
+    END IF;
+    IF results IS NOT NULL AND cardinality(results) <> n THEN
+        RAISE EXCEPTION 'argument "results" must have as many elements as "intent_ids" (%), got %', n, cardinality(results)
+            USING ERRCODE = '22023';
+    END IF;
+    -- The set-based form of complete(): the same rule (any non-terminal -> COMPLETED, receipt
+    -- checked when given) in one UPDATE and one INSERT of events.
+    RETURN QUERY
+        WITH req AS (
+            SELECT r.id, r.att, r.res
+            FROM unnest(intent_ids,
+                        coalesce(attempts, array_fill(NULL::integer, ARRAY[n])),
+                        coalesce(results, array_fill('{}'::jsonb, ARRAY[n]))) AS r(id, att, res)
+            WHERE r.id IS NOT NULL
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = 'COMPLETED', result = req.res, due_at = NULL, lease_until = NULL,
+                updated_at = now(), event_seq = i.event_seq + 1
+            FROM req
+            WHERE i.intent_id = req.id
+              AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+              AND (req.att IS NULL OR req.att = i.attempt)
+              AND (v_admin OR i.agent_id = ANY (v_agents))
+            RETURNING i.intent_id, i.event_seq, i.attempt
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),
+                   jsonb_build_object('attempt', u.attempt)
+            FROM u
+        )
+        SELECT u.intent_id FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+END $$;
+-- A custom plan per call costs more than the statement itself (the array parameters make the
+-- planner keep re-planning): measured 129 us vs 31 us for a one-element call.
+ALTER FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) SET plan_cache_mode = force_generic_plan;
+COMMENT ON FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) IS
+    'Complete many intents at once (at most 10000): intent_ids with, optionally, the receipts '
+    '(attempts) and results at the same positions. Returns the ids it completed; an id that is '
+    'unknown, already terminal, whose receipt is stale, or whose agent the caller does not receive '
+    'for is skipped, not an error. '
+    'Errors: 22023 NULL intent_ids, arrays of different lengths, more than 10000 ids.';
+
+CREATE OR REPLACE FUNCTION axme.agent_secret(agent text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    s text;
+BEGIN
+    PERFORM axme._check_admin('agent_secret');   -- sec: secrets are for admins only
+    a := axme._agent(agent, 'agent');
+    SELECT secret INTO s FROM axme.agent_secrets
+    WHERE agent_id = a.agent_id AND (expires_at IS NULL OR expires_at > now())
+    ORDER BY created_at DESC LIMIT 1;
+    RETURN s;
+END $$;
+COMMENT ON FUNCTION axme.agent_secret(text) IS
+    'The current signing secret (whsec_...) of an agent, NULL when it has none. Superusers and '
+    'axme_admin members only. Errors: 22023 invalid address, P0002 not registered, 42501 not allowed.';
+
+CREATE OR REPLACE FUNCTION axme.replay_dead_letters(agent text, since timestamptz DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    n bigint := 0;
+    r record;
+BEGIN
+    PERFORM axme._check_receiver(a.agent_id, 'replay_dead_letters');   -- sec
+    FOR r IN
+        SELECT i.intent_id FROM axme.intents i
+        WHERE i.agent_id = a.agent_id AND i.status = 'FAILED' AND i.dead_letter_reason IS NOT NULL
+          AND (since IS NULL OR i.dead_lettered_at >= since)
+        ORDER BY i.dead_lettered_at
+    LOOP
+        PERFORM axme.replay(r.intent_id);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz) IS
+    'Replay every dead letter of an agent (dead-lettered at or after since, when given) with a fresh '
+    'attempt budget; they are delivered within the agent''s usual in-flight caps. Returns how many. '
+    'The agent''s receiver role and admins only. '
+    'Errors: 22023 invalid address, P0002 agent not registered, 42501 not its receiver.';
 
 -- <<< end of section 0 overrides
 
@@ -335,6 +701,303 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
 -------------------------------------------------------------------------------------------------
 
 -- <<< end of section 4
+
+
+-------------------------------------------------------------------------------------------------
+-- Section 5: roles and security (issue 6)
+-------------------------------------------------------------------------------------------------
+-- Three NOLOGIN roles (cluster-wide: shared by every database, they outlive DROP EXTENSION):
+--   axme_admin   everything: register agents, read every row, secrets, operator functions;
+--   axme_sender  send intents, read the intents it sent (get_intent, intent_events, wait_for);
+--   axme_agent   poll, ack, progress, extend_lease, complete, fail, ... for the agents whose
+--                option db_role names a role the caller has.
+-- Public functions run as their owner (SECURITY DEFINER, search_path pinned) and check the caller
+-- (axme._caller(): the session's role, SET ROLE honoured) explicitly; row-level security limits
+-- what a role reads from the tables directly.  axme._secure() applies all of it to whatever
+-- exists in schema axme and runs last in every upgrade script.
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['axme_admin', 'axme_sender', 'axme_agent'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON ROLE axme_admin IS
+    'axme: administrators (register agents, read everything including secrets, operator functions).';
+COMMENT ON ROLE axme_sender IS
+    'axme: may send intents and read the intents it sent.';
+COMMENT ON ROLE axme_agent IS
+    'axme: may receive (poll, ack, complete, fail, ...) for the agents whose option db_role it has.';
+
+-- The receiving role of an agent as a column of its own: non-admins may read it (row-level
+-- security on axme.intents uses it) but not options, which may hold credentials in headers.
+ALTER TABLE axme.agents
+    ADD COLUMN db_role text GENERATED ALWAYS AS (options->>'db_role') STORED;
+COMMENT ON COLUMN axme.agents.db_role IS
+    'The database role that receives for the agent (option db_role); NULL: admins only.';
+
+-- Authorization helpers.  Each raises 42501 naming the refused operation; the one-line forms for
+-- a function body are:
+--   PERFORM axme._check_admin('what');                   admins only
+--   PERFORM axme._check_sender('what');                  axme_sender members and admins
+--   PERFORM axme._check_receiver(agent_id, 'what');      the agent's db_role and admins
+--   PERFORM axme._check_intent_receiver(intent_id, 'what');   the same, by intent (also P0002)
+--   PERFORM axme._check_intent_reader(intent_id);        sending role, receiver's role, admins
+--   PERFORM axme._check_any_role('what');                any of the three roles or a superuser
+
+CREATE FUNCTION axme._check_admin(what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT axme._is_admin() THEN
+        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of axme_admin', what, axme._caller()
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_admin(text) IS
+    'Private: 42501 unless the caller is a superuser or has the privileges of axme_admin.';
+
+CREATE FUNCTION axme._check_sender(what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT (axme._caller_has('axme_sender') OR axme._is_admin()) THEN
+        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of axme_sender', what, axme._caller()
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_sender(text) IS
+    'Private: 42501 unless the caller has the privileges of axme_sender or axme_admin.';
+
+CREATE FUNCTION axme._check_any_role(what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT (axme._caller_has('axme_sender') OR axme._caller_has('axme_agent') OR axme._is_admin()) THEN
+        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of axme_sender, axme_agent or axme_admin',
+                        what, axme._caller()
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_any_role(text) IS
+    'Private: 42501 unless the caller has the privileges of axme_sender, axme_agent or axme_admin.';
+
+-- Whether the caller receives for an agent: an admin, or a role with the privileges of the
+-- agent's db_role.  An agent without db_role is received for by admins only.
+CREATE FUNCTION axme._can_receive(agent_id bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT axme._is_admin()
+        OR coalesce((SELECT axme._caller_has(a.db_role) FROM axme.agents a
+                     WHERE a.agent_id = _can_receive.agent_id), false)
+$$;
+COMMENT ON FUNCTION axme._can_receive(bigint) IS
+    'Private: whether the caller may receive for the agent (has its db_role, or is an admin).';
+
+CREATE FUNCTION axme._check_receiver(agent_id bigint, what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT axme._can_receive(agent_id) THEN
+        RAISE EXCEPTION 'permission denied for %: role "%" does not receive for agent "%"', what,
+                        axme._caller(), (SELECT a.address FROM axme.agents a WHERE a.agent_id = _check_receiver.agent_id)
+            USING ERRCODE = '42501',
+                  HINT = 'The agent''s option db_role names the role that receives for it.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_receiver(bigint, text) IS
+    'Private: 42501 unless the caller receives for the agent (its db_role, or an admin).';
+
+-- Whether the caller may read an intent: its sending role, its receiver's role, an admin.
+CREATE FUNCTION axme._can_read_intent(sender_role text, agent_id bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT axme._caller_has(sender_role) OR axme._can_receive(agent_id)
+$$;
+COMMENT ON FUNCTION axme._can_read_intent(text, bigint) IS
+    'Private: whether the caller may read an intent with this sender_role and agent_id (the sending '
+    'role, the receiver''s role, admins).';
+
+CREATE FUNCTION axme._check_read(sender_role text, agent_id bigint, intent_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT axme._can_read_intent(sender_role, agent_id) THEN
+        RAISE EXCEPTION 'permission denied for intent %', intent_id
+            USING ERRCODE = '42501',
+                  DETAIL = 'Only its sending role, its receiver''s role (agent option db_role) and '
+                           'members of axme_admin may read an intent.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_read(text, bigint, uuid) IS
+    'Private: 42501 unless the caller may read the intent (see axme._can_read_intent).';
+
+CREATE FUNCTION axme._check_intent_reader(intent_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_role text;
+    v_agent bigint;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT i.sender_role, i.agent_id INTO v_role, v_agent
+    FROM axme.intents i WHERE i.intent_id = _check_intent_reader.intent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM axme._check_read(v_role, v_agent, intent_id);
+END $$;
+COMMENT ON FUNCTION axme._check_intent_reader(uuid) IS
+    'Private: 22023 NULL, P0002 unknown intent, 42501 unless the caller may read the intent.';
+
+CREATE FUNCTION axme._check_intent_receiver(intent_id uuid, what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_agent bigint;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT i.agent_id INTO v_agent FROM axme.intents i WHERE i.intent_id = _check_intent_receiver.intent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM axme._check_receiver(v_agent, what);
+END $$;
+COMMENT ON FUNCTION axme._check_intent_receiver(uuid, text) IS
+    'Private: 22023 NULL, P0002 unknown intent, 42501 unless the caller receives for its agent.';
+
+-- Apply the security model to everything in schema axme; idempotent.  Runs at the end of this
+-- script (after every feature's objects exist) and must run at the end of every later upgrade
+-- script, so functions, tables and views added later are covered too:
+-- * every public function (name not starting with "_", not a trigger) becomes SECURITY DEFINER
+--   with search_path = pg_catalog, axme, pg_temp; EXECUTE: axme_admin on all of them, axme_sender
+--   and axme_agent on the lists below (a function not listed: admins only).  Private functions
+--   stay SECURITY INVOKER with no EXECUTE grant: only the public ones (as their owner) call them.
+-- * every table gets row-level security and one SELECT policy "axme_read": tables named
+--   *secret*: admins; agents: all rows for the three roles (options and endpoint_url only for
+--   admins: they may hold credentials); intents: the
+--   sending role, the receiver's role, admins; a table with an intent_id column: the rows of
+--   intents the reader may read; with an agent_id column: the rows of agents it receives for;
+--   any other table: admins.  SELECT is granted to the three roles (admins only where only admins
+--   pass the policy); nothing else: all writes go through the functions.
+-- * every view becomes security_invoker (row-level security applies to its reader); SELECT for
+--   the three roles.
+CREATE FUNCTION axme._secure() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel'];
+    agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
+                              'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',
+                              'get_intent', 'intent_events', 'wait_for',
+                              -- inbox and human tasks (issue 5)
+                              'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
+    roles text := 'axme_admin, axme_sender, axme_agent';
+    f record;
+    t record;
+    pol text;
+    cols text;
+BEGIN
+    EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles;
+
+    -- Functions
+    FOR f IN
+        SELECT p.oid::regprocedure AS sig, p.proname, p.prosecdef, p.proconfig
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'axme'::regnamespace AND p.prokind IN ('f', 'p')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, %s', f.sig, roles);
+        CONTINUE WHEN left(f.proname, 1) = '_';
+        CONTINUE WHEN (SELECT p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)
+                       FROM pg_catalog.pg_proc p WHERE p.oid = f.sig);
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        IF f.proname = ANY (sender_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_sender', f.sig);
+        END IF;
+        IF f.proname = ANY (agent_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_agent', f.sig);
+        END IF;
+    END LOOP;
+    -- row-level security policies call this one as the reader
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
+
+    -- Tables
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'intent_id'
+                       AND NOT a.attisdropped) AS has_intent,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'agent_id'
+                       AND NOT a.attisdropped) AS has_agent
+        FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
+        EXECUTE pg_catalog.format('DROP POLICY IF EXISTS axme_read ON %s', t.rel);
+        pol := CASE
+            WHEN t.relname LIKE '%secret%' THEN NULL
+            WHEN t.relname = 'agents' THEN
+                'axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent'')'
+            WHEN t.relname = 'intents' THEN
+                'axme._user_has(''axme_admin'') OR axme._user_has(sender_role) OR agent_id IN '
+                '(SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))'
+            WHEN t.has_intent THEN
+                pg_catalog.format('axme._user_has(''axme_admin'') OR EXISTS (SELECT FROM axme.intents i '
+                                  'WHERE i.intent_id = %s.intent_id)', t.rel)
+            WHEN t.has_agent THEN
+                pg_catalog.format('axme._user_has(''axme_admin'') OR %s.agent_id IN (SELECT a.agent_id '
+                                  'FROM axme.agents a WHERE axme._user_has(a.db_role))', t.rel)
+            END;
+        IF pol IS NULL THEN
+            -- admins only
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (axme._user_has(''axme_admin''))', t.rel);
+            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        ELSE
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (%s)', t.rel, pol);
+            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+            IF t.relname = 'agents' THEN
+                SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+                FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = t.rel AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.attname NOT IN ('options', 'endpoint_url');
+                EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO axme_sender, axme_agent', cols, t.rel);
+            ELSE
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- Views: evaluated with the reader's rights, so the policies above apply.
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('v', 'm')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.rel) = 'v' THEN
+            EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', t.rel);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        IF t.relname NOT LIKE '%secret%' THEN
+            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+        END IF;
+    END LOOP;
+
+    -- Sequences: only the functions use them.
+    FOR t IN
+        SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind = 'S'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC, %s', t.rel, roles);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._secure() IS
+    'Private: apply the security model (SECURITY DEFINER with a pinned search_path, EXECUTE grants, '
+    'row-level security, security_invoker views) to everything in schema axme. Idempotent; the last '
+    'step of every upgrade script.';
+
+-- Last: everything the sections above created is covered.
+SELECT axme._secure();
+
+-- <<< end of section 5
 
 
 -------------------------------------------------------------------------------------------------

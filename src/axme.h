@@ -36,6 +36,11 @@ extern bool axme_address_is_valid(const char *s, size_t len);
 extern bool axme_intent_type_is_valid(const char *s, size_t len);
 extern void axme_check_address(const char *value, const char *argname);
 
+/* caller.c */
+extern char *axme_caller_name(void);
+extern bool axme_caller_has(const char *role);
+extern void axme_check_caller_may_send(void);
+
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);
 

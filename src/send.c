@@ -276,7 +276,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 			   *escalate_to,
 			   *corr_text,
 			   *key = NULL;
-	char	   *role = GetUserNameFromId(GetUserId(), false);
+	char	   *role;
 	Jsonb	   *human_task = NULL;
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 	pg_uuid_t  *corr = palloc(sizeof(pg_uuid_t));
@@ -293,6 +293,13 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	int64		agent_id;
 	bool		is_stream;
 	bool		isnull;
+
+	/*
+	 * The sender is the calling role (SET ROLE honoured), not the owner this SECURITY DEFINER
+	 * function runs as; it must be a member of axme_sender or axme_admin (42501).
+	 */
+	axme_check_caller_may_send();
+	role = axme_caller_name();
 
 	/* --- validation, before any write --- */
 	if (PG_ARGISNULL(0))

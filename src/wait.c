@@ -73,6 +73,14 @@ check_intent(Datum id, bool *mine)
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("intent %s does not exist",
 						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
+	/* read access: the sending role, the receiver's role, admins (42501, as get_intent) */
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for intent %s",
+						DatumGetCString(DirectFunctionCall1(uuid_out, id))),
+				 errdetail("Only its sending role, its receiver's role (agent option db_role) and "
+						   "members of axme_admin may read an intent.")));
 	status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	terminal = strcmp(status, "COMPLETED") == 0 || strcmp(status, "FAILED") == 0 ||
@@ -86,7 +94,8 @@ check_intent(Datum id, bool *mine)
  * axme.wait_for(intent_id uuid, timeout interval) RETURNS jsonb
  *
  * Blocks until the intent is terminal and returns its get_intent document, or NULL after timeout.
- * Errors: 22023 NULL argument or timeout outside 0 .. 1 hour; P0002 unknown intent; 55000 when
+ * Errors: 22023 NULL argument or timeout outside 0 .. 1 hour; P0002 unknown intent; 42501 the caller
+ * may not read the intent (not its sender's or receiver's role, not an admin); 55000 when
  * called in the transaction that last wrote the intent, or above READ COMMITTED, while the intent
  * is not terminal yet (no commit could ever become visible to the caller).
  * Honours statement_timeout and query cancel.
@@ -123,7 +132,8 @@ axme_wait_for(PG_FUNCTION_ARGS)
 	{
 		Oid			argtypes[1] = {UUIDOID};
 
-		status_plan = axme_keep_plan("SELECT status, xmin FROM axme.intents WHERE intent_id = $1",
+		status_plan = axme_keep_plan("SELECT status, xmin, axme._can_read_intent(sender_role, agent_id)"
+									 " FROM axme.intents WHERE intent_id = $1",
 									 1, argtypes);
 		document_plan = axme_keep_plan("SELECT axme._document(i) FROM axme.intents i WHERE i.intent_id = $1",
 									   1, argtypes);

@@ -27,11 +27,14 @@ FROM unnest(ARRAY[
 SELECT attname, format_type(atttypid, atttypmod) AS type
 FROM pg_attribute WHERE attrelid = 'axme.dead_letters'::regclass AND attnum > 0 ORDER BY attnum;
 
--- No public function is STRICT (a NULL must raise 22023, not return NULL) or SECURITY DEFINER.
+-- No public function is STRICT (a NULL must raise 22023, not return NULL).  Every public function
+-- is SECURITY DEFINER with search_path pinned (it checks its caller itself, see security.sql);
+-- no private one is.
 SELECT p.oid::regprocedure AS strict_public_function FROM pg_proc p
 WHERE p.pronamespace = 'axme'::regnamespace AND p.proisstrict AND p.proname NOT LIKE '\_%';
-SELECT p.oid::regprocedure AS security_definer FROM pg_proc p
-WHERE p.pronamespace = 'axme'::regnamespace AND p.prosecdef;
+SELECT p.oid::regprocedure AS wrong_security FROM pg_proc p
+WHERE p.pronamespace = 'axme'::regnamespace
+  AND (p.proname LIKE '\_%') = coalesce(p.prosecdef AND 'search_path=pg_catalog, axme, pg_temp' = ANY (p.proconfig), false);
 
 -- PUBLIC gets nothing: no EXECUTE on any function, no table or sequence privilege.
 SELECT p.oid::regprocedure AS public_can_execute FROM pg_proc p

@@ -228,9 +228,7 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS axme_regress_sender;
 RESET client_min_messages;
 CREATE ROLE axme_regress_sender;
-GRANT USAGE ON SCHEMA axme TO axme_regress_sender;
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA axme TO axme_regress_sender;
-GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA axme TO axme_regress_sender;
+GRANT axme_sender TO axme_regress_sender;
 SET ROLE axme_regress_sender;
 SELECT axme.send_intent('{"intent_type": "intent.pay.v1", "to_agent": "agent://myorg/prod/orders", "payload": {"order": "K-1", "amount": 10}}',
                         'pay-K-1-0001') AS k3 \gset
@@ -241,9 +239,7 @@ SELECT :'k3' NOT IN (:'k1', :'k2') AS role_scopes_key;
 SELECT d->>'sender_role' AS sender_role FROM axme.get_intent(:'k3') d;
 SELECT seq, event_type, actor FROM axme.intent_events(:'k3');
 SELECT (axme.get_intent(:'k1'))->>'sender_role' = current_user AS k1_sent_by_me;
-REVOKE ALL ON ALL TABLES IN SCHEMA axme FROM axme_regress_sender;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM axme_regress_sender;
-REVOKE ALL ON SCHEMA axme FROM axme_regress_sender;
+REVOKE axme_sender FROM axme_regress_sender;
 DROP ROLE axme_regress_sender;
 
 -- get_intent and intent_events arguments.

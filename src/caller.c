@@ -1,0 +1,103 @@
+/*
+ * caller.c: who is calling, for the authorization checks of axme's SECURITY DEFINER functions.
+ *
+ * Public axme functions run as their owner (SECURITY DEFINER), so inside them current_user is the
+ * owner, not the caller.  The caller is the role the session runs as at call time: the outer user
+ * id (GetOuterUserId), which SET ROLE changes and SECURITY DEFINER does not.  Row-level security
+ * policies, evaluated as whoever reads the table, use the current user id (GetUserId) instead.
+ *
+ * "Has role r" means has the privileges of r (directly, or through membership with INHERIT), as
+ * PostgreSQL decides it for its own objects; superusers have every role.  An unknown or NULL role
+ * name is held by superusers only (a dropped sender role is not an error).
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+
+#include "axme.h"
+
+PG_FUNCTION_INFO_V1(axme_caller_fn);
+PG_FUNCTION_INFO_V1(axme_caller_has_fn);
+PG_FUNCTION_INFO_V1(axme_user_has_fn);
+
+static bool
+role_has(Oid member, const char *role)
+{
+	Oid			roleid;
+
+	if (superuser_arg(member))
+		return true;
+	if (role == NULL)
+		return false;
+	roleid = get_role_oid(role, true);
+	return OidIsValid(roleid) && has_privs_of_role(member, roleid);
+}
+
+/*
+ * The name of the calling role (the outer user id).
+ */
+char *
+axme_caller_name(void)
+{
+	return GetUserNameFromId(GetOuterUserId(), false);
+}
+
+/*
+ * True when the calling role has the privileges of role (see the file header).
+ */
+bool
+axme_caller_has(const char *role)
+{
+	return role_has(GetOuterUserId(), role);
+}
+
+/*
+ * Raise 42501 unless the caller may send: a superuser or a role with the privileges of
+ * axme_sender or axme_admin.
+ */
+void
+axme_check_caller_may_send(void)
+{
+	if (!axme_caller_has("axme_sender") && !axme_caller_has("axme_admin"))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to send intents: role \"%s\" is not a member of axme_sender",
+						axme_caller_name()),
+				 errhint("GRANT axme_sender TO %s;", quote_identifier(axme_caller_name()))));
+}
+
+/*
+ * axme._caller() RETURNS text: the role the session runs as (current_user outside any SECURITY
+ * DEFINER function; SET ROLE is honoured).
+ */
+Datum
+axme_caller_fn(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(axme_caller_name()));
+}
+
+/*
+ * axme._caller_has(role text) RETURNS boolean: whether the calling role has the privileges of
+ * role.  NULL or unknown role: true for superusers only.
+ */
+Datum
+axme_caller_has_fn(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(role_has(GetOuterUserId(),
+							PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0))));
+}
+
+/*
+ * axme._user_has(role text) RETURNS boolean: whether the current user (the one row-level
+ * security policies are evaluated for) has the privileges of role.  NULL or unknown role: true
+ * for superusers only.
+ */
+Datum
+axme_user_has_fn(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(role_has(GetUserId(),
+							PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0))));
+}
