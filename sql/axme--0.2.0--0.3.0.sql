@@ -875,12 +875,13 @@ COMMENT ON FUNCTION axme._check_intent_receiver(uuid, text) IS
 -- * every table gets row-level security and one SELECT policy "axme_read": tables named
 --   *secret*: admins; agents: all rows for the three roles (options and endpoint_url only for
 --   admins: they may hold credentials); intents: the
---   sending role, the receiver's role, admins; a table with an intent_id column: the rows of
---   intents the reader may read; with an agent_id column: the rows of agents it receives for;
+--   sending role, the receiver's role, admins; a table with an intent_id uuid column: the rows
+--   of intents the reader may read; with an integer agent_id column: the rows of agents it
+--   receives for;
 --   any other table: admins.  SELECT is granted to the three roles (admins only where only admins
 --   pass the policy); nothing else: all writes go through the functions.
 -- * every view becomes security_invoker (row-level security applies to its reader); SELECT for
---   the three roles.
+--   the three roles (views named *secret* and materialized views: admins only).
 CREATE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -924,8 +925,9 @@ BEGIN
     FOR t IN
         SELECT c.oid::regclass AS rel, c.relname,
                EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'intent_id'
-                       AND NOT a.attisdropped) AS has_intent,
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) AS has_intent,
                EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'agent_id'
+                       AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
                        AND NOT a.attisdropped) AS has_agent
         FROM pg_catalog.pg_class c
         WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
@@ -966,18 +968,19 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Views: evaluated with the reader's rights, so the policies above apply.
+    -- Views: evaluated with the reader's rights, so the policies above apply.  Materialized
+    -- views have no row-level security: admins only.
     FOR t IN
-        SELECT c.oid::regclass AS rel, c.relname FROM pg_catalog.pg_class c
+        SELECT c.oid::regclass AS rel, c.relname, c.relkind FROM pg_catalog.pg_class c
         WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('v', 'm')
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
-        IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.rel) = 'v' THEN
-            EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', t.rel);
-        END IF;
         EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
-        IF t.relname NOT LIKE '%secret%' THEN
-            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+        IF t.relkind = 'v' THEN
+            EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', t.rel);
+            IF t.relname NOT LIKE '%secret%' THEN
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
         END IF;
     END LOOP;
 

@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -67,6 +69,47 @@ axme_check_caller_may_send(void)
 				 errmsg("permission denied to send intents: role \"%s\" is not a member of axme_sender",
 						axme_caller_name()),
 				 errhint("GRANT axme_sender TO %s;", quote_identifier(axme_caller_name()))));
+}
+
+/*
+ * Raise 42501 unless the caller may name from_agent as the intent's sender: when from_agent is a
+ * registered agent with a db_role, only roles that receive for it (have that role) and admins may
+ * send as it.  An unregistered address, or an agent without db_role, is an unchecked label.
+ * Must be called between SPI_connect and SPI_finish.
+ */
+void
+axme_check_from_agent(const char *from_agent)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1];
+	bool		isnull;
+	char	   *role;
+
+	if (from_agent == NULL)
+		return;
+	if (plan == NULL)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+
+		plan = axme_keep_plan("SELECT db_role FROM axme.agents WHERE address OPERATOR(pg_catalog.=) $1",
+							  1, argtypes);
+	}
+	args[0] = CStringGetTextDatum(from_agent);
+	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "axme: from_agent lookup failed");
+	if (SPI_processed == 0)
+		return;
+	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return;
+	role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (!axme_caller_has(role) && !axme_caller_has("axme_admin"))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to send as from_agent \"%s\": role \"%s\" does not receive for it",
+						from_agent, axme_caller_name()),
+				 errdetail("Agent \"%s\" is mapped to role \"%s\" (option db_role); only that role and "
+						   "members of axme_admin may send in its name.", from_agent, role)));
 }
 
 /*

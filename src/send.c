@@ -260,8 +260,10 @@ text_or_null(const char *s, char *nulls, int i)
  * Validates the intent document (REFERENCE.md section 1), stores it SUBMITTED with events 1 and
  * 2, and returns its id; with an idempotency key already used by the same sender for the same
  * document, returns the first intent's id instead.  Runs in the caller's transaction.
- * Errors: 22023 invalid or unknown field, 22P02 correlation_id not a UUID, 54000 payload over
- * axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused with another document.
+ * Errors: 42501 the caller is not a member of axme_sender (or axme_admin), or names as from_agent an
+ * agent mapped to a role it does not have; 22023 invalid or unknown field, 22P02 correlation_id not
+ * a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused
+ * with another document.
  */
 Datum
 axme_send_intent(PG_FUNCTION_ARGS)
@@ -404,6 +406,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	prepare_plans();
+	axme_check_from_agent(from_agent);	/* 42501: a mapped agent's name is its role's */
 	new_uuid(id);
 
 	/* --- idempotency: (coalesce(from_agent, sender_role), key) -> one intent --- */

@@ -212,6 +212,25 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM sec_legacy;
 REVOKE ALL ON SCHEMA axme FROM sec_legacy;
 DROP ROLE sec_legacy;
 
+-- from_agent naming an agent mapped to a role: only that role (and admins) may send in its name;
+-- an unmapped or unregistered address is a label anyone may use.
+SET ROLE sec_alice;
+SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/one", "payload": {}}')$$) AS spoof_mapped;
+SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/one", "payload": {}}', 'spoof-key-0001')$$) AS spoof_with_key;
+SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/orphan", "payload": {}}')$$) AS unmapped_label;
+SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://otherorg/prod/anyone", "payload": {}}')$$) AS unregistered_label;
+RESET ROLE;
+GRANT axme_sender TO sec_w1_member;
+SET ROLE sec_w1_member;
+SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/one", "payload": {}}')$$) AS own_agent;
+RESET ROLE;
+REVOKE axme_sender FROM sec_w1_member;
+SET ROLE sec_admin;
+SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/one", "payload": {}}')$$) AS admin;
+RESET ROLE;
+SELECT sender_role, from_agent FROM axme.intents WHERE to_agent = 'agent://secorg/prod/orphan' AND from_agent IS NOT NULL
+ORDER BY sender_role, from_agent;
+
 -- Removing db_role leaves the agent to admins.
 SELECT axme.register_agent('agent://secorg/prod/two', 'stream', NULL, '{"db_role": null}');
 SET ROLE sec_w2;
