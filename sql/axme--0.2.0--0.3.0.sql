@@ -894,7 +894,7 @@ DECLARE
     roles text := 'axme_admin, axme_sender, axme_agent';
     f record;
     t record;
-    pol text;
+    pol text;   -- (SELECT f()) of a constant: an InitPlan, evaluated once per query, not per row
     cols text;
 BEGIN
     EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles;
@@ -938,20 +938,20 @@ BEGIN
         pol := CASE
             WHEN t.relname LIKE '%secret%' THEN NULL
             WHEN t.relname = 'agents' THEN
-                'axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent'')'
+                '(SELECT axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent''))'
             WHEN t.relname = 'intents' THEN
-                'axme._user_has(''axme_admin'') OR axme._user_has(sender_role) OR agent_id IN '
+                '(SELECT axme._user_has(''axme_admin'')) OR axme._user_has(sender_role) OR agent_id IN '
                 '(SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))'
             WHEN t.has_intent THEN
-                pg_catalog.format('axme._user_has(''axme_admin'') OR EXISTS (SELECT FROM axme.intents i '
+                pg_catalog.format('(SELECT axme._user_has(''axme_admin'')) OR EXISTS (SELECT FROM axme.intents i '
                                   'WHERE i.intent_id = %s.intent_id)', t.rel)
             WHEN t.has_agent THEN
-                pg_catalog.format('axme._user_has(''axme_admin'') OR %s.agent_id IN (SELECT a.agent_id '
+                pg_catalog.format('(SELECT axme._user_has(''axme_admin'')) OR %s.agent_id IN (SELECT a.agent_id '
                                   'FROM axme.agents a WHERE axme._user_has(a.db_role))', t.rel)
             END;
         IF pol IS NULL THEN
             -- admins only
-            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (axme._user_has(''axme_admin''))', t.rel);
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING ((SELECT axme._user_has(''axme_admin'')))', t.rel);
             EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
         ELSE
             EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (%s)', t.rel, pol);
