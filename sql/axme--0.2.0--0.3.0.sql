@@ -952,9 +952,17 @@ BEGIN
         IF pol IS NULL THEN
             -- admins only
             EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING ((SELECT axme._user_has(''axme_admin'')))', t.rel);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel,
+                'Rows readable by members of axme_admin only (superusers bypass row-level security).');
             EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
         ELSE
             EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (%s)', t.rel, pol);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel, CASE
+                WHEN t.relname = 'agents' THEN 'Every agent, for axme_admin, axme_sender and axme_agent members.'
+                WHEN t.relname = 'intents' THEN 'Intents whose sending role or whose agent''s db_role the reader has; '
+                                                 'all for axme_admin members.'
+                WHEN t.has_intent THEN 'Rows of the intents the reader may read (policy axme_read on axme.intents).'
+                ELSE 'Rows of the agents whose db_role the reader has; all for axme_admin members.' END);
             EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
             IF t.relname = 'agents' THEN
                 SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
