@@ -872,16 +872,12 @@ COMMENT ON FUNCTION axme._check_intent_receiver(uuid, text) IS
 --   with search_path = pg_catalog, axme, pg_temp; EXECUTE: axme_admin on all of them, axme_sender
 --   and axme_agent on the lists below (a function not listed: admins only).  Private functions
 --   stay SECURITY INVOKER with no EXECUTE grant: only the public ones (as their owner) call them.
--- * every table gets row-level security and one SELECT policy "axme_read": tables named
---   *secret*: admins; agents: all rows for the three roles (options and endpoint_url only for
---   admins: they may hold credentials); intents: the
---   sending role, the receiver's role, admins; a table with an intent_id uuid column: the rows
---   of intents the reader may read; with an integer agent_id column: the rows of agents it
---   receives for;
---   any other table: admins.  SELECT is granted to the three roles (admins only where only admins
---   pass the policy); nothing else: all writes go through the functions.
+-- * every table gets row-level security and one SELECT policy "axme_read" (details below);
+--   SELECT is granted to the three roles (to axme_admin only where only admins pass the policy;
+--   on agents, every column but options and endpoint_url, which may hold credentials); nothing
+--   else: all writes go through the functions.
 -- * every view becomes security_invoker (row-level security applies to its reader); SELECT for
---   the three roles (views named *secret* and materialized views: admins only).
+--   the three roles unless it reads something a sender may not (then admins only).
 CREATE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -895,6 +891,7 @@ DECLARE
     f record;
     t record;
     pol text;   -- (SELECT f()) of a constant: an InitPlan, evaluated once per query, not per row
+    what text;
     cols text;
 BEGIN
     EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles;
@@ -921,49 +918,68 @@ BEGIN
     -- row-level security policies call this one as the reader
     EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
 
-    -- Tables
+    -- Tables.  The policy of a table other than agents and intents is the OR of the rules its
+    -- columns allow: intent_id uuid (rows of the intents the reader may read), thread_id uuid
+    -- (rows of the threads it may read, when axme.threads exists), agent_id or owner_id integer
+    -- (rows of the agents it receives for); none of them, or a name containing "secret": admins.
     FOR t IN
         SELECT c.oid::regclass AS rel, c.relname,
                EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'intent_id'
                        AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) AS has_intent,
-               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'agent_id'
-                       AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
-                       AND NOT a.attisdropped) AS has_agent
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'thread_id'
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped)
+                   AND c.relname <> 'threads' AND pg_catalog.to_regclass('axme.threads') IS NOT NULL AS has_thread,
+               (SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid
+                  AND a.attname IN ('agent_id', 'owner_id') AND NOT a.attisdropped
+                  AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                ORDER BY a.attname LIMIT 1) AS agent_col
         FROM pg_catalog.pg_class c
         WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
+        ORDER BY c.oid
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
         EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
         EXECUTE pg_catalog.format('DROP POLICY IF EXISTS axme_read ON %s', t.rel);
-        pol := CASE
-            WHEN t.relname LIKE '%secret%' THEN NULL
-            WHEN t.relname = 'agents' THEN
-                '(SELECT axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent''))'
-            WHEN t.relname = 'intents' THEN
-                '(SELECT axme._user_has(''axme_admin'')) OR axme._user_has(sender_role) OR agent_id IN '
-                '(SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))'
-            WHEN t.has_intent THEN
-                pg_catalog.format('(SELECT axme._user_has(''axme_admin'')) OR EXISTS (SELECT FROM axme.intents i '
-                                  'WHERE i.intent_id = %s.intent_id)', t.rel)
-            WHEN t.has_agent THEN
-                pg_catalog.format('(SELECT axme._user_has(''axme_admin'')) OR %s.agent_id IN (SELECT a.agent_id '
-                                  'FROM axme.agents a WHERE axme._user_has(a.db_role))', t.rel)
-            END;
+        IF t.relname LIKE '%secret%' THEN
+            pol := NULL;
+        ELSIF t.relname = 'agents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent''))';
+            what := 'Every agent, for axme_admin, axme_sender and axme_agent members.';
+        ELSIF t.relname = 'intents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'')) OR axme._user_has(sender_role) OR agent_id IN '
+                   '(SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))';
+            what := 'Intents whose sending role or whose agent''s db_role the reader has; all for axme_admin members.';
+        ELSE
+            pol := '';
+            what := 'Rows';
+            IF t.has_intent THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.intents i WHERE i.intent_id = %s.intent_id)', t.rel);
+                what := what || ' of the intents the reader may read,';
+            END IF;
+            IF t.has_thread THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.threads th WHERE th.thread_id = %s.thread_id)', t.rel);
+                what := what || ' of the threads the reader may read,';
+            END IF;
+            IF t.agent_col IS NOT NULL THEN
+                pol := pol || pg_catalog.format(' OR %s.%I IN (SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))',
+                                                t.rel, t.agent_col);
+                what := what || pg_catalog.format(' of the agents (%s) whose db_role the reader has,', t.agent_col);
+            END IF;
+            IF pol = '' THEN
+                pol := NULL;
+            ELSE
+                pol := '(SELECT axme._user_has(''axme_admin''))' || pol;
+                what := rtrim(what, ',') || '; all for axme_admin members.';
+            END IF;
+        END IF;
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
         IF pol IS NULL THEN
-            -- admins only
             EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING ((SELECT axme._user_has(''axme_admin'')))', t.rel);
             EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel,
                 'Rows readable by members of axme_admin only (superusers bypass row-level security).');
-            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
         ELSE
             EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (%s)', t.rel, pol);
-            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel, CASE
-                WHEN t.relname = 'agents' THEN 'Every agent, for axme_admin, axme_sender and axme_agent members.'
-                WHEN t.relname = 'intents' THEN 'Intents whose sending role or whose agent''s db_role the reader has; '
-                                                 'all for axme_admin members.'
-                WHEN t.has_intent THEN 'Rows of the intents the reader may read (policy axme_read on axme.intents).'
-                ELSE 'Rows of the agents whose db_role the reader has; all for axme_admin members.' END);
-            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel, what);
             IF t.relname = 'agents' THEN
                 SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
                 FROM pg_catalog.pg_attribute a
@@ -976,17 +992,41 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Views: evaluated with the reader's rights, so the policies above apply.  Materialized
-    -- views have no row-level security: admins only.
+    -- Views: evaluated with the reader's rights (security_invoker), so the policies above apply.
+    -- A view is for admins only when it reads something a sender may not (a column such as
+    -- agents.options, an admin-only table or view, a private function: those get EXECUTE for
+    -- axme_admin) or when its name contains "secret".  Materialized views have no row-level
+    -- security: admins only.  In creation order, so a view over a view sees its grants.
     FOR t IN
         SELECT c.oid::regclass AS rel, c.relname, c.relkind FROM pg_catalog.pg_class c
         WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('v', 'm')
+        ORDER BY c.oid
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
         EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        FOR f IN
+            SELECT DISTINCT d.refobjid::regprocedure AS sig, NULL::text AS proname, NULL::boolean AS prosecdef,
+                   NULL::text[] AS proconfig
+            FROM pg_catalog.pg_rewrite rw
+            JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+            JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_proc'::regclass AND p.oid = d.refobjid
+            WHERE rw.ev_class = t.rel AND p.pronamespace = 'axme'::regnamespace AND left(p.proname, 1) = '_'
+        LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        END LOOP;
         IF t.relkind = 'v' THEN
             EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', t.rel);
-            IF t.relname NOT LIKE '%secret%' THEN
+            IF t.relname NOT LIKE '%secret%' AND NOT EXISTS (
+                SELECT FROM pg_catalog.pg_rewrite rw
+                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                WHERE rw.ev_class = t.rel
+                  AND CASE WHEN d.refclassid = 'pg_class'::regclass AND d.refobjid <> t.rel THEN
+                           CASE WHEN d.refobjsubid > 0
+                                THEN NOT pg_catalog.has_column_privilege('axme_sender', d.refobjid, d.refobjsubid::smallint, 'SELECT')
+                                ELSE NOT pg_catalog.has_table_privilege('axme_sender', d.refobjid, 'SELECT') END
+                           WHEN d.refclassid = 'pg_proc'::regclass THEN
+                                NOT pg_catalog.has_function_privilege('axme_sender', d.refobjid, 'EXECUTE')
+                           ELSE false END) THEN
                 EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
             END IF;
         END IF;
