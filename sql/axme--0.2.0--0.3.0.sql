@@ -939,7 +939,9 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
         EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
-        EXECUTE pg_catalog.format('DROP POLICY IF EXISTS axme_read ON %s', t.rel);
+        IF EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polname = 'axme_read') THEN
+            EXECUTE pg_catalog.format('DROP POLICY axme_read ON %s', t.rel);
+        END IF;
         IF t.relname LIKE '%secret%' THEN
             pol := NULL;
         ELSIF t.relname = 'agents' THEN

@@ -238,6 +238,39 @@ SELECT pg_temp.err($$SELECT * FROM axme.poll('agent://secorg/prod/two')$$) AS po
 SELECT count(*) AS intents_seen FROM axme.intents;
 RESET ROLE;
 
+-- axme._secure() covers objects added later (by a later upgrade script): a public function
+-- becomes SECURITY DEFINER for admins only, a table gets the policy its columns allow, a view
+-- that reads an admin-only column is for admins only, and its private function gets EXECUTE for
+-- axme_admin.
+CREATE FUNCTION axme.sec_later() RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE FUNCTION axme._sec_later_private() RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE TABLE axme.sec_later_by_intent (intent_id uuid, note text);
+CREATE TABLE axme.sec_later_by_owner (owner_id bigint, note text);
+CREATE TABLE axme.sec_later_plain (note text);
+CREATE VIEW axme.sec_later_urls AS SELECT address, endpoint_url FROM axme.agents;
+CREATE VIEW axme.sec_later_fn AS SELECT axme._sec_later_private() AS one;
+CREATE VIEW axme.sec_later_ok AS SELECT intent_id, status FROM axme.intents;
+SELECT axme._secure();
+SELECT p.oid::regprocedure, p.prosecdef, p.proconfig, has_function_privilege('axme_admin', p.oid, 'EXECUTE') AS admin,
+       has_function_privilege('axme_sender', p.oid, 'EXECUTE') AS sender
+FROM pg_proc p WHERE p.pronamespace = 'axme'::regnamespace AND p.proname LIKE '%sec\_later%' ORDER BY 1;
+SELECT c.oid::regclass AS rel, c.relrowsecurity AS rls, has_table_privilege('axme_sender', c.oid, 'SELECT') AS sender,
+       has_table_privilege('axme_admin', c.oid, 'SELECT') AS admin, obj_description(p.oid, 'pg_policy') AS policy
+FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid
+WHERE c.relnamespace = 'axme'::regnamespace AND c.relname LIKE 'sec\_later%' ORDER BY 1;
+INSERT INTO axme.sec_later_by_intent VALUES (:'a1', 'alice''s'), (:'b1', 'bob''s');
+INSERT INTO axme.sec_later_by_owner SELECT agent_id, address FROM axme.agents WHERE address LIKE 'agent://secorg/%';
+SET ROLE sec_alice;
+SELECT note FROM axme.sec_later_by_intent;
+SELECT count(*) AS ok_view_rows FROM axme.sec_later_ok;
+RESET ROLE;
+SET ROLE sec_w1;
+SELECT note FROM axme.sec_later_by_owner;
+RESET ROLE;
+DROP VIEW axme.sec_later_urls, axme.sec_later_fn, axme.sec_later_ok;
+DROP TABLE axme.sec_later_by_intent, axme.sec_later_by_owner, axme.sec_later_plain;
+DROP FUNCTION axme.sec_later(), axme._sec_later_private();
+
 REVOKE axme_sender FROM sec_alice, sec_bob;
 REVOKE axme_agent FROM sec_w1, sec_w2;
 REVOKE axme_admin FROM sec_admin;
