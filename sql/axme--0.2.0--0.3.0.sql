@@ -748,6 +748,7 @@ COMMENT ON COLUMN axme.agents.db_role IS
 --   PERFORM axme._check_intent_receiver(intent_id, 'what');   the same, by intent (also P0002)
 --   PERFORM axme._check_intent_reader(intent_id);        sending role, receiver's role, admins
 --   PERFORM axme._check_any_role('what');                any of the three roles or a superuser
+--   PERFORM axme._check_monitor('what');                 pg_monitor members and admins
 
 CREATE FUNCTION axme._check_admin(what text) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
@@ -782,6 +783,19 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme._check_any_role(text) IS
     'Private: 42501 unless the caller has the privileges of axme_sender, axme_agent or axme_admin.';
+
+-- Monitoring (metrics, worker status): admins and members of pg_monitor (an exporter's role
+-- needs no access to payloads or secrets).
+CREATE FUNCTION axme._check_monitor(what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT (axme._caller_has('pg_monitor') OR axme._is_admin()) THEN
+        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of pg_monitor or axme_admin', what, axme._caller()
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_monitor(text) IS
+    'Private: 42501 unless the caller has the privileges of pg_monitor or axme_admin.';
 
 -- Whether the caller receives for an agent: an admin, or a role with the privileges of the
 -- agent's db_role.  An agent without db_role is received for by admins only.
@@ -887,6 +901,8 @@ DECLARE
                               'get_intent', 'intent_events', 'wait_for',
                               -- inbox and human tasks (issue 5)
                               'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
+    -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor
+    monitor_fns text[] := ARRAY['metrics'];
     roles text := 'axme_admin, axme_sender, axme_agent';
     f record;
     t record;
@@ -894,7 +910,7 @@ DECLARE
     what text;
     cols text;
 BEGIN
-    EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles;
+    EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles || ', pg_monitor';
 
     -- Functions
     FOR f IN
@@ -902,7 +918,7 @@ BEGIN
         FROM pg_catalog.pg_proc p
         WHERE p.pronamespace = 'axme'::regnamespace AND p.prokind IN ('f', 'p')
     LOOP
-        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, %s', f.sig, roles);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, pg_monitor, %s', f.sig, roles);
         CONTINUE WHEN left(f.proname, 1) = '_';
         CONTINUE WHEN (SELECT p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)
                        FROM pg_catalog.pg_proc p WHERE p.oid = f.sig);
@@ -913,6 +929,9 @@ BEGIN
         END IF;
         IF f.proname = ANY (agent_fns) THEN
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_agent', f.sig);
+        END IF;
+        IF f.proname = ANY (monitor_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO pg_monitor', f.sig);
         END IF;
     END LOOP;
     -- row-level security policies call this one as the reader
