@@ -192,6 +192,10 @@ BEGIN
     IF mode <> 'internal' AND options ? 'handler' THEN
         RAISE EXCEPTION 'option "handler" is only for internal agents' USING ERRCODE = '22023';
     END IF;
+    IF mode = 'internal' AND NOT options ? 'handler' THEN
+        RAISE EXCEPTION 'an internal agent needs option "handler"' USING ERRCODE = '22023',
+            HINT = 'Pass {"handler": "schema.function"}, a function (intent jsonb) RETURNS jsonb.';
+    END IF;
     IF mode <> 'http' AND (options ?| ARRAY['breaker', 'rate_limit_per_second', 'client_cert_file',
                                             'client_key_file', 'completion', 'headers', 'ca_file', 'secret']) THEN
         RAISE EXCEPTION 'options breaker, rate_limit_per_second, client_cert_file, client_key_file, '
@@ -212,6 +216,9 @@ BEGIN
     IF merged ? 'db_role' AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
         RAISE EXCEPTION 'option "db_role": role "%" does not exist', merged->>'db_role'
             USING ERRCODE = '42704';
+    END IF;
+    IF mode = 'internal' THEN
+        PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
     END IF;
     IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
@@ -281,6 +288,12 @@ BEGIN
     PERFORM axme._check_agent_options(delivery_mode,
         CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
     PERFORM axme._check_agent_refs(delivery_mode, merged, options);
+    IF delivery_mode = 'internal' THEN
+        -- the handler runs as db_role, else as the role that registered it last (checked above)
+        UPDATE axme.agents a SET registered_by = current_user
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM current_user;
+        PERFORM axme._wake_internal();
+    END IF;
     IF new_secret IS NOT NULL THEN
         DELETE FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id;
         INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, new_secret);
@@ -304,8 +317,12 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
     'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
     're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
-    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path). Changing the '
-    'mode moves pending intents to the new mode. Errors: 22023 invalid address, mode, URL or option.';
+    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
+    'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
+    '(100..600000, default 5000), db_role (the role it runs as; default the registering role). Changing the '
+    'mode moves pending intents to the new mode. Errors: 22023 invalid address, mode, URL or option, '
+    '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
+    'returning jsonb, 42501 handler would run as a superuser or as a role not the caller''s.';
 
 -- <<< end of section 0 overrides
 
@@ -326,6 +343,295 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
 -------------------------------------------------------------------------------------------------
 -- Section 3: internal handlers and the timer queue (issue 5)
 -------------------------------------------------------------------------------------------------
+
+-- Timer queue and time-driven steps: fired by the http worker of each database (src/timers.c),
+-- whose loop never runs user code and never blocks on a network, so timers fire within about a
+-- second of due_at whatever internal handlers or webhooks do.
+
+CREATE FUNCTION axme._wake_timers() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_timers_sql';
+COMMENT ON FUNCTION axme._wake_timers() IS
+    'Private: at commit, wake the worker that fires timers (call after inserting a timer row due '
+    'sooner than any other).';
+
+CREATE FUNCTION axme._wake_internal() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_internal_sql';
+COMMENT ON FUNCTION axme._wake_internal() IS
+    'Private: at commit, wake the worker that runs internal handlers.';
+
+CREATE FUNCTION axme._notify_agent_n(agent_id bigint, intent_id uuid, n bigint) RETURNS void
+    LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'axme_notify_agent_n';
+COMMENT ON FUNCTION axme._notify_agent_n(bigint, uuid, bigint) IS
+    'Private: like axme._notify_agent, counting n intents (one NOTIFY per agent at commit).';
+
+-- Fire up to max_count due timers, oldest due first, in one transaction (the caller's).  Each
+-- claimed row is deleted; a timer of a terminal intent is dropped; a timer of an intent locked by
+-- another session comes back 100 ms later; deadline -> TIMED_OUT (every mode, handed out or not),
+-- remind -> axme._timer_remind(), escalate -> axme._timer_escalate().  An error in a reminder or
+-- escalation is reported as a WARNING and the timer is tried again one minute later.
+-- Returns the number of timer rows claimed.
+CREATE FUNCTION axme._fire_timers(max_count integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    i axme.intents;
+    n integer := 0;
+    msg text;
+    st text;
+BEGIN
+    FOR t IN
+        WITH c AS (
+            SELECT tm.intent_id, tm.kind
+            FROM axme.timers tm
+            WHERE tm.due_at <= clock_timestamp()
+            ORDER BY tm.due_at
+            LIMIT max_count
+            FOR UPDATE SKIP LOCKED
+        ), d AS (
+            DELETE FROM axme.timers tm USING c
+            WHERE tm.intent_id = c.intent_id AND tm.kind = c.kind
+            RETURNING tm.intent_id, tm.kind, tm.due_at
+        )
+        SELECT d.intent_id, d.kind, d.due_at FROM d ORDER BY d.due_at
+    LOOP
+        n := n + 1;
+        SELECT * INTO i FROM axme.intents it WHERE it.intent_id = t.intent_id FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            IF EXISTS (SELECT FROM axme.intents it WHERE it.intent_id = t.intent_id) THEN
+                -- a session holds the intent: try again shortly instead of waiting for it
+                INSERT INTO axme.timers (intent_id, kind, due_at)
+                VALUES (t.intent_id, t.kind, clock_timestamp() + interval '100 milliseconds')
+                ON CONFLICT DO NOTHING;
+            END IF;
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT');
+        IF t.kind = 'deadline' THEN
+            i.waiting_reason := NULL;
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                jsonb_build_object('deadline_at', i.deadline_at));
+        ELSE
+            BEGIN
+                IF t.kind = 'remind' THEN
+                    PERFORM axme._timer_remind(t.intent_id);
+                ELSE
+                    PERFORM axme._timer_escalate(t.intent_id);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                RAISE WARNING 'axme: % timer of intent % failed, trying again in a minute: % %',
+                              t.kind, t.intent_id, st, left(msg, 1000);
+                INSERT INTO axme.timers (intent_id, kind, due_at)
+                VALUES (t.intent_id, t.kind, clock_timestamp() + interval '1 minute')
+                ON CONFLICT DO NOTHING;
+            END;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._fire_timers(integer) IS
+    'Private: fire up to max_count due rows of axme.timers, oldest first (the worker''s timer loop).';
+
+-- Stream wake-ups for what became due by itself: a delayed intent (not_before), a retry backoff,
+-- a lease that ran out (due_at later than the last change of the row, so fresh sends, which
+-- notified at their own commit, are left out).  One NOTIFY per stream agent with intents that
+-- became due in (since, upto], payload {"intent_id": first, "count": n} (queued for commit).
+-- Returns when the next one becomes due (NULL: nothing pending).
+CREATE FUNCTION axme._wake_streams(since timestamptz, upto timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    nxt timestamptz;
+BEGIN
+    FOR r IN
+        SELECT ag.agent_id, w.first_id, w.n, (SELECT min(i.due_at) FROM axme.intents i
+                                               WHERE i.agent_id = ag.agent_id AND i.due_at > upto) AS later
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (
+            SELECT (array_agg(i.intent_id ORDER BY i.due_at))[1] AS first_id, count(*) AS n
+            FROM axme.intents i
+            WHERE i.agent_id = ag.agent_id AND i.due_at > since AND i.due_at <= upto
+              AND i.due_at > i.updated_at
+        ) w
+        WHERE ag.delivery_mode = 'stream' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+    LOOP
+        IF r.n > 0 THEN
+            PERFORM axme._notify_agent_n(r.agent_id, r.first_id, r.n);
+        END IF;
+        IF r.later IS NOT NULL AND (nxt IS NULL OR r.later < nxt) THEN
+            nxt := r.later;
+        END IF;
+    END LOOP;
+    RETURN nxt;
+END $$;
+COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
+    'Private: NOTIFY each stream agent whose delayed, backed-off or lease-expired intents became '
+    'due in (since, upto]; returns the next such due time.';
+
+-- Internal delivery: handlers run by the internal worker of each database (src/internal.c), one
+-- intent at a time: claim (this function, its own transaction: DELIVERED, lease timeout_ms + 30 s),
+-- then the handler and axme._internal_done / axme._internal_failed in a second transaction.
+-- Returns no row when nothing is due, with next_due (NULL: nothing pending) in a row whose
+-- intent_id is NULL.  Agents with paused_at or disabled_at set are skipped.
+CREATE FUNCTION axme._internal_claim()
+RETURNS TABLE (intent_id uuid, attempt integer, handler text, run_as text, run_as_checked boolean,
+               timeout_ms integer, next_due timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    i axme.intents;
+    t timestamptz := clock_timestamp();
+    tmo integer;
+BEGIN
+    FOR c IN
+        SELECT ag.agent_id, ag.options, ag.registered_by, f.intent_id, f.due_at
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
+                            WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
+                            ORDER BY it.due_at LIMIT 1) f
+        WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+        ORDER BY f.due_at
+    LOOP
+        IF c.due_at > t THEN
+            next_due := c.due_at;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT * INTO i FROM axme.intents it
+        WHERE it.intent_id = c.intent_id AND it.due_at <= t FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF i.deadline_at <= t THEN
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                                     jsonb_build_object('deadline_at', i.deadline_at));
+            next_due := t;          -- look again at once
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF i.status <> 'SUBMITTED' AND NOT axme._has_attempts_left(i) THEN
+            PERFORM axme._dead_letter(i, 'handler_error', jsonb_build_object('reason', 'lease_expired',
+                'message', 'the last allowed handler run did not finish (the worker stopped)'));
+            next_due := t;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        tmo := coalesce((c.options->>'timeout_ms')::integer, 5000);
+        i.attempt := i.attempt + 1;
+        i.lease_until := t + (tmo + 30000) * interval '1 millisecond';
+        i.due_at := i.lease_until;
+        i.waiting_reason := NULL;
+        PERFORM axme._transition(i, 'DELIVERED', 'intent.delivered',
+            jsonb_build_object('attempt', i.attempt, 'lease_until', i.lease_until, 'via', 'internal'));
+        intent_id := i.intent_id;
+        attempt := i.attempt;
+        handler := c.options->>'handler';
+        run_as := coalesce(c.options->>'db_role', c.registered_by);
+        -- a handler runs as a superuser only when a superuser registered it without db_role
+        run_as_checked := NOT (c.options ? 'db_role') OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = c.options->>'db_role'), false);
+        timeout_ms := tmo;
+        next_due := t;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the internal worker (DELIVERED).';
+
+-- The handler of attempt p_attempt returned: COMPLETED with its result.  Raises 40001 when the
+-- intent is no longer that attempt (timed out, canceled or re-claimed meanwhile): the caller then
+-- rolls back the handler's work with it.
+CREATE FUNCTION axme._internal_done(p_intent_id uuid, p_attempt integer, p_result jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    SELECT * INTO i FROM axme.intents it WHERE it.intent_id = p_intent_id FOR UPDATE;
+    IF NOT FOUND OR i.attempt <> p_attempt OR i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RAISE EXCEPTION 'intent % is no longer handed out to this handler run (status %)', p_intent_id, i.status
+            USING ERRCODE = '40001';
+    END IF;
+    i.result := p_result;
+    i.error := NULL;
+    i.lease_until := NULL;
+    i.due_at := NULL;
+    PERFORM axme._transition(i, 'COMPLETED', 'intent.completed',
+                             jsonb_build_object('attempt', i.attempt, 'via', 'internal'));
+END $$;
+COMMENT ON FUNCTION axme._internal_done(uuid, integer, jsonb) IS
+    'Private: record a handler''s result (COMPLETED); 40001 when the run is stale.';
+
+-- The handler of attempt p_attempt failed (exception, timeout, refused): retried after the
+-- agent's backoff while the budget lasts, then dead-lettered with reason handler_error.
+-- Does nothing when the intent is no longer that attempt.
+CREATE FUNCTION axme._internal_failed(p_intent_id uuid, p_attempt integer, p_error jsonb,
+                                      p_retry boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    SELECT * INTO i FROM axme.intents it WHERE it.intent_id = p_intent_id FOR UPDATE;
+    IF NOT FOUND OR i.attempt <> p_attempt OR i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RETURN;
+    END IF;
+    IF p_retry AND axme._has_attempts_left(i) THEN
+        PERFORM axme._retry_or_dead_letter(i, p_error);
+    ELSE
+        PERFORM axme._dead_letter(i, 'handler_error', p_error);
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._internal_failed(uuid, integer, jsonb, boolean) IS
+    'Private: one failed handler run: retry after the backoff, or dead letter (handler_error).';
+
+-- Registration checks of an internal agent's handler (called by axme._check_agent_refs).
+CREATE FUNCTION axme._check_handler(handler text, db_role text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    fn regprocedure;
+    p record;
+    run_as text := coalesce(db_role, current_user);
+BEGIN
+    fn := pg_catalog.to_regprocedure(handler || '(jsonb)');
+    IF fn IS NULL THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_proc pr JOIN pg_catalog.pg_namespace n ON n.oid = pr.pronamespace
+                   WHERE n.nspname = lower(split_part(handler, '.', 1)) AND pr.proname = lower(split_part(handler, '.', 2))) THEN
+            RAISE EXCEPTION 'option "handler": function % exists but not as %(intent jsonb)', handler, handler
+                USING ERRCODE = '42883', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+        END IF;
+        RAISE EXCEPTION 'option "handler": function %(jsonb) does not exist', handler
+            USING ERRCODE = '42883', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+    END IF;
+    SELECT pr.prorettype, pr.proretset, pr.prokind, pr.prosecdef, r.rolsuper AS owner_super
+    INTO p FROM pg_catalog.pg_proc pr JOIN pg_catalog.pg_roles r ON r.oid = pr.proowner WHERE pr.oid = fn;
+    IF p.prokind <> 'f' OR p.proretset OR p.prorettype <> 'jsonb'::regtype THEN
+        RAISE EXCEPTION 'option "handler": % must be a function returning jsonb (one value, not a set)', handler
+            USING ERRCODE = '42804', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+    END IF;
+    IF db_role IS NOT NULL THEN
+        IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = db_role) THEN
+            RAISE EXCEPTION 'option "db_role": handlers do not run as superuser "%"', db_role
+                USING ERRCODE = '42501',
+                      HINT = 'Name a role with only the privileges the handler needs.';
+        END IF;
+        IF NOT pg_catalog.pg_has_role(current_user, db_role, 'MEMBER') AND NOT axme._is_admin() THEN
+            RAISE EXCEPTION 'option "db_role": role "%" is not a role of %', db_role, current_user
+                USING ERRCODE = '42501', HINT = 'Only members of a role (or axme administrators) may run handlers as it.';
+        END IF;
+    END IF;
+    IF p.prosecdef AND p.owner_super AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                                        WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'option "handler": % is SECURITY DEFINER owned by a superuser', handler
+            USING ERRCODE = '42501', HINT = 'Only a superuser may register a handler that runs as a superuser.';
+    END IF;
+    IF NOT pg_catalog.has_function_privilege(run_as, fn, 'EXECUTE') THEN
+        RAISE EXCEPTION 'option "handler": role "%" may not execute %', run_as, fn
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_handler(text, text) IS
+    'Private: registration checks of an internal handler. Errors: 42883 no such function or wrong '
+    'arguments, 42804 wrong return type, 42501 superuser db_role, role not the caller''s, '
+    'superuser-owned SECURITY DEFINER handler, or no EXECUTE privilege.';
 
 -- <<< end of section 3
 

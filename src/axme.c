@@ -18,6 +18,7 @@
 
 #include "axme.h"
 #include "delivery.h"
+#include "timers.h"
 
 PG_MODULE_MAGIC;
 
@@ -109,6 +110,7 @@ _PG_init(void)
 
 	axme_wakeup_init();
 	axme_delivery_init();		/* http mode: GUCs; with preload the launcher (worker.c) */
+	axme_timers_init();			/* with preload: the timer loop's shared memory (timers.c) */
 
 	if (!process_shared_preload_libraries_in_progress)
 	{

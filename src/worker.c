@@ -41,6 +41,7 @@
 
 #include "axme.h"
 #include "delivery.h"
+#include "timers.h"
 
 #define AXME_DB_SLOTS 256
 #define RESTART_DELAY_MS 1000
@@ -644,6 +645,7 @@ deliver_loop(void)
 		}
 		if (must_leave())
 			proc_exit(0);
+		axme_timers_tick();		/* timers, stream wake-ups, the internal worker (timers.c) */
 
 		done = axme_http_collect();
 		if (done != NIL)
@@ -709,6 +711,7 @@ deliver_loop(void)
 		else
 			timeout = Min(IDLE_RECHECK_MS, (long) ((next_due - now) / 1000) + 1);
 
+		timeout = axme_timers_timeout(timeout);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		if (axme_http_wait(timeout, &woke) > 0 || woke)
 			want_claim = true;
