@@ -523,7 +523,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	if (is_internal)
 		axme_internal_note_due();
 
-	if (is_stream)
+	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
+	if (is_stream && !(has_not_before && not_before > GetCurrentTransactionStartTimestamp()))
 		axme_queue_notify(agent_id, id);
 
 	PG_RETURN_UUID_P(id);

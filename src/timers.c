@@ -45,6 +45,7 @@
 #define TIMER_BATCH 50			/* timers per transaction (keeps subtransactions under 64) */
 #define TICK_BUDGET_MS 200		/* then back to the http loop, and again at once */
 #define IDLE_MS 60000
+#define STREAM_RECHECK_MS 1000	/* with stream agents: leases and backoffs end unannounced */
 #define MISSING_RECHECK_MS 5000 /* axme 0.3.0 not installed (yet) in this database */
 #define WAKE_UNKNOWN PG_UINT64_MAX
 
@@ -404,7 +405,8 @@ run_tick(void)
 		if (SPI_execute_with_args(
 				"SELECT axme._wake_streams($1, $2),"
 				" (SELECT min(due_at) FROM axme.timers),"
-				" EXISTS (SELECT FROM axme.agents WHERE delivery_mode = 'internal')",
+				" EXISTS (SELECT FROM axme.agents WHERE delivery_mode = 'internal'),"
+				" EXISTS (SELECT FROM axme.agents WHERE delivery_mode = 'stream')",
 				2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "axme._wake_streams failed");
 		next = Min(get_ts(1, DT_NOEND), get_ts(2, DT_NOEND));
@@ -413,6 +415,13 @@ run_tick(void)
 
 			want_internal = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 													   SPI_tuptable->tupdesc, 3, &isnull));
+
+			/*
+			 * Leases taken and retries scheduled after this scan tell nobody: with stream agents
+			 * around, look again within a second (one cheap index probe per stream agent).
+			 */
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)))
+				next = Min(next, TimestampTzPlusMilliseconds(upto, STREAM_RECHECK_MS));
 		}
 		/* a transaction that committed late with a due time just behind us is caught next time */
 		stream_since = TimestampTzPlusMilliseconds(upto, -1000);
