@@ -494,9 +494,6 @@ DECLARE
     n bigint;
     t record;
 BEGIN
-    IF coalesce(cardinality(ids), 0) = 0 THEN
-        RETURN counts;
-    END IF;
     FOR t IN
         SELECT c.relname FROM pg_catalog.pg_attribute att
         JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
