@@ -706,28 +706,46 @@ COMMENT ON FUNCTION axme.purge_dead_letters(text, timestamptz) IS
 -- Monitoring -----------------------------------------------------------------------------------
 
 CREATE VIEW axme.delivery_stats AS
-    SELECT a.address AS agent, a.delivery_mode AS mode, w.name AS "window",
-           count(*) AS sent,
-           count(*) FILTER (WHERE i.attempt > 0) AS delivered,
-           count(*) FILTER (WHERE i.status = 'COMPLETED') AS completed,
-           count(*) FILTER (WHERE i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed,
-           count(*) FILTER (WHERE i.dead_letter_reason IS NOT NULL) AS dead_lettered,
-           count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying,
-           round(count(*) FILTER (WHERE i.status = 'COMPLETED')::numeric
-                 / nullif(count(*) FILTER (WHERE i.status IN ('COMPLETED', 'FAILED', 'TIMED_OUT')), 0), 4)
-               AS success_rate,
-           percentile_cont(0.50) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
-               FILTER (WHERE i.status = 'COMPLETED') AS p50_ms,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
-               FILTER (WHERE i.status = 'COMPLETED') AS p95_ms,
-           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
-               FILTER (WHERE i.status = 'COMPLETED') AS p99_ms
-    FROM axme.intents i
-    JOIN axme.agents a ON a.agent_id = i.agent_id
-    CROSS JOIN LATERAL (VALUES ('5m', interval '5 minutes'), ('1h', interval '1 hour'), ('1d', interval '1 day'))
-        AS w(name, span)
-    WHERE i.created_at >= now() - interval '1 day' AND i.created_at >= now() - w.span
-    GROUP BY a.address, a.delivery_mode, w.name;
+    -- one pass over the intents of the last day (BRIN index on created_at), one row per agent
+    -- with the figures of every window, then one row per window
+    SELECT a.address AS agent, a.delivery_mode AS mode, w.name AS "window", w.sent, w.delivered,
+           w.completed, w.failed, w.dead_lettered, w.retrying,
+           round(w.completed::numeric / nullif(w.completed + w.failed + w.dead_lettered, 0), 4) AS success_rate,
+           w.latency[1] AS p50_ms, w.latency[2] AS p95_ms, w.latency[3] AS p99_ms
+    FROM (SELECT i.agent_id,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes') AS sent_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.attempt > 0) AS delivered_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status = 'COMPLETED') AS completed_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.dead_letter_reason IS NOT NULL) AS dead_lettered_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_5m,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED' AND i.created_at >= now() - interval '5 minutes') AS latency_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour') AS sent_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.attempt > 0) AS delivered_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status = 'COMPLETED') AS completed_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.dead_letter_reason IS NOT NULL) AS dead_lettered_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_1h,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED' AND i.created_at >= now() - interval '1 hour') AS latency_1h,
+               count(*) AS sent_1d,
+               count(*) FILTER (WHERE i.attempt > 0) AS delivered_1d,
+               count(*) FILTER (WHERE i.status = 'COMPLETED') AS completed_1d,
+               count(*) FILTER (WHERE i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_1d,
+               count(*) FILTER (WHERE i.dead_letter_reason IS NOT NULL) AS dead_lettered_1d,
+               count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_1d,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED') AS latency_1d
+          FROM axme.intents i
+          WHERE i.created_at >= now() - interval '1 day'
+          GROUP BY i.agent_id) s
+    JOIN axme.agents a ON a.agent_id = s.agent_id
+    CROSS JOIN LATERAL (VALUES ('5m', s.sent_5m, s.delivered_5m, s.completed_5m, s.failed_5m, s.dead_lettered_5m, s.retrying_5m, s.latency_5m),
+                               ('1h', s.sent_1h, s.delivered_1h, s.completed_1h, s.failed_1h, s.dead_lettered_1h, s.retrying_1h, s.latency_1h),
+                               ('1d', s.sent_1d, s.delivered_1d, s.completed_1d, s.failed_1d, s.dead_lettered_1d, s.retrying_1d, s.latency_1d))
+        AS w(name, sent, delivered, completed, failed, dead_lettered, retrying, latency)
+    WHERE w.sent > 0;
 COMMENT ON VIEW axme.delivery_stats IS
     'Per agent and window (5m, 1h, 1d) over the intents sent in that window: sent, delivered '
     '(handed out at least once), completed, failed (FAILED or TIMED_OUT, not dead letters), '
@@ -772,99 +790,81 @@ COMMENT ON VIEW axme.worker_status IS
     'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
     'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';
 
-CREATE FUNCTION axme.metrics() RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    out text := '';
-    lbl text;
-    r record;
-    m record;
-BEGIN
-    -- queue depth
-    FOR m IN SELECT * FROM (VALUES
-        ('axme_queue_ready', 'Intents due now, not yet handed out.', 'ready'),
-        ('axme_queue_leased', 'Intents handed out whose lease is running.', 'leased'),
-        ('axme_queue_waiting', 'Intents in status WAITING.', 'waiting'),
-        ('axme_queue_scheduled', 'Intents due later (retries, not_before).', 'scheduled'),
-        ('axme_dead_letters', 'Dead-lettered intents kept.', 'dead_lettered'),
-        ('axme_queue_oldest_ready_seconds', 'Seconds the oldest ready intent has been due.', 'oldest'),
-        ('axme_agent_paused', '1 when the agent is paused.', 'paused'),
-        ('axme_agent_disabled', '1 when the agent is disabled.', 'disabled')) v(name, help, col)
-    LOOP
-        out := out || format(E'# HELP %s %s\n# TYPE %s gauge\n', m.name, m.help, m.name);
-        FOR r IN SELECT q.*, extract(epoch FROM q.oldest_ready_age) AS oldest FROM axme.queue_depth q ORDER BY q.agent LOOP
-            lbl := format('{agent="%s",mode="%s"}', axme._prom_escape(r.agent), r.mode);
-            out := out || m.name || lbl || ' ' || CASE m.col
-                WHEN 'ready' THEN r.ready::text WHEN 'leased' THEN r.leased::text
-                WHEN 'waiting' THEN r.waiting::text WHEN 'scheduled' THEN r.scheduled::text
-                WHEN 'dead_lettered' THEN r.dead_lettered::text
-                WHEN 'oldest' THEN round(r.oldest, 3)::text
-                WHEN 'paused' THEN r.paused::int::text ELSE r.disabled::int::text END || E'\n';
-        END LOOP;
-    END LOOP;
-    -- delivery statistics per window
-    FOR m IN SELECT * FROM (VALUES
-        ('axme_intents_sent', 'Intents sent in the window.', 'sent'),
-        ('axme_intents_delivered', 'Intents of the window handed out at least once.', 'delivered'),
-        ('axme_intents_completed', 'Intents of the window COMPLETED.', 'completed'),
-        ('axme_intents_failed', 'Intents of the window FAILED or TIMED_OUT (not dead letters).', 'failed'),
-        ('axme_intents_dead_lettered', 'Intents of the window dead-lettered.', 'dead_lettered'),
-        ('axme_intents_retrying', 'Intents of the window waiting for a retry.', 'retrying'),
-        ('axme_success_ratio', 'Completed / ended intents of the window.', 'success_rate')) v(name, help, col)
-    LOOP
-        out := out || format(E'# HELP %s %s\n# TYPE %s gauge\n', m.name, m.help, m.name);
-        FOR r IN SELECT * FROM axme.delivery_stats ORDER BY agent, "window" LOOP
-            CONTINUE WHEN m.col = 'success_rate' AND r.success_rate IS NULL;
-            lbl := format('{agent="%s",mode="%s",window="%s"}', axme._prom_escape(r.agent), r.mode, r."window");
-            out := out || m.name || lbl || ' ' || CASE m.col
-                WHEN 'sent' THEN r.sent::text WHEN 'delivered' THEN r.delivered::text
-                WHEN 'completed' THEN r.completed::text WHEN 'failed' THEN r.failed::text
-                WHEN 'dead_lettered' THEN r.dead_lettered::text WHEN 'retrying' THEN r.retrying::text
-                ELSE r.success_rate::text END || E'\n';
-        END LOOP;
-    END LOOP;
-    out := out || E'# HELP axme_latency_seconds Seconds from send to COMPLETED of the window''s intents.\n'
-                  || E'# TYPE axme_latency_seconds gauge\n';
-    FOR r IN SELECT * FROM axme.delivery_stats WHERE p50_ms IS NOT NULL ORDER BY agent, "window" LOOP
-        lbl := format('agent="%s",mode="%s",window="%s"', axme._prom_escape(r.agent), r.mode, r."window");
-        out := out || format(E'axme_latency_seconds{%s,quantile="0.5"} %s\n', lbl, round((r.p50_ms / 1000)::numeric, 6))
-                   || format(E'axme_latency_seconds{%s,quantile="0.95"} %s\n', lbl, round((r.p95_ms / 1000)::numeric, 6))
-                   || format(E'axme_latency_seconds{%s,quantile="0.99"} %s\n', lbl, round((r.p99_ms / 1000)::numeric, 6));
-    END LOOP;
-    -- workers of this database
-    out := out || E'# HELP axme_worker_in_flight Requests in flight of a worker.\n# TYPE axme_worker_in_flight gauge\n';
-    FOR r IN SELECT * FROM axme.worker_status WHERE database = current_database() ORDER BY kind, pid LOOP
-        out := out || format(E'axme_worker_in_flight{kind="%s",pid="%s"} %s\n', r.kind, r.pid, r.in_flight);
-    END LOOP;
-    out := out || E'# HELP axme_worker_deliveries_per_second Outcomes recorded per second over the last 10 s.\n'
-                  || E'# TYPE axme_worker_deliveries_per_second gauge\n';
-    FOR r IN SELECT * FROM axme.worker_status WHERE database = current_database() ORDER BY kind, pid LOOP
-        out := out || format(E'axme_worker_deliveries_per_second{kind="%s",pid="%s"} %s\n', r.kind, r.pid,
-                             round(r.deliveries_per_second::numeric, 3));
-    END LOOP;
-    out := out || E'# HELP axme_worker_deliveries_total Outcomes recorded since the worker started.\n'
-                  || E'# TYPE axme_worker_deliveries_total counter\n';
-    FOR r IN SELECT * FROM axme.worker_status WHERE database = current_database() ORDER BY kind, pid LOOP
-        out := out || format(E'axme_worker_deliveries_total{kind="%s",pid="%s"} %s\n', r.kind, r.pid, r.deliveries_total);
-    END LOOP;
-    out := out || E'# HELP axme_alerts_last_hour Alerts raised in the last hour.\n# TYPE axme_alerts_last_hour gauge\n'
-               || format(E'axme_alerts_last_hour %s\n',
-                         (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour'));
-    out := out || E'# HELP axme_notification_queue_usage Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).\n'
-                  || E'# TYPE axme_notification_queue_usage gauge\n'
-               || format(E'axme_notification_queue_usage %s\n', pg_catalog.pg_notification_queue_usage());
-    RETURN out;
-END $$;
-COMMENT ON FUNCTION axme.metrics() IS
-    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database) '
-    'in the Prometheus text exposition format (metric names axme_*, labels agent, mode, window), '
-    'plus axme_notification_queue_usage (pg_notification_queue_usage()).';
-
 CREATE FUNCTION axme._prom_escape(v text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT replace(replace(replace(v, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n')
 $$;
 COMMENT ON FUNCTION axme._prom_escape(text) IS 'Private: escape a Prometheus label value.';
+
+CREATE FUNCTION axme.metrics() RETURNS text
+LANGUAGE sql AS $$
+    WITH qd AS MATERIALIZED (
+        SELECT format('{agent="%s",mode="%s"}', axme._prom_escape(agent), mode) AS l, *,
+               extract(epoch FROM oldest_ready_age) AS oldest
+        FROM axme.queue_depth
+    ), ds AS MATERIALIZED (
+        SELECT format('agent="%s",mode="%s",window="%s"', axme._prom_escape(agent), mode, "window") AS l, *
+        FROM axme.delivery_stats
+    ), ws AS MATERIALIZED (
+        SELECT format('{kind="%s",pid="%s"}', kind, pid) AS l, *
+        FROM axme.worker_status WHERE database = current_database()
+    ), m(ord, name, type, help) AS (VALUES
+        (1, 'axme_queue_ready', 'gauge', 'Intents due now, not yet handed out.'),
+        (2, 'axme_queue_leased', 'gauge', 'Intents handed out whose lease is running.'),
+        (3, 'axme_queue_waiting', 'gauge', 'Intents in status WAITING.'),
+        (4, 'axme_queue_scheduled', 'gauge', 'Intents due later (retries, not_before).'),
+        (5, 'axme_dead_letters', 'gauge', 'Dead-lettered intents kept.'),
+        (6, 'axme_queue_oldest_ready_seconds', 'gauge', 'Seconds the oldest ready intent has been due.'),
+        (7, 'axme_agent_paused', 'gauge', '1 when the agent is paused.'),
+        (8, 'axme_agent_disabled', 'gauge', '1 when the agent is disabled.'),
+        (10, 'axme_intents_sent', 'gauge', 'Intents sent in the window.'),
+        (11, 'axme_intents_delivered', 'gauge', 'Intents of the window handed out at least once.'),
+        (12, 'axme_intents_completed', 'gauge', 'Intents of the window COMPLETED.'),
+        (13, 'axme_intents_failed', 'gauge', 'Intents of the window FAILED or TIMED_OUT (not dead letters).'),
+        (14, 'axme_intents_dead_lettered', 'gauge', 'Intents of the window dead-lettered.'),
+        (15, 'axme_intents_retrying', 'gauge', 'Intents of the window waiting for a retry.'),
+        (16, 'axme_success_ratio', 'gauge', 'Completed / ended intents of the window.'),
+        (17, 'axme_latency_seconds', 'gauge', 'Seconds from send to COMPLETED of the window''s intents (quantiles).'),
+        (20, 'axme_worker_in_flight', 'gauge', 'Requests in flight of a worker of this database.'),
+        (21, 'axme_worker_deliveries_per_second', 'gauge', 'Outcomes recorded per second over the last 10 s.'),
+        (22, 'axme_worker_deliveries_total', 'counter', 'Outcomes recorded since the worker started.'),
+        (30, 'axme_alerts_last_hour', 'gauge', 'Alerts raised in the last hour.'),
+        (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).')
+    ), samples(ord, line) AS (
+        SELECT 1, 'axme_queue_ready' || l || ' ' || ready FROM qd
+        UNION ALL SELECT 2, 'axme_queue_leased' || l || ' ' || leased FROM qd
+        UNION ALL SELECT 3, 'axme_queue_waiting' || l || ' ' || waiting FROM qd
+        UNION ALL SELECT 4, 'axme_queue_scheduled' || l || ' ' || scheduled FROM qd
+        UNION ALL SELECT 5, 'axme_dead_letters' || l || ' ' || dead_lettered FROM qd
+        UNION ALL SELECT 6, 'axme_queue_oldest_ready_seconds' || l || ' ' || round(oldest, 3) FROM qd
+        UNION ALL SELECT 7, 'axme_agent_paused' || l || ' ' || paused::int FROM qd
+        UNION ALL SELECT 8, 'axme_agent_disabled' || l || ' ' || disabled::int FROM qd
+        UNION ALL SELECT 10, 'axme_intents_sent{' || l || '} ' || sent FROM ds
+        UNION ALL SELECT 11, 'axme_intents_delivered{' || l || '} ' || delivered FROM ds
+        UNION ALL SELECT 12, 'axme_intents_completed{' || l || '} ' || completed FROM ds
+        UNION ALL SELECT 13, 'axme_intents_failed{' || l || '} ' || failed FROM ds
+        UNION ALL SELECT 14, 'axme_intents_dead_lettered{' || l || '} ' || dead_lettered FROM ds
+        UNION ALL SELECT 15, 'axme_intents_retrying{' || l || '} ' || retrying FROM ds
+        UNION ALL SELECT 16, 'axme_success_ratio{' || l || '} ' || success_rate FROM ds WHERE success_rate IS NOT NULL
+        UNION ALL SELECT 17, format('axme_latency_seconds{%s,quantile="%s"} %s', l, q.quantile, round((q.ms / 1000)::numeric, 6))
+                  FROM ds CROSS JOIN LATERAL (VALUES ('0.5', p50_ms), ('0.95', p95_ms), ('0.99', p99_ms)) q(quantile, ms)
+                  WHERE p50_ms IS NOT NULL
+        UNION ALL SELECT 20, 'axme_worker_in_flight' || l || ' ' || in_flight FROM ws
+        UNION ALL SELECT 21, 'axme_worker_deliveries_per_second' || l || ' ' || round(deliveries_per_second::numeric, 3) FROM ws
+        UNION ALL SELECT 22, 'axme_worker_deliveries_total' || l || ' ' || deliveries_total FROM ws
+        UNION ALL SELECT 30, 'axme_alerts_last_hour ' || (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour')
+        UNION ALL SELECT 31, 'axme_notification_queue_usage ' || pg_catalog.pg_notification_queue_usage()
+    )
+    SELECT string_agg(t.line, E'\n' ORDER BY t.ord, t.sub, t.line) || E'\n'
+    FROM (SELECT m.ord, 0 AS sub, format('# HELP %s %s', m.name, m.help) AS line FROM m
+          UNION ALL SELECT m.ord, 1, format('# TYPE %s %s', m.name, m.type) FROM m
+          UNION ALL SELECT s.ord, 2, s.line FROM samples s) t
+$$;
+COMMENT ON FUNCTION axme.metrics() IS
+    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database) '
+    'in the Prometheus text exposition format (metric names axme_*, labels agent, mode, window), '
+    'plus axme_notification_queue_usage (pg_notification_queue_usage()).';
+
 
 -- Alerting -------------------------------------------------------------------------------------
 
