@@ -120,7 +120,7 @@ claim(Claim *c, TimestampTz *next_due, MemoryContext cxt)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "axme: claiming for internal handlers");
-		ready = OidIsValid(get_extension_oid("axme", true));
+		ready = axme_lock_extension();
 		if (ready)
 		{
 			if (SPI_execute("SELECT pg_catalog.to_regprocedure('axme._internal_claim()') IS NOT NULL",
@@ -219,6 +219,8 @@ run(Claim *c, MemoryContext cxt)
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, c->handler);
+		if (!axme_lock_extension())
+			elog(ERROR, "axme was dropped");
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		args[0] = c->intent_id;

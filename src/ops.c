@@ -204,7 +204,7 @@ run_step(const char *sql, const char *what)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, sql);
-		if (OidIsValid(get_extension_oid("axme", true)))
+		if (axme_lock_extension())
 		{
 			if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 				elog(ERROR, "%s failed", what);

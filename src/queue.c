@@ -87,7 +87,7 @@ recover_from_error(MemoryContext cxt, const char *what)
 static bool
 extension_exists(void)
 {
-	return OidIsValid(get_extension_oid("axme", true));
+	return axme_lock_extension();
 }
 
 /*

@@ -344,7 +344,7 @@ timers_installed(void)
 {
 	bool		isnull;
 
-	if (!OidIsValid(get_extension_oid("axme", true)))
+	if (!axme_lock_extension())
 		return false;
 	if (SPI_execute("SELECT pg_catalog.to_regprocedure('axme._fire_timers(integer)') IS NOT NULL",
 					true, 1) != SPI_OK_SELECT)
