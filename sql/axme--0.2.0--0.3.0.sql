@@ -351,8 +351,17 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
 CREATE FUNCTION axme._wake_timers() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_timers_sql';
 COMMENT ON FUNCTION axme._wake_timers() IS
-    'Private: at commit, wake the worker that fires timers (call after inserting a timer row due '
-    'sooner than any other).';
+    'Private: at commit, wake the worker that fires timers to look at the queue now (writes to '
+    'axme.timers do this by themselves, through the trigger timers_wake).';
+
+CREATE FUNCTION axme._timers_wake_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'axme_timers_wake_trigger';
+COMMENT ON FUNCTION axme._timers_wake_trigger() IS
+    'Private: row trigger on axme.timers: at commit, wake the worker when a timer is due sooner '
+    'than it planned to look.';
+-- Whoever writes a timer row (send, reminders, escalations), the worker hears of it at commit.
+CREATE TRIGGER timers_wake AFTER INSERT OR UPDATE OF due_at ON axme.timers
+    FOR EACH ROW EXECUTE FUNCTION axme._timers_wake_trigger();
 
 CREATE FUNCTION axme._wake_internal() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_internal_sql';

@@ -17,8 +17,10 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -52,6 +54,7 @@
 PG_FUNCTION_INFO_V1(axme_wake_timers_sql);
 PG_FUNCTION_INFO_V1(axme_wake_internal_sql);
 PG_FUNCTION_INFO_V1(axme_notify_agent_n);
+PG_FUNCTION_INFO_V1(axme_timers_wake_trigger);
 
 static TimerShared *ts = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -241,6 +244,31 @@ axme_wake_internal_sql(PG_FUNCTION_ARGS)
 {
 	axme_internal_note_due();
 	PG_RETURN_VOID();
+}
+
+/*
+ * AFTER INSERT OR UPDATE OF due_at row trigger on axme.timers: whoever writes a timer row (send,
+ * the reminder and escalation functions, an operator), the worker hears of it at commit when it
+ * is due sooner than the worker planned to look.  No SPI, no catalog access: a few comparisons.
+ */
+Datum
+axme_timers_wake_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	HeapTuple	tup;
+	bool		isnull;
+	Datum		due;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("axme._timers_wake_trigger() must be called as a trigger")));
+	if (ts == NULL)
+		return PointerGetDatum(NULL);
+	tup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+	due = heap_getattr(tup, 3, td->tg_relation->rd_att, &isnull);	/* (intent_id, kind, due_at) */
+	axme_timers_note_due(isnull ? 0 : DatumGetTimestampTz(due));
+	return PointerGetDatum(NULL);
 }
 
 /*
