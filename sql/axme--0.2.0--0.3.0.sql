@@ -387,12 +387,15 @@ DECLARE
     n integer := 0;
     msg text;
     st text;
+    -- a value, not clock_timestamp() in the query: a volatile bound is no index condition, and
+    -- the scan would then walk every pending timer when none is due
+    v_now timestamptz := clock_timestamp();
 BEGIN
     FOR t IN
         WITH c AS (
             SELECT tm.intent_id, tm.kind
             FROM axme.timers tm
-            WHERE tm.due_at <= clock_timestamp()
+            WHERE tm.due_at <= v_now
             ORDER BY tm.due_at
             LIMIT max_count
             FOR UPDATE SKIP LOCKED

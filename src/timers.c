@@ -48,6 +48,7 @@
 #define TICK_BUDGET_MS 200		/* then back to the http loop, and again at once */
 #define IDLE_MS 60000
 #define STREAM_RECHECK_MS 1000	/* with stream agents: leases and backoffs end unannounced */
+#define STREAM_OVERLAP_MS 250
 #define MISSING_RECHECK_MS 5000 /* axme 0.3.0 not installed (yet) in this database */
 #define WAKE_UNKNOWN PG_UINT64_MAX
 
@@ -298,6 +299,7 @@ static TimestampTz stream_since = DT_NOBEGIN;
 static bool want_internal = false;
 static BackgroundWorkerHandle *internal_handle = NULL;
 static TimestampTz internal_started = 0;
+static bool warned_no_slot = false;
 static MemoryContext tick_caller = NULL;
 
 static void
@@ -451,8 +453,11 @@ run_tick(void)
 			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)))
 				next = Min(next, TimestampTzPlusMilliseconds(upto, STREAM_RECHECK_MS));
 		}
-		/* a transaction that committed late with a due time just behind us is caught next time */
-		stream_since = TimestampTzPlusMilliseconds(upto, -1000);
+		/*
+		 * A transaction that committed a due time just behind `upto` is caught next time (the
+		 * windows overlap by STREAM_OVERLAP_MS; an agent may then hear twice of one intent).
+		 */
+		stream_since = TimestampTzPlusMilliseconds(upto, -STREAM_OVERLAP_MS);
 	}
 	end_tx();
 	return Min(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), IDLE_MS));
@@ -494,9 +499,12 @@ supervise_internal(void)
 		memcpy(w.bgw_extra, &MyDatabaseId, sizeof(Oid));
 		w.bgw_notify_pid = MyProcPid;
 		internal_started = GetCurrentTimestamp();
-		if (!RegisterDynamicBackgroundWorker(&w, &internal_handle))
+		if (RegisterDynamicBackgroundWorker(&w, &internal_handle))
+			warned_no_slot = false;
+		else if (!warned_no_slot)
 		{
 			internal_handle = NULL;
+			warned_no_slot = true;
 			ereport(WARNING,
 					(errmsg("axme: no background worker slot free for the internal worker of database %u",
 							MyDatabaseId),
