@@ -454,8 +454,17 @@ COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
 CREATE FUNCTION axme._wake_timers() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_timers_sql';
 COMMENT ON FUNCTION axme._wake_timers() IS
-    'Private: at commit, wake the worker that fires timers (call after inserting a timer row due '
-    'sooner than any other).';
+    'Private: at commit, wake the worker that fires timers to look at the queue now (writes to '
+    'axme.timers do this by themselves, through the trigger timers_wake).';
+
+CREATE FUNCTION axme._timers_wake_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'axme_timers_wake_trigger';
+COMMENT ON FUNCTION axme._timers_wake_trigger() IS
+    'Private: row trigger on axme.timers: at commit, wake the worker when a timer is due sooner '
+    'than it planned to look.';
+-- Whoever writes a timer row (send, reminders, escalations), the worker hears of it at commit.
+CREATE TRIGGER timers_wake AFTER INSERT OR UPDATE OF due_at ON axme.timers
+    FOR EACH ROW EXECUTE FUNCTION axme._timers_wake_trigger();
 
 CREATE FUNCTION axme._wake_internal() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_internal_sql';
@@ -481,12 +490,15 @@ DECLARE
     n integer := 0;
     msg text;
     st text;
+    -- a value, not clock_timestamp() in the query: a volatile bound is no index condition, and
+    -- the scan would then walk every pending timer when none is due
+    v_now timestamptz := clock_timestamp();
 BEGIN
     FOR t IN
         WITH c AS (
             SELECT tm.intent_id, tm.kind
             FROM axme.timers tm
-            WHERE tm.due_at <= clock_timestamp()
+            WHERE tm.due_at <= v_now
             ORDER BY tm.due_at
             LIMIT max_count
             FOR UPDATE SKIP LOCKED
