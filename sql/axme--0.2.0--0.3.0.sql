@@ -838,6 +838,8 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(jsonb_object_agg(k, coalesce((a->>k)::bigint, 0) + coalesce((b->>k)::bigint, 0)), '{}')
     FROM (SELECT jsonb_object_keys(a) UNION SELECT jsonb_object_keys(b)) s(k)
 $$;
+COMMENT ON FUNCTION axme._add_counts(jsonb, jsonb) IS
+    'Private: add two {"table": count} objects key by key.';
 
 -- One bounded batch of cleanup (at most batch_size rows of each kind), for the worker, which
 -- commits after each.  Returns the rows deleted per table and "more": whether any kind filled
