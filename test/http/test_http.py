@@ -863,7 +863,9 @@ def free_port_pair():
     raise RuntimeError("no free port pair")
 
 
-def main():
+def main(tests=None):
+    """Run tests (default: this file's) in one throwaway cluster; prints "N passed, M failed"."""
+    tests = TESTS if tests is None else tests
     ap = argparse.ArgumentParser()
     ap.add_argument("--bindir", required=True)
     ap.add_argument("--port", type=int, default=int(os.environ.get("AXME_HTTP_TEST_PORT", "0")),
@@ -881,7 +883,7 @@ def main():
         q(ctx.admin, "CREATE DATABASE axt")
         ctx.db = ctx.cluster.connect("axt")
         q(ctx.db, "CREATE EXTENSION axme")
-        for fn in TESTS:
+        for fn in tests:
             if args.k and not any(k in fn.__name__ for k in args.k.split(",")):
                 continue
             t0 = time.time()
