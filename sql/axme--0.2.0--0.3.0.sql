@@ -596,6 +596,7 @@ CREATE TABLE axme.endpoint_state (
     probe_at             timestamptz,
     conc_limit           double precision,
     ssthresh             double precision,
+    halved_at            timestamptz,
     tokens               double precision,
     tokens_at            timestamptz,
     last_success_at      timestamptz,
@@ -609,8 +610,8 @@ COMMENT ON TABLE axme.endpoint_state IS
     'Private state of each http endpoint (one row per agent, created on first need): breaker '
     '(closed | open | half_open), consecutive_failures (distinct intents), failing_since (first '
     'failure with no success since), reopen_count and cooldown_ms / open_until (the current '
-    'cool-down), probe_at (half-open probe handed out), conc_limit / ssthresh (slow start; NULL = '
-    'max_in_flight), tokens / tokens_at (rate limit bucket), last success, failure and error. '
+    'cool-down), probe_at (half-open probe handed out), conc_limit / ssthresh / halved_at (slow '
+    'start; NULL = max_in_flight), tokens / tokens_at (rate limit bucket), last success, failure and error. '
     'Read it through axme.endpoint_health.';
 
 -- Whether an attempt's outcome counts as a failure of the endpoint for its breaker: no answer
@@ -773,13 +774,17 @@ BEGIN
                 CONTINUE;
             END IF;
             IF o.st IN (429, 503) OR axme._breaker_failure(o.cls, o.st) THEN
-                -- slow down: halve the concurrency limit, once per batch
-                IF NOT halved THEN
+                -- slow down: halve the concurrency limit, once per batch and only for requests
+                -- sent after the last halving (one reaction per round trip, as TCP does)
+                -- After a 429 / 503 the limit climbs back by doubling only to 7/8 of where the
+                -- receiver pushed back, then by one per round trip (ssthresh).
+                IF NOT halved AND (es.halved_at IS NULL OR o.started >= es.halved_at) THEN
+                    IF o.st IN (429, 503) THEN
+                        es.ssthresh := greatest(1, 0.875 * least(coalesce(es.conc_limit, mif), mif));
+                    END IF;
                     es.conc_limit := greatest(1, floor(least(coalesce(es.conc_limit, mif), mif) / 2));
+                    es.halved_at := now();
                     halved := true;
-                END IF;
-                IF o.st IN (429, 503) THEN
-                    es.ssthresh := es.conc_limit;
                 END IF;
             END IF;
             IF NOT axme._breaker_failure(o.cls, o.st) THEN
@@ -828,7 +833,7 @@ BEGIN
             breaker = es.breaker, consecutive_failures = es.consecutive_failures,
             failing_since = es.failing_since, reopen_count = es.reopen_count,
             cooldown_ms = es.cooldown_ms, open_until = es.open_until, probe_at = es.probe_at,
-            conc_limit = es.conc_limit, ssthresh = es.ssthresh,
+            conc_limit = es.conc_limit, ssthresh = es.ssthresh, halved_at = es.halved_at,
             last_success_at = es.last_success_at, last_failure_at = es.last_failure_at,
             last_error = es.last_error, last_error_class = es.last_error_class,
             last_http_status = es.last_http_status

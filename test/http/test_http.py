@@ -566,7 +566,9 @@ def test_worker_memory_stable(ctx):
     addr = "agent://acme/tests/refused"
     q(ctx.db, "SELECT axme.register_agent(%s, 'http', 'http://127.0.0.1:9/x', %s)",
       (addr, json.dumps({"max_in_flight": 64, "retry": {"max_attempts": 1000, "base_delay_ms": 50,
-                                                         "max_delay_ms": 100}})))
+                                                         "max_delay_ms": 100},
+                         # keep attempts flowing: the breaker would stop them (test_resilience.py)
+                         "breaker": {"failure_threshold": 100000}})))
     ids = [r[0] for r in q(ctx.db, """SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.deliver.v1',
                                           'to_agent', %s, 'payload', '{}'::jsonb)) FROM generate_series(1, 300)""",
                               (addr,))]
