@@ -733,6 +733,9 @@ COMMENT ON TABLE axme.endpoint_state IS
     'cool-down), probe_at (half-open probe handed out), conc_limit / ssthresh / halved_at (slow '
     'start; NULL = max_in_flight), tokens / tokens_at (rate limit bucket), last success, failure and error. '
     'Read it through axme.endpoint_health.';
+-- Dumped like every other table: a restored database keeps each endpoint's breaker and its
+-- failing_since (which axme.disable_after counts from).
+SELECT pg_catalog.pg_extension_config_dump('axme.endpoint_state', '');
 
 -- Whether an attempt's outcome counts as a failure of the endpoint for its breaker: no answer
 -- (dns, connect, tls, timeout, network) or a server error (408, 5xx).  4xx answers (the endpoint is
