@@ -324,9 +324,10 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
 -- escalation.  An intent with a human_task sent to an inbox agent goes SUBMITTED -> WAITING
 -- (WAITING_FOR_HUMAN) in the sending transaction and opens a task thread in that inbox; a person
 -- lists threads (axme.inbox), reads one (axme.inbox_thread), answers (axme.reply), hands it on
--- (axme.delegate) or decides it (axme.decide).  Every change to a thread takes the next number of
--- its owner's change counter under that counter's row lock, so change numbers of one owner commit
--- in order and axme.inbox_changes() can follow them with a plain "seq > cursor" and never miss one.
+-- (axme.delegate) or decides it (axme.decide).  Every change to a thread is recorded in a change
+-- feed with the writing transaction's id; axme.inbox_changes() reads it in (transaction id, number)
+-- order and only up to pg_snapshot_xmin, below which every transaction has ended, so a change that
+-- commits late (its transaction started earlier) is never skipped.  No lock is shared by writers.
 
 -- Task types: canonical name -> its outcomes and the intent status each outcome leads to
 -- (REFERENCE.md section 3).  Aliases map to a canonical name.
@@ -501,16 +502,6 @@ COMMENT ON FUNCTION axme._check_human_task(jsonb) IS
     'Private: validate a human_task (22023 naming the field) and return it normalised (canonical '
     'task_type, type_name as sent, allowed_outcomes filled, required_comment, evidence_required).';
 
--- Per-owner change counters: the row lock taken to number a change is held to commit, so one
--- owner's change numbers commit in increasing order (what inbox_changes relies on).
-CREATE TABLE axme.inbox_counters (
-    agent_id   bigint PRIMARY KEY,
-    change_seq bigint NOT NULL
-);
-COMMENT ON TABLE axme.inbox_counters IS
-    'Per-owner change counter of the inbox: bumped under its row lock by every change to one of the '
-    'owner''s threads, so change numbers of one owner commit in order.';
-
 CREATE TABLE axme.threads (
     thread_id  uuid PRIMARY KEY,
     intent_id  uuid NOT NULL,
@@ -554,57 +545,63 @@ COMMENT ON TABLE axme.thread_messages IS
     'The timeline of a thread: opened, reply, delegated, reminder, escalated, decided, closed. '
     'actor is the role that acted (current_user); actor_name the display name it gave.';
 
--- The change feed: per (owner, thread) the owner's change number of the thread's last change.
--- An owner that lost a thread (delegate, escalation) keeps a row, so it hears that it left.
+-- The change feed: per (owner, thread) the last change of the thread that owner saw: the
+-- transaction that made it (xid) and a number from axme.inbox_change_seq.  An owner that lost a
+-- thread (delegate, escalation) keeps a row, so it hears that the thread left.
+CREATE SEQUENCE axme.inbox_change_seq;
 CREATE TABLE axme.inbox_feed (
     owner_id   bigint NOT NULL,
     thread_id  uuid NOT NULL,
+    xid        xid8 NOT NULL,
     change_seq bigint NOT NULL,
     PRIMARY KEY (owner_id, thread_id)
 );
-CREATE INDEX inbox_feed_seq_idx ON axme.inbox_feed (owner_id, change_seq);
+CREATE INDEX inbox_feed_order_idx ON axme.inbox_feed (owner_id, xid, change_seq);
 COMMENT ON TABLE axme.inbox_feed IS
-    'Inbox change feed: for each owner and thread, the owner''s change number of the last change '
-    'the owner saw of the thread. Read it with axme.inbox_changes().';
+    'Inbox change feed: for each owner and thread, the last change of the thread (the writing '
+    'transaction''s xid and a number from axme.inbox_change_seq). Read it with axme.inbox_changes().';
 
-SELECT pg_catalog.pg_extension_config_dump('axme.inbox_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('axme.threads', '');
 SELECT pg_catalog.pg_extension_config_dump('axme.thread_messages', '');
 SELECT pg_catalog.pg_extension_config_dump('axme.inbox_feed', '');
+SELECT pg_catalog.pg_extension_config_dump('axme.inbox_change_seq', '');
 
 -- Record one change of a thread for each owner in owner_ids (the current one and, when it moved,
--- the previous one): bump each owner's counter (in agent_id order, so two transactions touching
--- the same owners cannot deadlock on them), point the feed at the new number, and NOTIFY the
--- owner's channel with identifiers only.  Called after the thread row was updated.
+-- the previous one): point the owner's feed row at this transaction and a new number, and NOTIFY
+-- the owner's channel.  Writers share no lock (only a thread's own feed row), so they neither
+-- queue nor deadlock on an owner.
+--
+-- The NOTIFY payload is the same for every change ({"inbox": "changed"}), so PostgreSQL merges
+-- them: one notification per owner per transaction however many threads it touched; the listener
+-- reads what changed with axme.inbox_changes().  Called after the thread row was updated.
 CREATE FUNCTION axme._thread_changed(p_thread_id uuid, p_intent_id uuid, owner_ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     o bigint;
-    s bigint;
 BEGIN
     FOR o IN SELECT DISTINCT x FROM unnest(owner_ids) x WHERE x IS NOT NULL ORDER BY 1 LOOP
-        INSERT INTO axme.inbox_counters AS c (agent_id, change_seq) VALUES (o, 1)
-        ON CONFLICT (agent_id) DO UPDATE SET change_seq = c.change_seq + 1
-        RETURNING c.change_seq INTO s;
-        INSERT INTO axme.inbox_feed AS f (owner_id, thread_id, change_seq) VALUES (o, p_thread_id, s)
-        ON CONFLICT (owner_id, thread_id) DO UPDATE SET change_seq = excluded.change_seq;
-        PERFORM pg_notify('axme_agent_' || o,
-            jsonb_build_object('thread_id', p_thread_id, 'intent_id', p_intent_id, 'cursor', s::text)::text);
+        INSERT INTO axme.inbox_feed AS f (owner_id, thread_id, xid, change_seq)
+        VALUES (o, p_thread_id, pg_current_xact_id(), nextval('axme.inbox_change_seq'))
+        ON CONFLICT (owner_id, thread_id) DO UPDATE SET xid = excluded.xid, change_seq = excluded.change_seq;
+        PERFORM pg_notify('axme_agent_' || o, '{"inbox": "changed"}');
     END LOOP;
 END $$;
 COMMENT ON FUNCTION axme._thread_changed(uuid, uuid, bigint[]) IS
-    'Private: number one change of a thread for its owners (row lock on each owner''s counter, held '
-    'to commit), update the change feed and NOTIFY each owner''s channel {thread_id, intent_id, cursor}.';
+    'Private: record one change of a thread for its owners in the change feed (transaction id and '
+    'number) and NOTIFY each owner''s channel {"inbox": "changed"} (merged by PostgreSQL to one per '
+    'owner per transaction).';
 
 -- Append one entry to a thread's timeline.
 CREATE FUNCTION axme._thread_message(p_thread_id uuid, p_kind text, p_actor_name text, p_body text,
                                      p_details jsonb DEFAULT '{}') RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- (plpgsql, not sql: its plan is kept across calls)
     INSERT INTO axme.thread_messages (thread_id, seq, kind, actor, actor_name, body, details)
     SELECT p_thread_id, coalesce(max(m.seq), 0) + 1, p_kind, current_user, p_actor_name, p_body,
            coalesce(p_details, '{}')
-    FROM axme.thread_messages m WHERE m.thread_id = p_thread_id
-$$;
+    FROM axme.thread_messages m WHERE m.thread_id = p_thread_id;
+END $$;
 COMMENT ON FUNCTION axme._thread_message(uuid, text, text, text, jsonb) IS
     'Private: append one entry (kind, display name, body, details) to a thread''s timeline; the '
     'actor recorded is current_user.';
@@ -727,12 +724,18 @@ COMMENT ON FUNCTION axme._inbox_assign_due(integer) IS
 
 -- The open task thread of an intent, locked, or NULL.
 CREATE FUNCTION axme._task_thread(p_intent_id uuid) RETURNS axme.threads
-LANGUAGE sql AS $$
-    SELECT * FROM axme.threads
+LANGUAGE plpgsql AS $$
+DECLARE
+    t axme.threads;
+BEGIN
+    SELECT * INTO t FROM axme.threads
     WHERE intent_id = p_intent_id AND kind = 'task' AND status <> 'done'
     ORDER BY created_at DESC LIMIT 1
-    FOR UPDATE
-$$;
+    FOR UPDATE;
+    RETURN t;
+END $$;
+COMMENT ON FUNCTION axme._task_thread(uuid) IS
+    'Private: the open task thread of an intent, locked FOR UPDATE (all fields NULL when none).';
 
 -- When an intent becomes terminal, by whatever path (_transition, poll's timeouts, complete_many,
 -- the http recorder): its timers go, its open task thread closes, and with reply_to a completion
@@ -1060,40 +1063,59 @@ RETURNS TABLE (changes jsonb, next_cursor text, has_more boolean)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     o bigint := axme._inbox_owner(owner, NULL);
-    since bigint;
+    since_xid xid8 := '0';
+    since_seq bigint := 0;
+    bound xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    last_xid xid8;
     last_seq bigint;
 BEGIN
-    IF cursor IS NULL OR cursor = '' THEN
-        since := 0;
-    ELSIF cursor ~ '^[0-9]{1,18}$' THEN
-        since := cursor::bigint;
-    ELSE
-        RAISE EXCEPTION 'argument "cursor" is not a cursor returned by inbox_changes: "%"', left(cursor, 100)
-            USING ERRCODE = '22023';
+    IF cursor IS NOT NULL AND cursor <> '' THEN
+        IF cursor !~ '^[0-9]{1,19}:[0-9]{1,19}$' THEN
+            RAISE EXCEPTION 'argument "cursor" is not a cursor returned by inbox_changes: "%"', left(cursor, 100)
+                USING ERRCODE = '22023';
+        END IF;
+        BEGIN
+            since_xid := split_part(cursor, ':', 1)::xid8;
+            since_seq := split_part(cursor, ':', 2)::bigint;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'argument "cursor" is not a cursor returned by inbox_changes: "%"', left(cursor, 100)
+                USING ERRCODE = '22023';
+        END;
     END IF;
     IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'argument "max_count" must be between 1 and 1000, got %', coalesce(max_count::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
-    SELECT coalesce(jsonb_agg(jsonb_build_object('cursor', f.change_seq::text, 'thread', axme._thread_summary(t))
-                              ORDER BY f.change_seq), '[]'),
-           max(f.change_seq)
-    INTO changes, last_seq
+    -- Only changes of transactions below the snapshot's xmin: every one of those has ended, and
+    -- every transaction still to commit has a larger id, so nothing can appear behind the cursor.
+    SELECT coalesce(jsonb_agg(jsonb_build_object('cursor', f.xid::text || ':' || f.change_seq,
+                                                 'thread', axme._thread_summary(t))
+                              ORDER BY f.xid, f.change_seq), '[]'),
+           (array_agg(f.xid ORDER BY f.xid DESC, f.change_seq DESC))[1],
+           (array_agg(f.change_seq ORDER BY f.xid DESC, f.change_seq DESC))[1]
+    INTO changes, last_xid, last_seq
     FROM (SELECT * FROM axme.inbox_feed x
-          WHERE x.owner_id = o AND x.change_seq > since
-          ORDER BY x.change_seq LIMIT max_count) f
+          WHERE x.owner_id = o AND (x.xid, x.change_seq) > (since_xid, since_seq) AND x.xid < bound
+          ORDER BY x.xid, x.change_seq LIMIT max_count) f
     JOIN axme.threads t ON t.thread_id = f.thread_id;
-    next_cursor := coalesce(last_seq, since)::text;
-    has_more := EXISTS (SELECT FROM axme.inbox_feed x WHERE x.owner_id = o AND x.change_seq > coalesce(last_seq, since));
+    IF last_xid IS NULL THEN
+        last_xid := since_xid;
+        last_seq := since_seq;
+    END IF;
+    next_cursor := last_xid::text || ':' || last_seq;
+    has_more := EXISTS (SELECT FROM axme.inbox_feed x
+                        WHERE x.owner_id = o AND (x.xid, x.change_seq) > (last_xid, last_seq) AND x.xid < bound);
     RETURN NEXT;
 END $$;
 COMMENT ON FUNCTION axme.inbox_changes(text, text, integer) IS
-    'Changes to an owner''s threads after cursor (NULL: from the beginning), oldest first, at most '
-    'max_count (1..1000): exactly one row with changes = [{cursor, thread}, ...] (thread: the '
-    'thread''s current summary; a thread that moved to another owner is reported to the old owner '
-    'once more with its new owner), next_cursor to pass next time, and has_more. A thread changed '
-    'several times since cursor appears once, at its last change. Never misses a change: change '
-    'numbers of one owner are taken under that owner''s counter lock and so commit in order. '
+    'Changes to an owner''s threads after cursor (NULL: from the beginning), in commit-safe order, '
+    'at most max_count (1..1000): exactly one row with changes = [{cursor, thread}, ...] (thread: '
+    'the thread''s current summary; a thread that moved to another owner is reported to the old '
+    'owner once more with its new owner), next_cursor to pass next time (the same cursor when '
+    'nothing is new), and has_more. A thread changed several times since cursor appears once, at its '
+    'last change. Never misses a change, even when transactions commit out of order: a change is '
+    'reported once every transaction that was writing when it was made has ended (bounded by '
+    'pg_snapshot_xmin), so a long-running writing transaction delays it. '
     'Errors: 22023 invalid owner, cursor or max_count, P0002 owner not registered.';
 
 -- The current owner of an intent's work: its open task thread's owner, else the receiving agent.
@@ -1215,7 +1237,7 @@ COMMENT ON FUNCTION axme._timer_escalate(uuid) IS
     'the open task thread to escalate_to and notify both owners; an intent without a task thread '
     'only notifies escalate_to. The intent''s status is unchanged. No-op for a terminal intent.';
 
-REVOKE ALL ON axme.inbox_counters, axme.threads, axme.thread_messages, axme.inbox_feed FROM PUBLIC;
+REVOKE ALL ON axme.threads, axme.thread_messages, axme.inbox_feed, axme.inbox_change_seq FROM PUBLIC;
 
 -- <<< end of section 2
 

@@ -1,4 +1,4 @@
-"""Inbox: thread NOTIFYs (identifiers only) and inbox_changes with concurrent writers that commit
+"""Inbox: thread NOTIFYs (one per owner per transaction, no data) and inbox_changes with concurrent writers that commit
 in every order, rollbacks included.  End-to-end reminders and escalation: test_inbox_timers.py."""
 import json
 import random
@@ -13,6 +13,12 @@ from axmetest import AxmeTestCase, collect_notifies, connect, drain_notifies
 ALICE = "agent://acme/ops/alice"
 BOB = "agent://acme/ops/bob"
 SHOP = "agent://acme/ops/shop"
+
+
+def key(cursor):
+    """A cursor "xid:number" as a comparable tuple."""
+    x, n = cursor.split(":")
+    return (int(x), int(n))
 
 
 def task_doc(to_agent=ALICE, n=0, **extra):
@@ -45,41 +51,43 @@ class InboxTest(AxmeTestCase):
         return self.q("SELECT changes, next_cursor, has_more FROM axme.inbox_changes(%s, %s, %s)",
                       (owner, cursor, max_count), conn)[0]
 
-    def test_every_thread_change_notifies_the_owner_with_identifiers_only(self):
+    def test_every_thread_change_notifies_the_owner_once_per_transaction_without_data(self):
         ch = {a: self.q1("SELECT axme.channel(%s)", (a,)) for a in (ALICE, BOB, SHOP)}
         listener = self.connect()
         with listener.cursor() as cur:
             for c in ch.values():
                 cur.execute("LISTEN %s" % c)
         drain_notifies(listener, 0.2)
+        payload = {"inbox": "changed"}
 
-        # a task with reply_to: one notification to alice, at commit only
+        def heard(count):
+            got = collect_notifies(listener, count)
+            for n in got:
+                self.assertEqual(json.loads(n.payload), payload, "no data in the payload")
+            return sorted(n.channel for n in got)
+
+        # three tasks in one transaction: one notification to alice, at commit only
         writer = self.connect(autocommit=False)
         iid = self.send_task(conn=writer, reply_to=SHOP)
+        self.send_task(conn=writer, n=2)
+        self.send_task(conn=writer, n=3)
         self.assertEqual(drain_notifies(listener, 0.3), [], "nothing before commit")
         writer.commit()
-        got = collect_notifies(listener, 1)
-        self.assertEqual([(n.channel, json.loads(n.payload)) for n in got],
-                         [(ch[ALICE], {"thread_id": str(self.thread_of(iid)), "intent_id": str(iid),
-                                       "cursor": json.loads(got[0].payload)["cursor"]})])
+        self.assertEqual(heard(1), [ch[ALICE]])
         tid = self.thread_of(iid)
 
         # reply: alice again; delegate: alice (it left) and bob (it arrived)
         self.q("SELECT axme.reply(%s, 'secret text that must not leak')", (tid,))
-        got = collect_notifies(listener, 1)
-        self.assertEqual([n.channel for n in got], [ch[ALICE]])
-        self.assertNotIn("secret", got[0].payload)
-        self.assertEqual(set(json.loads(got[0].payload)), {"thread_id", "intent_id", "cursor"})
+        self.assertEqual(heard(1), [ch[ALICE]])
         self.q("SELECT axme.delegate(%s, %s)", (tid, BOB))
-        got = collect_notifies(listener, 2)
-        self.assertEqual(sorted(n.channel for n in got), sorted([ch[ALICE], ch[BOB]]))
+        self.assertEqual(heard(2), sorted([ch[ALICE], ch[BOB]]))
 
-        # decide: bob hears the thread close; shop (reply_to, a poll agent) gets its completion thread
+        # decide: bob hears the thread close; shop (reply_to, a poll agent) its completion thread
         self.q("SELECT axme.decide(%s, 'approved')", (iid,))
-        got = collect_notifies(listener, 2)
-        self.assertEqual(sorted(n.channel for n in got), sorted([ch[BOB], ch[SHOP]]))
-        comp = self.q1("SELECT thread_id FROM axme.threads WHERE intent_id = %s AND kind = 'completion'", (iid,))
-        self.assertIn(str(comp), [json.loads(n.payload)["thread_id"] for n in got])
+        self.assertEqual(heard(2), sorted([ch[BOB], ch[SHOP]]))
+        changes = self.changes(SHOP)[0]
+        self.assertEqual([(c["thread"]["kind"], c["thread"]["intent_id"]) for c in changes],
+                         [("completion", str(iid))])
 
         # a refused decision notifies nobody
         with self.assertRaises(psycopg2.Error):
@@ -104,19 +112,26 @@ class InboxTest(AxmeTestCase):
             rnd = random.Random(w)
             try:
                 for k in range(per_writer):
-                    with conn.cursor() as cur:
-                        if rnd.random() < 0.3:
-                            cur.execute("SELECT axme.send_intent(%s)", (task_doc(to_agent=owner, n=1000 * w + k),))
-                            iid = cur.fetchone()[0]
-                            cur.execute("SELECT thread_id FROM axme.threads WHERE intent_id = %s", (iid,))
-                        else:
-                            tid = rnd.choice(threads)
-                            cur.execute("SELECT axme.reply(%s, %s)", (tid, "w%d k%d" % (w, k)))
-                            cur.execute("SELECT %s::uuid", (tid,))
-                        tid = cur.fetchone()[0]
-                        cur.execute("SELECT f.change_seq FROM axme.inbox_feed f JOIN axme.agents a ON a.agent_id = f.owner_id"
-                                    " WHERE a.address = %s AND f.thread_id = %s", (owner, tid))
-                        seq = cur.fetchone()[0]
+                    pending = []
+                    # one to three changes per transaction; existing threads in one order, as an
+                    # application would, so that two writers cannot deadlock on thread rows
+                    picks = sorted(rnd.sample(threads, 3), key=str)
+                    for j in range(rnd.randint(1, 3)):
+                        with conn.cursor() as cur:
+                            if rnd.random() < 0.3:
+                                cur.execute("SELECT axme.send_intent(%s)",
+                                            (task_doc(to_agent=owner, n=10000 * w + 10 * k + j),))
+                                iid = cur.fetchone()[0]
+                                cur.execute("SELECT thread_id FROM axme.threads WHERE intent_id = %s", (iid,))
+                            else:
+                                tid = picks[j]
+                                cur.execute("SELECT axme.reply(%s, %s)", (tid, "w%d k%d" % (w, k)))
+                                cur.execute("SELECT %s::uuid", (tid,))
+                            tid = cur.fetchone()[0]
+                            cur.execute("SELECT f.xid::text || ':' || f.change_seq FROM axme.inbox_feed f"
+                                        " JOIN axme.agents a ON a.agent_id = f.owner_id"
+                                        " WHERE a.address = %s AND f.thread_id = %s", (owner, tid))
+                            pending.append((str(tid), key(cur.fetchone()[0])))
                     # hold the transaction open a little: other writers start and queue meanwhile
                     time.sleep(rnd.random() * 0.02)
                     if rnd.random() < 0.15:
@@ -124,7 +139,7 @@ class InboxTest(AxmeTestCase):
                     else:
                         conn.commit()
                         with lock:
-                            committed.append((str(tid), seq))
+                            committed.extend(pending)
             except Exception as e:
                 errors.append(e)
             finally:
@@ -135,14 +150,19 @@ class InboxTest(AxmeTestCase):
 
         def reader():
             cursor = start_cursor
+            quiet_since = None
             try:
                 while True:
                     done = stop.is_set()
                     changes, cursor, has_more = self.changes(owner, cursor, 7, reader_conn)
                     for c in changes:
-                        seen.append((c["thread"]["thread_id"], int(c["cursor"])))
-                    if done and not has_more and not changes:
-                        return
+                        seen.append((c["thread"]["thread_id"], key(c["cursor"])))
+                    if changes or not done:
+                        quiet_since = None
+                    elif quiet_since is None:
+                        quiet_since = time.monotonic()
+                    elif time.monotonic() - quiet_since > 0.5:
+                        return      # writers gone and nothing new for half a second
                     if not changes:
                         time.sleep(0.002)
             except Exception as e:
@@ -163,42 +183,52 @@ class InboxTest(AxmeTestCase):
 
         cursors = [c for _, c in seen]
         self.assertEqual(cursors, sorted(set(cursors)), "cursors strictly increase")
-        # The reader, which ran during the writes, saw every committed change with its thread
-        # (each change is reported at its own number unless a later change of the same thread
-        # superseded it before the reader got there, in which case the later one is reported).
+        # The reader, which ran during the writes, ends with the final state of every thread: each
+        # thread's last committed change (the feed row as it is now) was reported to it.  (Earlier
+        # changes of a thread may be folded into a later one; two changes of one thread commit
+        # in the order their transactions took the thread's row lock, which need not be the
+        # order of their transaction ids.)
+        final = {str(t): key(c) for t, c in self.q(
+            "SELECT f.thread_id, f.xid::text || ':' || f.change_seq FROM axme.inbox_feed f"
+            " JOIN axme.agents a ON a.agent_id = f.owner_id WHERE a.address = %s", (owner,))}
         seen_set = set(seen)
-        latest = {}
+        changed = {tid for tid, _ in committed}
+        for tid in changed:
+            self.assertTrue((tid, final[tid]) in seen_set, "last change of thread %s missed" % tid)
         for tid, s in committed:
-            latest[tid] = max(latest.get(tid, 0), s)
-        for tid, s in committed:
-            self.assertTrue((tid, s) in seen_set or any(t == tid and c > s for t, c in seen),
-                            "change %d of thread %s missed" % (s, tid))
-        for tid, s in latest.items():
-            self.assertIn((tid, s), seen_set, "last change of %s not seen" % tid)
-        # Rolled-back changes give their number back: committed numbers are exactly
-        # start+1 .. start+n, with no gap.
-        nums = sorted(s for _, s in committed)
-        self.assertEqual(nums, list(range(int(start_cursor) + 1, int(start_cursor) + 1 + len(nums))))
+            if final[tid] == s:
+                self.assertTrue((tid, s) in seen_set, "change %s of thread %s missed" % (s, tid))
+        self.assertFalse([c for _, c in seen if c <= key(start_cursor)], "nothing at or before the start")
 
-    def test_a_writer_waits_for_an_earlier_writer_of_the_same_owner(self):
-        # The counter lock is what keeps numbers in commit order: a second writer of the same
-        # owner waits until the first one ends; a writer of another owner does not.
-        t1 = self.thread_of(self.send_task(n=1))
-        t2 = self.thread_of(self.send_task(n=2))
-        tb = self.thread_of(self.send_task(to_agent=BOB, n=3))
+    def test_a_change_that_commits_late_is_reported_after_the_ones_that_committed_before_it(self):
+        # T1 starts writing first (smaller transaction id) and commits last.  Until T1 ends,
+        # inbox_changes holds back T2's committed change too (it could otherwise move the cursor
+        # past T1's), then reports both; writers of one owner never wait for each other.
+        owner = "agent://acme/ops/late"
+        self.register(owner, "inbox")
+        t1 = self.thread_of(self.send_task(to_agent=owner, n=1))
+        t2 = self.thread_of(self.send_task(to_agent=owner, n=2))
+        start = self.changes(owner)[1]
         a = self.connect(autocommit=False)
         b = self.connect(autocommit=False)
-        c = self.connect(autocommit=False)
-        self.q("SELECT axme.reply(%s, 'first')", (t1,), a)
-        self.q("SET lock_timeout = '300ms'", None, b)
-        self.assertSQLState("55P03", "SELECT axme.reply(%s, 'second')", (t2,), b)
-        b.rollback()
-        self.q("SET lock_timeout = '300ms'", None, c)
-        self.q("SELECT axme.reply(%s, 'other owner')", (tb,), c)
-        c.commit()
-        a.commit()
-        self.q("SELECT axme.reply(%s, 'second')", (t2,), b)
+        self.q("SELECT axme.reply(%s, 'first to start')", (t1,), a)
+        self.q("SET lock_timeout = '2s'", None, b)
+        self.q("SELECT axme.reply(%s, 'first to commit')", (t2,), b)    # does not wait for a
         b.commit()
+        changes, cursor, has_more = self.changes(owner, start)
+        self.assertEqual((changes, cursor, has_more), ([], start, False), "held back while T1 runs")
+        a.commit()
+        deadline = time.monotonic() + 10     # (another session's transaction may hold it back too)
+        while True:
+            changes, cursor, has_more = self.changes(owner, start)
+            if len(changes) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual([c["thread"]["thread_id"] for c in changes], [str(t1), str(t2)])
+        self.assertEqual([c["thread"]["status"] for c in changes], ["active", "active"])
+        self.assertEqual(cursor, changes[-1]["cursor"])
+        self.assertFalse(has_more)
+        self.assertEqual(self.changes(owner, cursor)[0], [])
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ SELECT axme.send_intent(pg_temp.task('approval', '{"description": "Order ORD-1, 
                                      '{"from_agent": "agent://acme/ops/shop"}')) AS t1 \gset
 SELECT status, waiting_reason, due_at IS NULL AS nothing_due FROM axme.intents WHERE intent_id = :'t1';
 SELECT seq, event_type, status, details - 'thread_id' AS details FROM axme.intent_events(:'t1');
-SELECT kind, status, task_type, title, from_agent, due_at FROM axme.inbox('agent://acme/ops/alice');
+SELECT kind, status, task_type, left(title, 20) AS title, from_agent, due_at FROM axme.inbox('agent://acme/ops/alice')
+ORDER BY title, from_agent;
 SELECT thread_id AS th1 FROM axme.inbox('agent://acme/ops/alice') WHERE intent_id = :'t1' \gset
 SELECT (axme.intent_events(:'t1')).details->>'thread_id' = :'th1' AS event_names_thread OFFSET 2;
 SELECT d->'task' AS task, d->'intent'->>'status' AS intent_status,
@@ -170,6 +171,7 @@ FROM axme.threads WHERE intent_id = :'ovr';
 CREATE ROLE axme_regress_approver;
 GRANT USAGE ON SCHEMA axme TO axme_regress_approver;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA axme TO axme_regress_approver;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA axme TO axme_regress_approver;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA axme TO axme_regress_approver;
 SELECT axme.send_intent(pg_temp.task('approval')) AS byrole \gset
 SET ROLE axme_regress_approver;
@@ -181,6 +183,7 @@ SELECT actor, actor_name FROM axme.thread_messages m JOIN axme.threads t USING (
 WHERE t.intent_id = :'byrole' AND m.kind = 'decided';
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM axme_regress_approver;
 REVOKE ALL ON ALL TABLES IN SCHEMA axme FROM axme_regress_approver;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA axme FROM axme_regress_approver;
 REVOKE USAGE ON SCHEMA axme FROM axme_regress_approver;
 DROP ROLE axme_regress_approver;
 
@@ -229,7 +232,9 @@ SELECT name, pg_temp.err(call) AS result FROM (VALUES
     ('thread null',       'SELECT axme.inbox_thread(NULL)'),
     ('thread unknown',    'SELECT axme.inbox_thread(''00000000-0000-4000-8000-000000000000'')'),
     ('changes bad cursor', 'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''abc'')'),
-    ('changes negative',  'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''-1'')'),
+    ('changes negative',  'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''-1:5'')'),
+    ('changes number',    'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''17'')'),
+    ('changes overflow',  'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''1:9999999999999999999'')'),
     ('changes max 0',     'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', NULL, 0)'),
     ('changes max 1001',  'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', NULL, 1001)'),
     ('changes unknown owner', 'SELECT * FROM axme.inbox_changes(''agent://acme/ops/nobody'')')
@@ -246,11 +251,13 @@ WITH RECURSIVE p(n, changes, next_cursor, has_more) AS (
 ) SELECT * FROM p;
 SELECT n, jsonb_array_length(changes) AS changes, has_more FROM pages ORDER BY n;
 SELECT count(*) AS changes, count(DISTINCT e->'thread'->>'thread_id') AS threads,
-       bool_and((e->>'cursor')::bigint > 0) AS cursors_positive,
+       bool_and(e->>'cursor' ~ '^[0-9]+:[0-9]+$') AS cursors_well_formed,
        (SELECT count(*) FROM axme.threads t WHERE t.owner = 'agent://acme/ops/alice' OR t.thread_id = :'rth') AS expected_threads
 FROM pages, jsonb_array_elements(changes) e;
+CREATE FUNCTION pg_temp.cur(c text) RETURNS numeric[] LANGUAGE sql AS
+    $f$ SELECT ARRAY[split_part(c, ':', 1)::numeric, split_part(c, ':', 2)::numeric] $f$;
 SELECT bool_and(c1 < c2) AS cursors_increase FROM (
-    SELECT (e->>'cursor')::bigint AS c1, lead((e->>'cursor')::bigint) OVER (ORDER BY n, o) AS c2
+    SELECT pg_temp.cur(e->>'cursor') AS c1, lead(pg_temp.cur(e->>'cursor')) OVER (ORDER BY n, o) AS c2
     FROM pages, jsonb_array_elements(changes) WITH ORDINALITY x(e, o)) s WHERE c2 IS NOT NULL;
 SELECT e->'thread'->>'owner' AS moved_to, e->'thread'->>'status' AS status
 FROM pages, jsonb_array_elements(changes) e WHERE e->'thread'->>'thread_id' = :'rth';
@@ -258,9 +265,9 @@ SELECT next_cursor AS last_cursor FROM pages ORDER BY n DESC LIMIT 1 \gset
 SELECT changes, next_cursor = :'last_cursor' AS same_cursor, has_more FROM axme.inbox_changes('agent://acme/ops/alice', :'last_cursor');
 SELECT axme.reply(thread_id, 'ping') FROM axme.threads WHERE intent_id = :'t1';
 SELECT jsonb_array_length(changes) AS n, changes->0->'thread'->>'intent_id' = :'t1' AS is_t1,
-       changes->0->'thread'->>'status' AS status, next_cursor::bigint > :'last_cursor'::bigint AS advanced
+       changes->0->'thread'->>'status' AS status, pg_temp.cur(next_cursor) > pg_temp.cur(:'last_cursor') AS advanced
 FROM axme.inbox_changes('agent://acme/ops/alice', :'last_cursor');
-SELECT changes FROM axme.inbox_changes('agent://acme/ops/bob', '999999');
+SELECT changes, next_cursor FROM axme.inbox_changes('agent://acme/ops/bob', '999999999:1');
 
 -- reply_to: a completion thread lands in the reply_to agent's inbox (any mode) in the same
 -- transaction as the terminal transition, whichever path ends the intent.
@@ -277,7 +284,7 @@ ROLLBACK;
 SELECT count(*) AS after_rollback FROM axme.threads WHERE intent_id = :'j1';
 SELECT axme.complete(:'j1', '{"total": 42}');
 SELECT axme.fail(:'j2', '{"why": "no stock"}');
-SELECT * FROM axme.complete_many(ARRAY[:'j3'::uuid]) AS completed_many;
+SELECT count(*) AS completed_many FROM axme.complete_many(ARRAY[:'j3'::uuid]);
 SELECT axme.decide(:'j4', 'rejected');
 SELECT t.intent_id = :'j1' AS j1, t.intent_id = :'j2' AS j2, t.intent_id = :'j4' AS j4, t.owner, t.kind, t.status,
        t.outcome->>'status' AS outcome_status, t.outcome->'result'->>'outcome' AS decided
