@@ -541,6 +541,8 @@ CREATE TABLE axme.thread_messages (
     details    jsonb NOT NULL DEFAULT '{}',
     PRIMARY KEY (thread_id, seq)
 );
+COMMENT ON COLUMN axme.threads.owner_id IS 'agent_id of the owner (axme.agents).';
+COMMENT ON COLUMN axme.threads.open IS 'status <> ''done'' (generated), for the listing index.';
 COMMENT ON TABLE axme.thread_messages IS
     'The timeline of a thread: opened, reply, delegated, reminder, escalated, decided, closed. '
     'actor is the role that acted (current_user); actor_name the display name it gave.';
@@ -549,6 +551,8 @@ COMMENT ON TABLE axme.thread_messages IS
 -- transaction that made it (xid) and a number from axme.inbox_change_seq.  An owner that lost a
 -- thread (delegate, escalation) keeps a row, so it hears that the thread left.
 CREATE SEQUENCE axme.inbox_change_seq;
+COMMENT ON SEQUENCE axme.inbox_change_seq IS
+    'Numbers of inbox changes (axme.inbox_feed.change_seq); roles that change threads need USAGE.';
 CREATE TABLE axme.inbox_feed (
     owner_id   bigint NOT NULL,
     thread_id  uuid NOT NULL,
@@ -781,6 +785,9 @@ CREATE TRIGGER intents_terminal AFTER UPDATE OF status ON axme.intents
           AND (NEW.reply_to IS NOT NULL OR NEW.human_task IS NOT NULL
                OR NEW.deadline_at IS NOT NULL OR NEW.remind_after_seconds IS NOT NULL))
     EXECUTE FUNCTION axme._intent_terminal_trigger();
+COMMENT ON TRIGGER intents_terminal ON axme.intents IS
+    'When an intent becomes terminal: delete its timers, close its task thread, open the reply_to '
+    'completion thread (axme._intent_terminal_trigger).';
 
 -- The agent_id of a registered agent address used as an inbox owner (any mode: reply_to
 -- completions land in any agent's inbox), checking the listing's status filter.
@@ -825,6 +832,8 @@ LANGUAGE sql STABLE AS $$
         'from_agent', t.from_agent, 'created_at', t.created_at, 'updated_at', t.updated_at,
         'due_at', t.due_at)
 $$;
+COMMENT ON FUNCTION axme._thread_summary(axme.threads) IS
+    'Private: the JSON summary of a thread used by inbox_changes and inbox_thread.';
 
 CREATE FUNCTION axme.inbox_thread(thread_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
@@ -871,6 +880,8 @@ LANGUAGE sql IMMUTABLE AS $$
         WHEN 'integer' THEN jsonb_typeof(v) = 'number' AND v::text::numeric = trunc(v::text::numeric)
         ELSE jsonb_typeof(v) = t END
 $$;
+COMMENT ON FUNCTION axme._json_has_type(jsonb, text) IS
+    'Private: whether a JSON value has a JSON Schema basic type (integer: a number without fraction).';
 
 CREATE FUNCTION axme.decide(intent_id uuid, outcome text, comment text DEFAULT NULL, data jsonb DEFAULT '{}',
                             actor text DEFAULT NULL)
@@ -992,6 +1003,8 @@ BEGIN
     END IF;
     RETURN t;
 END $$;
+COMMENT ON FUNCTION axme._lock_thread(uuid) IS
+    'Private: the thread row locked FOR UPDATE; 22023 NULL, P0002 unknown thread.';
 
 CREATE FUNCTION axme.reply(thread_id uuid, message text, actor text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -1131,6 +1144,8 @@ BEGIN
         owner := i.to_agent;
     END IF;
 END $$;
+COMMENT ON FUNCTION axme._current_owner(axme.intents) IS
+    'Private: the current owner of an intent''s work: its open task thread''s owner (and the thread, locked), else the receiving agent.';
 
 -- Append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent.
 CREATE FUNCTION axme._append_event(i axme.intents, event_type text, details jsonb) RETURNS void
@@ -1142,6 +1157,8 @@ BEGIN
     INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
     VALUES (i.intent_id, i.event_seq, event_type, i.status, current_user, coalesce(details, '{}'));
 END $$;
+COMMENT ON FUNCTION axme._append_event(axme.intents, text, jsonb) IS
+    'Private: append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent, with its current status.';
 
 -- Fired by the timer loop for a 'remind' row (the row already deleted): one reminder, then the
 -- next 'remind' row or, after max_reminders, the 'escalate' row when escalate_to is set.  Reminder
