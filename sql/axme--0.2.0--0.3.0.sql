@@ -192,6 +192,10 @@ BEGIN
     IF mode <> 'internal' AND options ? 'handler' THEN
         RAISE EXCEPTION 'option "handler" is only for internal agents' USING ERRCODE = '22023';
     END IF;
+    IF mode = 'internal' AND NOT options ? 'handler' THEN
+        RAISE EXCEPTION 'an internal agent needs option "handler"' USING ERRCODE = '22023',
+            HINT = 'Pass {"handler": "schema.function"}, a function (intent jsonb) RETURNS jsonb.';
+    END IF;
     IF mode <> 'http' AND (options ?| ARRAY['breaker', 'rate_limit_per_second', 'client_cert_file',
                                             'client_key_file', 'completion', 'headers', 'ca_file', 'secret']) THEN
         RAISE EXCEPTION 'options breaker, rate_limit_per_second, client_cert_file, client_key_file, '
@@ -212,6 +216,9 @@ BEGIN
     IF merged ? 'db_role' AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
         RAISE EXCEPTION 'option "db_role": role "%" does not exist', merged->>'db_role'
             USING ERRCODE = '42704';
+    END IF;
+    IF mode = 'internal' THEN
+        PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
     END IF;
     IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
@@ -281,6 +288,12 @@ BEGIN
     PERFORM axme._check_agent_options(delivery_mode,
         CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
     PERFORM axme._check_agent_refs(delivery_mode, merged, options);
+    IF delivery_mode = 'internal' THEN
+        -- the handler runs as db_role, else as the role that registered it last (checked above)
+        UPDATE axme.agents a SET registered_by = current_user
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM current_user;
+        PERFORM axme._wake_internal();
+    END IF;
     IF new_secret IS NOT NULL THEN
         DELETE FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id;
         INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, new_secret);
@@ -304,8 +317,115 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
     'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
     're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
-    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path). Changing the '
-    'mode moves pending intents to the new mode. Errors: 22023 invalid address, mode, URL or option.';
+    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
+    'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
+    '(100..600000, default 5000), db_role (the role it runs as; default the registering role). Changing the '
+    'mode moves pending intents to the new mode. Errors: 22023 invalid address, mode, URL or option, '
+    '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
+    'returning jsonb, 42501 handler would run as a superuser or as a role not the caller''s.';
+
+-- poll (0.1.0) with agent administration: a paused (axme.pause_agent) or disabled agent is handed
+-- nothing, and nothing of it is dead-lettered or timed out by the claim either (its intents wait).
+CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
+               correlation_id uuid, attempt integer, lease_until timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    claimed integer := 0;
+    seen integer;
+    r record;
+    t timestamptz;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 10000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    IF a.delivery_mode NOT IN ('poll', 'stream') THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
+        RETURN;                     -- nothing handed out, no attempt charged
+    END IF;
+    LOOP
+        seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
+        -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
+        -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
+        -- handed out; then the loop claims again to fill the batch.
+        FOR r IN
+            WITH c AS (
+                SELECT i.intent_id, i.due_at AS was_due,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
+                       i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
+                ORDER BY i.due_at
+                LIMIT max_count - claimed
+                FOR UPDATE SKIP LOCKED
+            ), u AS (
+                UPDATE axme.intents i SET
+                    status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                                  ELSE 'DELIVERED' END,
+                    attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                    dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    updated_at = now(),
+                    event_seq = i.event_seq + 1
+                FROM c
+                WHERE i.intent_id = c.intent_id
+                RETURNING i.*, c.was_due
+            ), e AS (
+                INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+                SELECT u.intent_id, u.event_seq,
+                       CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                     WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                     ELSE 'intent.timed_out' END,
+                       u.status, current_user,
+                       CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
+                                     WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                           'error', u.error)
+                                     ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+                FROM u
+            )
+            SELECT u.* FROM u ORDER BY u.was_due
+        LOOP
+            seen := seen + 1;
+            IF r.status = 'DELIVERED' THEN
+                claimed := claimed + 1;
+                intent_id := r.intent_id;
+                intent_type := r.intent_type;
+                payload := r.payload;
+                from_agent := r.from_agent;
+                correlation_id := r.correlation_id;
+                attempt := r.attempt;
+                lease_until := r.lease_until;
+                RETURN NEXT;
+            ELSE
+                PERFORM axme._wake_waiters(r.intent_id);
+            END IF;
+        END LOOP;
+        EXIT WHEN seen = 0 OR claimed >= max_count;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
+    'Claim up to max_count (1..10000) due intents of a poll or stream agent, oldest due first, '
+    'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
+    'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
+    'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
+    'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
+    'Errors: 22023 invalid argument, P0002 agent not registered, 55000 agent of another mode.';
 
 -- <<< end of section 0 overrides
 
@@ -1263,12 +1383,834 @@ REVOKE ALL ON axme.threads, axme.thread_messages, axme.inbox_feed, axme.inbox_ch
 -- Section 3: internal handlers and the timer queue (issue 5)
 -------------------------------------------------------------------------------------------------
 
+-- Timer queue and time-driven steps: fired by the http worker of each database (src/timers.c),
+-- whose loop never runs user code and never blocks on a network, so timers fire within about a
+-- second of due_at whatever internal handlers or webhooks do.
+
+CREATE FUNCTION axme._wake_timers() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_timers_sql';
+COMMENT ON FUNCTION axme._wake_timers() IS
+    'Private: at commit, wake the worker that fires timers (call after inserting a timer row due '
+    'sooner than any other).';
+
+CREATE FUNCTION axme._wake_internal() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_internal_sql';
+COMMENT ON FUNCTION axme._wake_internal() IS
+    'Private: at commit, wake the worker that runs internal handlers.';
+
+CREATE FUNCTION axme._notify_agent_n(agent_id bigint, intent_id uuid, n bigint) RETURNS void
+    LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'axme_notify_agent_n';
+COMMENT ON FUNCTION axme._notify_agent_n(bigint, uuid, bigint) IS
+    'Private: like axme._notify_agent, counting n intents (one NOTIFY per agent at commit).';
+
+-- Fire up to max_count due timers, oldest due first, in one transaction (the caller's).  Each
+-- claimed row is deleted; a timer of a terminal intent is dropped; a timer of an intent locked by
+-- another session comes back 100 ms later; deadline -> TIMED_OUT (every mode, handed out or not),
+-- remind -> axme._timer_remind(), escalate -> axme._timer_escalate().  An error in a reminder or
+-- escalation is reported as a WARNING and the timer is tried again one minute later.
+-- Returns the number of timer rows claimed.
+CREATE FUNCTION axme._fire_timers(max_count integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    i axme.intents;
+    n integer := 0;
+    msg text;
+    st text;
+BEGIN
+    FOR t IN
+        WITH c AS (
+            SELECT tm.intent_id, tm.kind
+            FROM axme.timers tm
+            WHERE tm.due_at <= clock_timestamp()
+            ORDER BY tm.due_at
+            LIMIT max_count
+            FOR UPDATE SKIP LOCKED
+        ), d AS (
+            DELETE FROM axme.timers tm USING c
+            WHERE tm.intent_id = c.intent_id AND tm.kind = c.kind
+            RETURNING tm.intent_id, tm.kind, tm.due_at
+        )
+        SELECT d.intent_id, d.kind, d.due_at FROM d ORDER BY d.due_at
+    LOOP
+        n := n + 1;
+        SELECT * INTO i FROM axme.intents it WHERE it.intent_id = t.intent_id FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            IF EXISTS (SELECT FROM axme.intents it WHERE it.intent_id = t.intent_id) THEN
+                -- a session holds the intent: try again shortly instead of waiting for it
+                INSERT INTO axme.timers (intent_id, kind, due_at)
+                VALUES (t.intent_id, t.kind, clock_timestamp() + interval '100 milliseconds')
+                ON CONFLICT DO NOTHING;
+            END IF;
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT');
+        IF t.kind = 'deadline' THEN
+            i.waiting_reason := NULL;
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                jsonb_build_object('deadline_at', i.deadline_at));
+        ELSE
+            BEGIN
+                IF t.kind = 'remind' THEN
+                    PERFORM axme._timer_remind(t.intent_id);
+                ELSE
+                    PERFORM axme._timer_escalate(t.intent_id);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                RAISE WARNING 'axme: % timer of intent % failed, trying again in a minute: % %',
+                              t.kind, t.intent_id, st, left(msg, 1000);
+                INSERT INTO axme.timers (intent_id, kind, due_at)
+                VALUES (t.intent_id, t.kind, clock_timestamp() + interval '1 minute')
+                ON CONFLICT DO NOTHING;
+            END;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._fire_timers(integer) IS
+    'Private: fire up to max_count due rows of axme.timers, oldest first (the worker''s timer loop).';
+
+-- Stream wake-ups for what became due by itself: a delayed intent (not_before), a retry backoff,
+-- a lease that ran out (due_at later than the last change of the row, so fresh sends, which
+-- notified at their own commit, are left out).  One NOTIFY per stream agent with intents that
+-- became due in (since, upto], payload {"intent_id": first, "count": n} (queued for commit).
+-- Returns when the next one becomes due (NULL: nothing pending).
+CREATE FUNCTION axme._wake_streams(since timestamptz, upto timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    nxt timestamptz;
+BEGIN
+    FOR r IN
+        SELECT ag.agent_id, w.first_id, w.n, (SELECT min(i.due_at) FROM axme.intents i
+                                               WHERE i.agent_id = ag.agent_id AND i.due_at > upto) AS later
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (
+            SELECT (array_agg(i.intent_id ORDER BY i.due_at))[1] AS first_id, count(*) AS n
+            FROM axme.intents i
+            WHERE i.agent_id = ag.agent_id AND i.due_at > since AND i.due_at <= upto
+              AND i.due_at > i.updated_at
+        ) w
+        WHERE ag.delivery_mode = 'stream' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+    LOOP
+        IF r.n > 0 THEN
+            PERFORM axme._notify_agent_n(r.agent_id, r.first_id, r.n);
+        END IF;
+        IF r.later IS NOT NULL AND (nxt IS NULL OR r.later < nxt) THEN
+            nxt := r.later;
+        END IF;
+    END LOOP;
+    RETURN nxt;
+END $$;
+COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
+    'Private: NOTIFY each stream agent whose delayed, backed-off or lease-expired intents became '
+    'due in (since, upto]; returns the next such due time.';
+
+-- Internal delivery: handlers run by the internal worker of each database (src/internal.c), one
+-- intent at a time: claim (this function, its own transaction: DELIVERED, lease timeout_ms + 30 s),
+-- then the handler and axme._internal_done / axme._internal_failed in a second transaction.
+-- Returns no row when nothing is due, with next_due (NULL: nothing pending) in a row whose
+-- intent_id is NULL.  Agents with paused_at or disabled_at set are skipped.
+CREATE FUNCTION axme._internal_claim()
+RETURNS TABLE (intent_id uuid, attempt integer, handler text, run_as text, run_as_checked boolean,
+               timeout_ms integer, next_due timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    i axme.intents;
+    t timestamptz := clock_timestamp();
+    tmo integer;
+BEGIN
+    FOR c IN
+        SELECT ag.agent_id, ag.options, ag.registered_by, f.intent_id, f.due_at
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
+                            WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
+                            ORDER BY it.due_at LIMIT 1) f
+        WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+        ORDER BY f.due_at
+    LOOP
+        IF c.due_at > t THEN
+            next_due := c.due_at;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT * INTO i FROM axme.intents it
+        WHERE it.intent_id = c.intent_id AND it.due_at <= t FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF i.deadline_at <= t THEN
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                                     jsonb_build_object('deadline_at', i.deadline_at));
+            next_due := t;          -- look again at once
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF i.status <> 'SUBMITTED' AND NOT axme._has_attempts_left(i) THEN
+            PERFORM axme._dead_letter(i, 'handler_error', jsonb_build_object('reason', 'lease_expired',
+                'message', 'the last allowed handler run did not finish (the worker stopped)'));
+            next_due := t;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        tmo := coalesce((c.options->>'timeout_ms')::integer, 5000);
+        i.attempt := i.attempt + 1;
+        i.lease_until := t + (tmo + 30000) * interval '1 millisecond';
+        i.due_at := i.lease_until;
+        i.waiting_reason := NULL;
+        PERFORM axme._transition(i, 'DELIVERED', 'intent.delivered',
+            jsonb_build_object('attempt', i.attempt, 'lease_until', i.lease_until, 'via', 'internal'));
+        intent_id := i.intent_id;
+        attempt := i.attempt;
+        handler := c.options->>'handler';
+        run_as := coalesce(c.options->>'db_role', c.registered_by);
+        -- a handler runs as a superuser only when a superuser registered it without db_role
+        run_as_checked := NOT (c.options ? 'db_role') OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = c.options->>'db_role'), false);
+        timeout_ms := tmo;
+        next_due := t;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the internal worker (DELIVERED).';
+
+-- The handler of attempt p_attempt returned: COMPLETED with its result.  Raises 40001 when the
+-- intent is no longer that attempt (timed out, canceled or re-claimed meanwhile): the caller then
+-- rolls back the handler's work with it.
+CREATE FUNCTION axme._internal_done(p_intent_id uuid, p_attempt integer, p_result jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    SELECT * INTO i FROM axme.intents it WHERE it.intent_id = p_intent_id FOR UPDATE;
+    IF NOT FOUND OR i.attempt <> p_attempt OR i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RAISE EXCEPTION 'intent % is no longer handed out to this handler run (status %)', p_intent_id, i.status
+            USING ERRCODE = '40001';
+    END IF;
+    i.result := p_result;
+    i.error := NULL;
+    i.lease_until := NULL;
+    i.due_at := NULL;
+    PERFORM axme._transition(i, 'COMPLETED', 'intent.completed',
+                             jsonb_build_object('attempt', i.attempt, 'via', 'internal'));
+END $$;
+COMMENT ON FUNCTION axme._internal_done(uuid, integer, jsonb) IS
+    'Private: record a handler''s result (COMPLETED); 40001 when the run is stale.';
+
+-- The handler of attempt p_attempt failed (exception, timeout, refused): retried after the
+-- agent's backoff while the budget lasts, then dead-lettered with reason handler_error.
+-- Does nothing when the intent is no longer that attempt.
+CREATE FUNCTION axme._internal_failed(p_intent_id uuid, p_attempt integer, p_error jsonb,
+                                      p_retry boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    SELECT * INTO i FROM axme.intents it WHERE it.intent_id = p_intent_id FOR UPDATE;
+    IF NOT FOUND OR i.attempt <> p_attempt OR i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RETURN;
+    END IF;
+    IF p_retry AND axme._has_attempts_left(i) THEN
+        PERFORM axme._retry_or_dead_letter(i, p_error);
+    ELSE
+        PERFORM axme._dead_letter(i, 'handler_error', p_error);
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._internal_failed(uuid, integer, jsonb, boolean) IS
+    'Private: one failed handler run: retry after the backoff, or dead letter (handler_error).';
+
+-- Registration checks of an internal agent's handler (called by axme._check_agent_refs).
+CREATE FUNCTION axme._check_handler(handler text, db_role text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    fn regprocedure;
+    p record;
+    run_as text := coalesce(db_role, current_user);
+BEGIN
+    fn := pg_catalog.to_regprocedure(handler || '(jsonb)');
+    IF fn IS NULL THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_proc pr JOIN pg_catalog.pg_namespace n ON n.oid = pr.pronamespace
+                   WHERE n.nspname = lower(split_part(handler, '.', 1)) AND pr.proname = lower(split_part(handler, '.', 2))) THEN
+            RAISE EXCEPTION 'option "handler": function % exists but not as %(intent jsonb)', handler, handler
+                USING ERRCODE = '42883', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+        END IF;
+        RAISE EXCEPTION 'option "handler": function %(jsonb) does not exist', handler
+            USING ERRCODE = '42883', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+    END IF;
+    SELECT pr.prorettype, pr.proretset, pr.prokind, pr.prosecdef, r.rolsuper AS owner_super
+    INTO p FROM pg_catalog.pg_proc pr JOIN pg_catalog.pg_roles r ON r.oid = pr.proowner WHERE pr.oid = fn;
+    IF p.prokind <> 'f' OR p.proretset OR p.prorettype <> 'jsonb'::regtype THEN
+        RAISE EXCEPTION 'option "handler": % must be a function returning jsonb (one value, not a set)', handler
+            USING ERRCODE = '42804', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+    END IF;
+    IF db_role IS NOT NULL THEN
+        IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = db_role) THEN
+            RAISE EXCEPTION 'option "db_role": handlers do not run as superuser "%"', db_role
+                USING ERRCODE = '42501',
+                      HINT = 'Name a role with only the privileges the handler needs.';
+        END IF;
+        IF NOT pg_catalog.pg_has_role(current_user, db_role, 'MEMBER') AND NOT axme._is_admin() THEN
+            RAISE EXCEPTION 'option "db_role": role "%" is not a role of %', db_role, current_user
+                USING ERRCODE = '42501', HINT = 'Only members of a role (or axme administrators) may run handlers as it.';
+        END IF;
+    END IF;
+    IF p.prosecdef AND p.owner_super AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                                        WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'option "handler": % is SECURITY DEFINER owned by a superuser', handler
+            USING ERRCODE = '42501', HINT = 'Only a superuser may register a handler that runs as a superuser.';
+    END IF;
+    IF NOT pg_catalog.has_function_privilege(run_as, fn, 'EXECUTE') THEN
+        RAISE EXCEPTION 'option "handler": role "%" may not execute %', run_as, fn
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_handler(text, text) IS
+    'Private: registration checks of an internal handler. Errors: 42883 no such function or wrong '
+    'arguments, 42804 wrong return type, 42501 superuser db_role, role not the caller''s, '
+    'superuser-owned SECURITY DEFINER handler, or no EXECUTE privilege.';
+
 -- <<< end of section 3
 
 
 -------------------------------------------------------------------------------------------------
 -- Section 4: operations (issue 6)
 -------------------------------------------------------------------------------------------------
+
+-- C helpers (src/ops.c, src/status.c).
+CREATE FUNCTION axme._ops_settings() RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'axme_ops_settings';
+COMMENT ON FUNCTION axme._ops_settings() IS
+    'Private: the operations settings of this session as JSON: retention_terminal, '
+    'retention_dead_letters, idempotency_ttl, attempts_retention (seconds), cleanup_batch_size, '
+    'alert_dead_letter_threshold, alert_success_rate.';
+
+CREATE FUNCTION axme._worker_status(OUT kind text, OUT database oid, OUT pid integer, OUT state text,
+                                    OUT in_flight integer, OUT deliveries_per_second double precision,
+                                    OUT deliveries_total bigint, OUT last_error text,
+                                    OUT last_error_at timestamptz, OUT started_at timestamptz)
+RETURNS SETOF record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_worker_status';
+COMMENT ON FUNCTION axme._worker_status() IS
+    'Private: one row per running axme worker of the cluster, read from shared memory.';
+
+-- Indexes of the operations queries, each partial so that it costs nothing on the hot path
+-- except where its rows are (see docs/operations.md for the plans):
+-- terminal intents by the time they ended (cleanup, the 5-minute success rate);
+CREATE INDEX intents_terminal_idx ON axme.intents (updated_at)
+    WHERE status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') AND dead_letter_reason IS NULL;
+-- dead letters per agent (queue_depth, alerts, purge_dead_letters), index-only;
+CREATE INDEX intents_agent_dead_letter_idx ON axme.intents (agent_id, dead_lettered_at)
+    WHERE dead_letter_reason IS NOT NULL;
+-- WAITING intents per agent (queue_depth; they have no due_at unless a deadline is set);
+CREATE INDEX intents_agent_waiting_idx ON axme.intents (agent_id) WHERE status = 'WAITING';
+-- recent intents (delivery_stats): a BRIN index, nearly free to maintain since intents are
+-- inserted in created_at order;
+CREATE INDEX intents_created_brin_idx ON axme.intents USING brin (created_at) WITH (pages_per_range = 16);
+-- idempotency keys by age (cleanup).
+CREATE INDEX idempotency_keys_created_idx ON axme.idempotency_keys (created_at);
+
+-- Alert state: one row per agent and condition currently raised, so each crossing alerts once.
+CREATE TABLE axme.alert_state (
+    agent_id  bigint NOT NULL,
+    kind      text NOT NULL CHECK (kind IN ('dead_letter_threshold', 'success_rate_low')),
+    raised_at timestamptz NOT NULL DEFAULT now(),
+    details   jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (agent_id, kind)
+);
+COMMENT ON TABLE axme.alert_state IS
+    'Alert conditions currently raised, one row per agent and kind (dead_letter_threshold, '
+    'success_rate_low): an alert is sent when a row appears; agent_recovered when a '
+    'success_rate_low row goes.';
+SELECT pg_catalog.pg_extension_config_dump('axme.alert_state', '');
+
+-- Delete intents with everything that hangs off them: events, http attempts, and the rows of any
+-- other axme table keyed by intent_id (timers, inbox threads, ...), found in the catalog so that
+-- tables added later are covered.  Idempotency keys stay: they outlive their intents.
+-- Returns the rows deleted per table.
+CREATE FUNCTION axme._delete_intents(ids uuid[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    counts jsonb := '{}';
+    n bigint;
+    t record;
+BEGIN
+    FOR t IN
+        SELECT c.relname FROM pg_catalog.pg_attribute att
+        JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
+          AND att.attname = 'intent_id' AND att.atttypid = 'uuid'::regtype AND NOT att.attisdropped
+          AND c.relname NOT IN ('intents', 'idempotency_keys')
+        ORDER BY c.relname
+    LOOP
+        EXECUTE format('DELETE FROM axme.%I WHERE intent_id = ANY ($1)', t.relname) USING ids;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        counts := counts || jsonb_build_object(t.relname, n);
+    END LOOP;
+    DELETE FROM axme.intents WHERE intent_id = ANY (ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN counts || jsonb_build_object('intents', n);
+END $$;
+COMMENT ON FUNCTION axme._delete_intents(uuid[]) IS
+    'Private: delete intents and the rows of every axme table keyed by intent_id except '
+    'idempotency_keys; returns the rows deleted per table.';
+
+-- Add the counts of b to a (both {"table": n}).
+CREATE FUNCTION axme._add_counts(a jsonb, b jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(jsonb_object_agg(k, coalesce((a->>k)::bigint, 0) + coalesce((b->>k)::bigint, 0)), '{}')
+    FROM (SELECT jsonb_object_keys(a) UNION SELECT jsonb_object_keys(b)) s(k)
+$$;
+
+-- One bounded batch of cleanup (at most batch_size rows of each kind), for the worker, which
+-- commits after each.  Returns the rows deleted per table and "more": whether any kind filled
+-- its batch (call again).
+CREATE FUNCTION axme._cleanup_step(batch_size integer) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    s jsonb := axme._ops_settings();
+    t timestamptz := now();
+    ids uuid[];
+    counts jsonb := '{}';
+    more boolean := false;
+    n bigint;
+BEGIN
+    -- terminal intents (not dead letters) that ended before the terminal retention
+    ids := ARRAY(SELECT i.intent_id FROM axme.intents i
+                 WHERE i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                   AND i.dead_letter_reason IS NULL
+                   AND i.updated_at < t - (s->>'retention_terminal')::bigint * interval '1 second'
+                 ORDER BY i.updated_at LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    more := more OR cardinality(ids) >= batch_size;
+    counts := axme._add_counts(counts, axme._delete_intents(ids));
+    -- dead letters older than their (longer) retention
+    ids := ARRAY(SELECT i.intent_id FROM axme.intents i
+                 WHERE i.dead_letter_reason IS NOT NULL
+                   AND i.dead_lettered_at < t - (s->>'retention_dead_letters')::bigint * interval '1 second'
+                 ORDER BY i.dead_lettered_at LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    more := more OR cardinality(ids) >= batch_size;
+    counts := axme._add_counts(counts, axme._delete_intents(ids));
+    -- idempotency keys past their time to live (whether or not their intent is still there)
+    DELETE FROM axme.idempotency_keys k WHERE k.ctid = ANY (ARRAY(
+        SELECT k2.ctid FROM axme.idempotency_keys k2
+        WHERE k2.created_at < t - (s->>'idempotency_ttl')::bigint * interval '1 second'
+        ORDER BY k2.created_at LIMIT batch_size FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    more := more OR n >= batch_size;
+    counts := axme._add_counts(counts, jsonb_build_object('idempotency_keys', n));
+    -- http attempt rows older than their retention (of live intents too: they are history)
+    DELETE FROM axme.delivery_attempts d WHERE d.ctid = ANY (ARRAY(
+        SELECT d2.ctid FROM axme.delivery_attempts d2
+        WHERE d2.started_at < t - (s->>'attempts_retention')::bigint * interval '1 second'
+        ORDER BY d2.started_at LIMIT batch_size FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    more := more OR n >= batch_size;
+    counts := axme._add_counts(counts, jsonb_build_object('delivery_attempts', n));
+    -- alerts are kept as long as dead letters
+    DELETE FROM axme.alerts a WHERE a.id = ANY (ARRAY(
+        SELECT a2.id FROM axme.alerts a2
+        WHERE a2.at < t - (s->>'retention_dead_letters')::bigint * interval '1 second'
+        ORDER BY a2.at LIMIT batch_size));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    more := more OR n >= batch_size;
+    counts := axme._add_counts(counts, jsonb_build_object('alerts', n));
+    RETURN counts || jsonb_build_object('more', more);
+END $$;
+COMMENT ON FUNCTION axme._cleanup_step(integer) IS
+    'Private: one bounded batch of axme.cleanup() (at most batch_size rows of each kind); '
+    '"more" in the result says whether to call again.';
+
+CREATE FUNCTION axme.cleanup() RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    total jsonb := jsonb_build_object('intents', 0, 'events', 0, 'delivery_attempts', 0,
+                                      'idempotency_keys', 0, 'alerts', 0);
+    step jsonb;
+    batch integer := (axme._ops_settings()->>'cleanup_batch_size')::integer;
+BEGIN
+    LOOP
+        step := axme._cleanup_step(batch);
+        total := axme._add_counts(total, step - 'more');
+        EXIT WHEN NOT (step->>'more')::boolean;
+    END LOOP;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION axme.cleanup() IS
+    'Delete what the retention settings let go: terminal intents that ended more than '
+    'axme.retention_terminal ago and dead letters older than axme.retention_dead_letters (each '
+    'with its events, attempts, timers and other rows keyed by intent_id), idempotency keys older '
+    'than axme.idempotency_ttl, attempt rows older than axme.attempts_retention, alerts older than '
+    'axme.retention_dead_letters. Never touches a live intent. Returns the rows deleted per table, '
+    'e.g. {"intents": 10, "events": 40, ...}. Runs in batches of axme.cleanup_batch_size rows but in '
+    'one transaction; the worker runs it every axme.cleanup_interval committing after each batch.';
+
+-- Agent administration -------------------------------------------------------------------------
+
+CREATE FUNCTION axme.pause_agent(agent text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+BEGIN
+    UPDATE axme.agents SET paused_at = coalesce(paused_at, now()), updated_at = now()
+    WHERE agent_id = a.agent_id;
+END $$;
+COMMENT ON FUNCTION axme.pause_agent(text) IS
+    'Pause an agent: from the commit on, nothing more is handed out to it (poll returns no rows, '
+    'the http and internal workers skip it); its intents wait and are not charged attempts. '
+    'Intents already handed out keep their leases. Idempotent. Errors: 22023 invalid address, '
+    'P0002 agent not registered.';
+
+CREATE FUNCTION axme.resume_agent(agent text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+BEGIN
+    UPDATE axme.agents SET paused_at = NULL, updated_at = now() WHERE agent_id = a.agent_id;
+    IF a.paused_at IS NULL THEN
+        RETURN;
+    END IF;
+    -- wake whoever serves the agent: the database worker (http, internal), a stream listener
+    PERFORM axme._wake_http();
+    IF a.delivery_mode = 'stream' THEN
+        PERFORM axme._notify_agent(a.agent_id, i.intent_id)
+        FROM axme.intents i WHERE i.agent_id = a.agent_id AND i.due_at IS NOT NULL
+                              AND i.status = 'SUBMITTED' LIMIT 1;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme.resume_agent(text) IS
+    'Resume a paused agent: its waiting intents are handed out again from the commit on (a stream '
+    'agent gets a wake-up). Idempotent. Errors: 22023 invalid address, P0002 agent not registered.';
+
+CREATE FUNCTION axme.unregister_agent(agent text, force boolean DEFAULT false) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    i axme.intents;
+    pending bigint;
+    n bigint := 0;
+BEGIN
+    IF force IS NULL THEN
+        RAISE EXCEPTION 'argument "force" must not be null' USING ERRCODE = '22023';
+    END IF;
+    -- No send may slip an intent in between the check below and the delete: wait for the
+    -- transactions writing intents to end, and keep new ones out until this one ends.
+    LOCK TABLE axme.intents IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM FROM axme.agents WHERE agent_id = a.agent_id FOR UPDATE;
+    SELECT count(*) INTO pending FROM axme.intents
+    WHERE agent_id = a.agent_id AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT');
+    IF pending > 0 AND NOT force THEN
+        RAISE EXCEPTION 'agent "%" has % pending intent(s)', a.address, pending
+            USING ERRCODE = '55000',
+                  HINT = 'Wait for them, cancel them, or call unregister_agent(agent, force => true), which cancels them.';
+    END IF;
+    FOR i IN
+        SELECT * FROM axme.intents
+        WHERE agent_id = a.agent_id AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+        ORDER BY created_at FOR UPDATE
+    LOOP
+        PERFORM axme._transition(i, 'CANCELED', 'intent.canceled',
+            jsonb_build_object('reason', 'agent_unregistered', 'agent', a.address));
+        n := n + 1;
+    END LOOP;
+    DELETE FROM axme.alert_state WHERE agent_id = a.agent_id;
+    DELETE FROM axme.agents WHERE agent_id = a.agent_id;   -- its secrets go with it (cascade)
+    PERFORM axme._agents_changed();
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme.unregister_agent(text, boolean) IS
+    'Remove an agent (and its secrets). Refused while it has pending (non-terminal) intents unless '
+    'force, which cancels them first (-> CANCELED, event intent.canceled with reason '
+    'agent_unregistered). Terminal intents stay as history. Returns the number of intents '
+    'canceled. Takes a SHARE ROW EXCLUSIVE lock on axme.intents until commit (sends wait). '
+    'Errors: 22023 invalid address or NULL force, P0002 agent not registered, 55000 pending intents.';
+
+CREATE FUNCTION axme.purge_dead_letters(agent text, before timestamptz DEFAULT now()) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    ids uuid[];
+BEGIN
+    IF before IS NULL THEN
+        RAISE EXCEPTION 'argument "before" must not be null' USING ERRCODE = '22023';
+    END IF;
+    ids := ARRAY(SELECT i.intent_id FROM axme.intents i
+                 WHERE i.agent_id = a.agent_id AND i.dead_letter_reason IS NOT NULL
+                   AND i.dead_lettered_at < before
+                 FOR UPDATE);
+    RETURN (axme._delete_intents(ids)->>'intents')::bigint;
+END $$;
+COMMENT ON FUNCTION axme.purge_dead_letters(text, timestamptz) IS
+    'Delete the dead letters of an agent dead-lettered before the given time (default: now), with '
+    'their events and attempts. Returns how many. Errors: 22023 invalid address or NULL before, '
+    'P0002 agent not registered.';
+
+-- Monitoring -----------------------------------------------------------------------------------
+
+CREATE VIEW axme.delivery_stats AS
+    -- one pass over the intents of the last day (BRIN index on created_at), one row per agent
+    -- with the figures of every window, then one row per window
+    SELECT a.address AS agent, a.delivery_mode AS mode, w.name AS "window", w.sent, w.delivered,
+           w.completed, w.failed, w.dead_lettered, w.retrying,
+           round(w.completed::numeric / nullif(w.completed + w.failed + w.dead_lettered, 0), 4) AS success_rate,
+           w.latency[1] AS p50_ms, w.latency[2] AS p95_ms, w.latency[3] AS p99_ms
+    FROM (SELECT i.agent_id,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes') AS sent_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.attempt > 0) AS delivered_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status = 'COMPLETED') AS completed_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.dead_letter_reason IS NOT NULL) AS dead_lettered_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_5m,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED' AND i.created_at >= now() - interval '5 minutes') AS latency_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour') AS sent_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.attempt > 0) AS delivered_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status = 'COMPLETED') AS completed_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.dead_letter_reason IS NOT NULL) AS dead_lettered_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_1h,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED' AND i.created_at >= now() - interval '1 hour') AS latency_1h,
+               count(*) AS sent_1d,
+               count(*) FILTER (WHERE i.attempt > 0) AS delivered_1d,
+               count(*) FILTER (WHERE i.status = 'COMPLETED') AS completed_1d,
+               count(*) FILTER (WHERE i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_1d,
+               count(*) FILTER (WHERE i.dead_letter_reason IS NOT NULL) AS dead_lettered_1d,
+               count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_1d,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED') AS latency_1d
+          FROM axme.intents i
+          WHERE i.created_at >= now() - interval '1 day'
+          GROUP BY i.agent_id) s
+    JOIN axme.agents a ON a.agent_id = s.agent_id
+    CROSS JOIN LATERAL (VALUES ('5m', s.sent_5m, s.delivered_5m, s.completed_5m, s.failed_5m, s.dead_lettered_5m, s.retrying_5m, s.latency_5m),
+                               ('1h', s.sent_1h, s.delivered_1h, s.completed_1h, s.failed_1h, s.dead_lettered_1h, s.retrying_1h, s.latency_1h),
+                               ('1d', s.sent_1d, s.delivered_1d, s.completed_1d, s.failed_1d, s.dead_lettered_1d, s.retrying_1d, s.latency_1d))
+        AS w(name, sent, delivered, completed, failed, dead_lettered, retrying, latency)
+    WHERE w.sent > 0;
+COMMENT ON VIEW axme.delivery_stats IS
+    'Per agent and window (5m, 1h, 1d) over the intents sent in that window: sent, delivered '
+    '(handed out at least once), completed, failed (FAILED or TIMED_OUT, not dead letters), '
+    'dead_lettered, retrying (back in SUBMITTED after a failed attempt), success_rate (completed / '
+    'those that ended completed, failed, timed out or dead-lettered; NULL when none), p50/p95/p99_ms '
+    '(milliseconds from send to COMPLETED). Cost grows with the intents of the last day only.';
+
+CREATE VIEW axme.queue_depth AS
+    SELECT a.address AS agent, a.delivery_mode AS mode,
+           a.paused_at IS NOT NULL AS paused, a.disabled_at IS NOT NULL AS disabled,
+           coalesce(q.ready, 0) AS ready, coalesce(q.leased, 0) AS leased,
+           coalesce(w.waiting, 0) AS waiting, coalesce(q.scheduled, 0) AS scheduled,
+           coalesce(d.dead_lettered, 0) AS dead_lettered,
+           coalesce(now() - q.oldest_ready, interval '0') AS oldest_ready_age
+    FROM axme.agents a
+    LEFT JOIN (SELECT i.agent_id,
+                      count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.due_at <= now()) AS ready,
+                      count(*) FILTER (WHERE i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')) AS leased,
+                      count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.due_at > now()) AS scheduled,
+                      min(i.due_at) FILTER (WHERE i.status = 'SUBMITTED' AND i.due_at <= now()) AS oldest_ready
+               FROM axme.intents i WHERE i.due_at IS NOT NULL GROUP BY i.agent_id) q
+        ON q.agent_id = a.agent_id
+    LEFT JOIN (SELECT i.agent_id, count(*) AS waiting FROM axme.intents i
+               WHERE i.status = 'WAITING' GROUP BY i.agent_id) w
+        ON w.agent_id = a.agent_id
+    LEFT JOIN (SELECT i.agent_id, count(*) AS dead_lettered FROM axme.intents i
+               WHERE i.dead_letter_reason IS NOT NULL GROUP BY i.agent_id) d
+        ON d.agent_id = a.agent_id;
+COMMENT ON VIEW axme.queue_depth IS
+    'Per agent: ready (due now), leased (handed out, lease running), waiting (WAITING), scheduled '
+    '(due later: retries, not_before), dead_lettered, oldest_ready_age (how long the oldest ready '
+    'intent has been due), paused and disabled. Reads only live intents and dead letters.';
+
+CREATE VIEW axme.worker_status AS
+    SELECT s.kind, d.datname AS database, s.pid, s.state, s.in_flight, s.deliveries_per_second,
+           s.deliveries_total, s.last_error, s.last_error_at, s.started_at
+    FROM axme._worker_status() s
+    LEFT JOIN pg_catalog.pg_database d ON d.oid = s.database;
+COMMENT ON VIEW axme.worker_status IS
+    'The running axme workers of the cluster (shared memory): kind (http, ...), database, pid, state '
+    '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
+    'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
+    'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';
+
+CREATE FUNCTION axme._prom_escape(v text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT replace(replace(replace(v, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n')
+$$;
+COMMENT ON FUNCTION axme._prom_escape(text) IS 'Private: escape a Prometheus label value.';
+
+CREATE FUNCTION axme.metrics() RETURNS text
+LANGUAGE sql AS $$
+    WITH qd AS MATERIALIZED (
+        SELECT format('{agent="%s",mode="%s"}', axme._prom_escape(agent), mode) AS l, *,
+               extract(epoch FROM oldest_ready_age) AS oldest
+        FROM axme.queue_depth
+    ), ds AS MATERIALIZED (
+        SELECT format('agent="%s",mode="%s",window="%s"', axme._prom_escape(agent), mode, "window") AS l, *
+        FROM axme.delivery_stats
+    ), ws AS MATERIALIZED (
+        SELECT format('{kind="%s",pid="%s"}', kind, pid) AS l, *
+        FROM axme.worker_status WHERE database = current_database()
+    ), m(ord, name, type, help) AS (VALUES
+        (1, 'axme_queue_ready', 'gauge', 'Intents due now, not yet handed out.'),
+        (2, 'axme_queue_leased', 'gauge', 'Intents handed out whose lease is running.'),
+        (3, 'axme_queue_waiting', 'gauge', 'Intents in status WAITING.'),
+        (4, 'axme_queue_scheduled', 'gauge', 'Intents due later (retries, not_before).'),
+        (5, 'axme_dead_letters', 'gauge', 'Dead-lettered intents kept.'),
+        (6, 'axme_queue_oldest_ready_seconds', 'gauge', 'Seconds the oldest ready intent has been due.'),
+        (7, 'axme_agent_paused', 'gauge', '1 when the agent is paused.'),
+        (8, 'axme_agent_disabled', 'gauge', '1 when the agent is disabled.'),
+        (10, 'axme_intents_sent', 'gauge', 'Intents sent in the window.'),
+        (11, 'axme_intents_delivered', 'gauge', 'Intents of the window handed out at least once.'),
+        (12, 'axme_intents_completed', 'gauge', 'Intents of the window COMPLETED.'),
+        (13, 'axme_intents_failed', 'gauge', 'Intents of the window FAILED or TIMED_OUT (not dead letters).'),
+        (14, 'axme_intents_dead_lettered', 'gauge', 'Intents of the window dead-lettered.'),
+        (15, 'axme_intents_retrying', 'gauge', 'Intents of the window waiting for a retry.'),
+        (16, 'axme_success_ratio', 'gauge', 'Completed / ended intents of the window.'),
+        (17, 'axme_latency_seconds', 'gauge', 'Seconds from send to COMPLETED of the window''s intents (quantiles).'),
+        (20, 'axme_worker_in_flight', 'gauge', 'Requests in flight of a worker of this database.'),
+        (21, 'axme_worker_deliveries_per_second', 'gauge', 'Outcomes recorded per second over the last 10 s.'),
+        (22, 'axme_worker_deliveries_total', 'counter', 'Outcomes recorded since the worker started.'),
+        (30, 'axme_alerts_last_hour', 'gauge', 'Alerts raised in the last hour.'),
+        (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).')
+    ), samples(ord, line) AS (
+        SELECT 1, 'axme_queue_ready' || l || ' ' || ready FROM qd
+        UNION ALL SELECT 2, 'axme_queue_leased' || l || ' ' || leased FROM qd
+        UNION ALL SELECT 3, 'axme_queue_waiting' || l || ' ' || waiting FROM qd
+        UNION ALL SELECT 4, 'axme_queue_scheduled' || l || ' ' || scheduled FROM qd
+        UNION ALL SELECT 5, 'axme_dead_letters' || l || ' ' || dead_lettered FROM qd
+        UNION ALL SELECT 6, 'axme_queue_oldest_ready_seconds' || l || ' ' || round(oldest, 3) FROM qd
+        UNION ALL SELECT 7, 'axme_agent_paused' || l || ' ' || paused::int FROM qd
+        UNION ALL SELECT 8, 'axme_agent_disabled' || l || ' ' || disabled::int FROM qd
+        UNION ALL SELECT 10, 'axme_intents_sent{' || l || '} ' || sent FROM ds
+        UNION ALL SELECT 11, 'axme_intents_delivered{' || l || '} ' || delivered FROM ds
+        UNION ALL SELECT 12, 'axme_intents_completed{' || l || '} ' || completed FROM ds
+        UNION ALL SELECT 13, 'axme_intents_failed{' || l || '} ' || failed FROM ds
+        UNION ALL SELECT 14, 'axme_intents_dead_lettered{' || l || '} ' || dead_lettered FROM ds
+        UNION ALL SELECT 15, 'axme_intents_retrying{' || l || '} ' || retrying FROM ds
+        UNION ALL SELECT 16, 'axme_success_ratio{' || l || '} ' || success_rate FROM ds WHERE success_rate IS NOT NULL
+        UNION ALL SELECT 17, format('axme_latency_seconds{%s,quantile="%s"} %s', l, q.quantile, round((q.ms / 1000)::numeric, 6))
+                  FROM ds CROSS JOIN LATERAL (VALUES ('0.5', p50_ms), ('0.95', p95_ms), ('0.99', p99_ms)) q(quantile, ms)
+                  WHERE p50_ms IS NOT NULL
+        UNION ALL SELECT 20, 'axme_worker_in_flight' || l || ' ' || in_flight FROM ws
+        UNION ALL SELECT 21, 'axme_worker_deliveries_per_second' || l || ' ' || round(deliveries_per_second::numeric, 3) FROM ws
+        UNION ALL SELECT 22, 'axme_worker_deliveries_total' || l || ' ' || deliveries_total FROM ws
+        UNION ALL SELECT 30, 'axme_alerts_last_hour ' || (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour')
+        UNION ALL SELECT 31, 'axme_notification_queue_usage ' || pg_catalog.pg_notification_queue_usage()
+    )
+    SELECT string_agg(t.line, E'\n' ORDER BY t.ord, t.sub, t.line) || E'\n'
+    FROM (SELECT m.ord, 0 AS sub, format('# HELP %s %s', m.name, m.help) AS line FROM m
+          UNION ALL SELECT m.ord, 1, format('# TYPE %s %s', m.name, m.type) FROM m
+          UNION ALL SELECT s.ord, 2, s.line FROM samples s) t
+$$;
+COMMENT ON FUNCTION axme.metrics() IS
+    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database) '
+    'in the Prometheus text exposition format (metric names axme_*, labels agent, mode, window), '
+    'plus axme_notification_queue_usage (pg_notification_queue_usage()).';
+
+
+-- Alerting -------------------------------------------------------------------------------------
+
+-- Check the alert conditions of every agent and raise each crossing once (called by the worker
+-- about every 10 seconds): dead_letter_threshold when an agent's dead letters reach
+-- axme.alert_dead_letter_threshold (0: off; re-armed when they fall below); success_rate_low
+-- when its success rate over the last 5 minutes (at least 10 outcomes) falls below
+-- axme.alert_success_rate (0: off); agent_recovered when a low rate is back at or above it.
+-- Returns the number of alerts raised.
+CREATE FUNCTION axme._check_alerts() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    s jsonb := axme._ops_settings();
+    dl_threshold bigint := (s->>'alert_dead_letter_threshold')::bigint;
+    min_rate double precision := (s->>'alert_success_rate')::double precision;
+    since timestamptz := now() - interval '5 minutes';
+    n integer := 0;
+    r record;
+BEGIN
+    -- dead letters: raise on crossing, re-arm below the threshold
+    IF dl_threshold > 0 THEN
+        FOR r IN
+            SELECT a.agent_id, a.address, d.cnt, st.agent_id IS NOT NULL AS raised
+            FROM (SELECT i.agent_id, count(*) AS cnt FROM axme.intents i
+                  WHERE i.dead_letter_reason IS NOT NULL GROUP BY i.agent_id) d
+            JOIN axme.agents a ON a.agent_id = d.agent_id
+            LEFT JOIN axme.alert_state st ON st.agent_id = a.agent_id AND st.kind = 'dead_letter_threshold'
+            WHERE (d.cnt >= dl_threshold) <> (st.agent_id IS NOT NULL)
+        LOOP
+            IF r.raised THEN
+                DELETE FROM axme.alert_state WHERE agent_id = r.agent_id AND kind = 'dead_letter_threshold';
+            ELSE
+                -- a concurrent check (the worker's, a manual one) may raise it first: once only
+                INSERT INTO axme.alert_state (agent_id, kind, details)
+                VALUES (r.agent_id, 'dead_letter_threshold', jsonb_build_object('dead_letters', r.cnt))
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    PERFORM axme._alert(r.address, 'dead_letter_threshold',
+                        jsonb_build_object('dead_letters', r.cnt, 'threshold', dl_threshold));
+                    n := n + 1;
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+    DELETE FROM axme.alert_state st WHERE st.kind = 'dead_letter_threshold'
+        AND (dl_threshold <= 0 OR NOT EXISTS (SELECT FROM axme.intents i
+                                              WHERE i.agent_id = st.agent_id AND i.dead_letter_reason IS NOT NULL));
+    -- success rate over 5 minutes: outcomes are intents that ended (COMPLETED a success; FAILED,
+    -- TIMED_OUT, dead-lettered a failure) and failed http attempts that are retried
+    IF min_rate > 0 THEN
+        FOR r IN
+            WITH o AS (
+                SELECT i.agent_id, (i.status = 'COMPLETED') AS ok FROM axme.intents i
+                WHERE i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                  AND i.dead_letter_reason IS NULL AND i.updated_at >= since AND i.status <> 'CANCELED'
+                UNION ALL
+                SELECT i.agent_id, false FROM axme.intents i
+                WHERE i.dead_letter_reason IS NOT NULL AND i.dead_lettered_at >= since
+                UNION ALL
+                SELECT d.agent_id, false FROM axme.delivery_attempts d
+                WHERE d.started_at >= since AND d.error_class IS NOT NULL AND d.next_attempt_at IS NOT NULL
+            ), rates AS (
+                SELECT o.agent_id, count(*) AS total, count(*) FILTER (WHERE o.ok) AS good,
+                       (count(*) FILTER (WHERE o.ok))::double precision / count(*) AS rate
+                FROM o GROUP BY o.agent_id
+            )
+            SELECT a.agent_id, a.address, rt.total, rt.good, rt.rate, st.agent_id IS NOT NULL AS raised
+            FROM rates rt
+            JOIN axme.agents a ON a.agent_id = rt.agent_id
+            LEFT JOIN axme.alert_state st ON st.agent_id = a.agent_id AND st.kind = 'success_rate_low'
+            WHERE (st.agent_id IS NULL AND rt.total >= 10 AND rt.rate < min_rate)
+               OR (st.agent_id IS NOT NULL AND rt.rate >= min_rate)
+        LOOP
+            IF r.raised THEN
+                DELETE FROM axme.alert_state WHERE agent_id = r.agent_id AND kind = 'success_rate_low';
+                IF FOUND THEN
+                    PERFORM axme._alert(r.address, 'agent_recovered',
+                        jsonb_build_object('success_rate', round(r.rate::numeric, 4), 'outcomes', r.total,
+                                           'window_seconds', 300));
+                    n := n + 1;
+                END IF;
+            ELSE
+                INSERT INTO axme.alert_state (agent_id, kind, details)
+                VALUES (r.agent_id, 'success_rate_low', jsonb_build_object('success_rate', r.rate))
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    PERFORM axme._alert(r.address, 'success_rate_low',
+                        jsonb_build_object('success_rate', round(r.rate::numeric, 4), 'outcomes', r.total,
+                                           'succeeded', r.good, 'threshold', min_rate, 'window_seconds', 300));
+                    n := n + 1;
+                END IF;
+            END IF;
+        END LOOP;
+    ELSE
+        DELETE FROM axme.alert_state WHERE kind = 'success_rate_low';
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._check_alerts() IS
+    'Private: raise dead_letter_threshold, success_rate_low and agent_recovered alerts, once per '
+    'crossing (state in axme.alert_state). Run by the worker about every 10 seconds.';
+
+-- The database's worker starts (or, waiting for this update, resumes) at commit.
+SELECT axme._wake_http();
 
 -- <<< end of section 4
 

@@ -26,6 +26,7 @@
 
 #include "axme.h"
 #include "delivery.h"
+#include "ops.h"
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
@@ -78,6 +79,7 @@ recover_from_error(MemoryContext cxt, const char *what)
 	MemoryContextSwitchTo(cxt);
 	ereport(WARNING,
 			(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
+	axme_status_error(edata->message);	/* shown in axme.worker_status */
 	FreeErrorData(edata);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
@@ -85,7 +87,7 @@ recover_from_error(MemoryContext cxt, const char *what)
 static bool
 extension_exists(void)
 {
-	return OidIsValid(get_extension_oid("axme", true));
+	return axme_lock_extension();
 }
 
 /*
