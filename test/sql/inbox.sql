@@ -5,16 +5,16 @@
 \i test/include/setup.psql
 LOAD 'axme';
 
-SELECT axme.register_agent('agent://acme/ops/alice', 'inbox');
-SELECT axme.register_agent('agent://acme/ops/bob', 'inbox');
-SELECT axme.register_agent('agent://acme/ops/boss', 'inbox');
-SELECT axme.register_agent('agent://acme/ops/shop', 'poll');
-SELECT axme.register_agent('agent://acme/ops/worker', 'poll');
+SELECT axme.register_agent('agent://acme/inbox-test/alice', 'inbox');
+SELECT axme.register_agent('agent://acme/inbox-test/bob', 'inbox');
+SELECT axme.register_agent('agent://acme/inbox-test/boss', 'inbox');
+SELECT axme.register_agent('agent://acme/inbox-test/shop', 'poll');
+SELECT axme.register_agent('agent://acme/inbox-test/worker', 'poll');
 
 -- task(type, extra): an intent document with a human_task for alice.
 CREATE FUNCTION pg_temp.task(tt text, extra jsonb DEFAULT '{}', top jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE sql AS $f$
-    SELECT jsonb_build_object('intent_type', 'intent.task.do.v1', 'to_agent', 'agent://acme/ops/alice',
+    SELECT jsonb_build_object('intent_type', 'intent.task.do.v1', 'to_agent', 'agent://acme/inbox-test/alice',
                               'payload', '{"n": 1}'::jsonb,
                               'human_task', jsonb_build_object('task_type', tt, 'title', 'Do ' || tt) || extra) || top
 $f$;
@@ -55,12 +55,12 @@ SELECT name, r.state, r.names_field FROM (VALUES
     ('form_schema bad type',    pg_temp.task('form', '{"form_schema": {"properties": {"a": {"type": "date"}}}}'), 'human_task.form_schema.properties.a.type'),
     ('assignees string',        pg_temp.task('approval', '{"assignees": "bob"}'), 'human_task.assignees'),
     ('unknown task field',      pg_temp.task('approval', '{"priority": 1}'), 'priority'),
-    ('task to a poll agent',    pg_temp.task('approval', '{}', '{"to_agent": "agent://acme/ops/shop"}'), 'human_task'),
-    ('inbox without a task',    '{"intent_type": "intent.a.v1", "to_agent": "agent://acme/ops/alice", "payload": {}}', 'human_task'),
-    ('reply_to unregistered',   pg_temp.task('approval', '{}', '{"reply_to": "agent://acme/ops/nobody"}'), 'reply_to'),
-    ('escalate_to unregistered', pg_temp.task('approval', '{}', '{"escalate_to": "agent://acme/ops/nobody"}'), 'escalate_to'),
-    ('escalate_to not inbox',   pg_temp.task('approval', '{}', '{"escalate_to": "agent://acme/ops/shop"}'), 'escalate_to'),
-    ('escalate_to unregistered, no task', '{"intent_type": "intent.a.v1", "to_agent": "agent://acme/ops/shop", "payload": {}, "escalate_to": "agent://acme/ops/nobody"}', 'escalate_to'),
+    ('task to a poll agent',    pg_temp.task('approval', '{}', '{"to_agent": "agent://acme/inbox-test/shop"}'), 'human_task'),
+    ('inbox without a task',    '{"intent_type": "intent.a.v1", "to_agent": "agent://acme/inbox-test/alice", "payload": {}}', 'human_task'),
+    ('reply_to unregistered',   pg_temp.task('approval', '{}', '{"reply_to": "agent://acme/inbox-test/nobody"}'), 'reply_to'),
+    ('escalate_to unregistered', pg_temp.task('approval', '{}', '{"escalate_to": "agent://acme/inbox-test/nobody"}'), 'escalate_to'),
+    ('escalate_to not inbox',   pg_temp.task('approval', '{}', '{"escalate_to": "agent://acme/inbox-test/shop"}'), 'escalate_to'),
+    ('escalate_to unregistered, no task', '{"intent_type": "intent.a.v1", "to_agent": "agent://acme/inbox-test/shop", "payload": {}, "escalate_to": "agent://acme/inbox-test/nobody"}', 'escalate_to'),
     ('title 255 chars',         pg_temp.task('approval', jsonb_build_object('title', repeat('t', 255))), NULL),
     ('description 2000 chars',  pg_temp.task('approval', jsonb_build_object('description', repeat('d', 2000))), NULL),
     ('one outcome allowed',     pg_temp.task('approval', '{"allowed_outcomes": ["approved"]}'), NULL)
@@ -69,12 +69,12 @@ SELECT count(*) - :intents_before AS stored FROM axme.intents;
 
 -- A task: WAITING (WAITING_FOR_HUMAN) at once, event intent.human_task_assigned, a pending thread.
 SELECT axme.send_intent(pg_temp.task('approval', '{"description": "Order ORD-1, 900 EUR"}',
-                                     '{"from_agent": "agent://acme/ops/shop"}')) AS t1 \gset
+                                     '{"from_agent": "agent://acme/inbox-test/shop"}')) AS t1 \gset
 SELECT status, waiting_reason, due_at IS NULL AS nothing_due FROM axme.intents WHERE intent_id = :'t1';
 SELECT seq, event_type, status, details - 'thread_id' AS details FROM axme.intent_events(:'t1');
-SELECT kind, status, task_type, left(title, 20) AS title, from_agent, due_at FROM axme.inbox('agent://acme/ops/alice')
+SELECT kind, status, task_type, left(title, 20) AS title, from_agent, due_at FROM axme.inbox('agent://acme/inbox-test/alice')
 ORDER BY title, from_agent;
-SELECT thread_id AS th1 FROM axme.inbox('agent://acme/ops/alice') WHERE intent_id = :'t1' \gset
+SELECT thread_id AS th1 FROM axme.inbox('agent://acme/inbox-test/alice') WHERE intent_id = :'t1' \gset
 SELECT (axme.intent_events(:'t1')).details->>'thread_id' = :'th1' AS event_names_thread OFFSET 2;
 SELECT d->'task' AS task, d->'intent'->>'status' AS intent_status,
        jsonb_array_length(d->'timeline') AS events, d->'messages'->0->>'kind' AS first_message
@@ -148,7 +148,7 @@ SELECT name, pg_temp.err(call, id) AS result FROM (VALUES
     ('comment too long',         'SELECT axme.decide($1, ''provided'', repeat(''c'', 10001))', :'clar'),
     ('actor too long',           'SELECT axme.decide($1, ''provided'', ''x'', ''{}'', repeat(''a'', 256))', :'clar'),
     ('not a human task',         'SELECT axme.decide($1, ''approved'')',
-        axme.send_intent('{"intent_type": "intent.a.v1", "to_agent": "agent://acme/ops/shop", "payload": {}}'))
+        axme.send_intent('{"intent_type": "intent.a.v1", "to_agent": "agent://acme/inbox-test/shop", "payload": {}}'))
 ) AS c(name, call, id);
 SELECT count(*) AS still_waiting FROM axme.intents
 WHERE intent_id IN (:'clar', :'ovr', :'appr', :'man', :'conf', :'frm') AND status = 'WAITING';
@@ -192,10 +192,10 @@ SELECT axme.send_intent(pg_temp.task('review')) AS rv \gset
 SELECT thread_id AS rth FROM axme.threads WHERE intent_id = :'rv' \gset
 SELECT axme.reply(:'rth', 'Looking at it', 'Alice');
 SELECT status, owner FROM axme.threads WHERE thread_id = :'rth';
-SELECT axme.delegate(:'rth', 'agent://acme/ops/bob', 'Bob knows the customer');
+SELECT axme.delegate(:'rth', 'agent://acme/inbox-test/bob', 'Bob knows the customer');
 SELECT status, owner FROM axme.threads WHERE thread_id = :'rth';
-SELECT count(*) AS in_bob FROM axme.inbox('agent://acme/ops/bob');
-SELECT count(*) FILTER (WHERE thread_id = :'rth') AS still_in_alice FROM axme.inbox('agent://acme/ops/alice');
+SELECT count(*) AS in_bob FROM axme.inbox('agent://acme/inbox-test/bob');
+SELECT count(*) FILTER (WHERE thread_id = :'rth') AS still_in_alice FROM axme.inbox('agent://acme/inbox-test/alice');
 SELECT seq, kind, actor_name, body, details FROM axme.thread_messages WHERE thread_id = :'rth' ORDER BY seq;
 SELECT name, pg_temp.err(call, id) AS result FROM (VALUES
     ('reply null thread',       'SELECT axme.reply(NULL, ''x'')', NULL::uuid),
@@ -204,55 +204,55 @@ SELECT name, pg_temp.err(call, id) AS result FROM (VALUES
     ('reply empty message',     'SELECT axme.reply($1, '' '')', :'rth'),
     ('reply too long',          'SELECT axme.reply($1, repeat(''m'', 10001))', :'rth'),
     ('reply actor too long',    'SELECT axme.reply($1, ''x'', repeat(''a'', 256))', :'rth'),
-    ('delegate to self',        'SELECT axme.delegate($1, ''agent://acme/ops/bob'')', :'rth'),
-    ('delegate to poll agent',  'SELECT axme.delegate($1, ''agent://acme/ops/shop'')', :'rth'),
-    ('delegate to unknown',     'SELECT axme.delegate($1, ''agent://acme/ops/nobody'')', :'rth'),
+    ('delegate to self',        'SELECT axme.delegate($1, ''agent://acme/inbox-test/bob'')', :'rth'),
+    ('delegate to poll agent',  'SELECT axme.delegate($1, ''agent://acme/inbox-test/shop'')', :'rth'),
+    ('delegate to unknown',     'SELECT axme.delegate($1, ''agent://acme/inbox-test/nobody'')', :'rth'),
     ('delegate bad address',    'SELECT axme.delegate($1, ''bob'')', :'rth'),
     ('delegate null owner',     'SELECT axme.delegate($1, NULL)', :'rth'),
-    ('delegate unknown thread', 'SELECT axme.delegate(''00000000-0000-4000-8000-000000000000'', ''agent://acme/ops/alice'')', NULL),
-    ('delegate note too long',  'SELECT axme.delegate($1, ''agent://acme/ops/alice'', repeat(''n'', 10001))', :'rth'),
+    ('delegate unknown thread', 'SELECT axme.delegate(''00000000-0000-4000-8000-000000000000'', ''agent://acme/inbox-test/alice'')', NULL),
+    ('delegate note too long',  'SELECT axme.delegate($1, ''agent://acme/inbox-test/alice'', repeat(''n'', 10001))', :'rth'),
     ('decide after delegation', 'SELECT axme.decide($1, ''approved'')', :'rv'),
     ('reply after decision',    'SELECT axme.reply($1, ''too late'')', :'rth'),
-    ('delegate after decision', 'SELECT axme.delegate($1, ''agent://acme/ops/alice'')', :'rth')
+    ('delegate after decision', 'SELECT axme.delegate($1, ''agent://acme/inbox-test/alice'')', :'rth')
 ) AS c(name, call, id);
 
 -- Listing: status filter, open by default, newest first; errors.
-SELECT status, count(*) FROM axme.threads WHERE owner = 'agent://acme/ops/alice' GROUP BY status ORDER BY status;
-SELECT (SELECT count(*) FROM axme.inbox('agent://acme/ops/alice')) AS open,
-       (SELECT count(*) FROM axme.inbox('agent://acme/ops/alice', 'pending')) AS pending,
-       (SELECT count(*) FROM axme.inbox('agent://acme/ops/alice', 'active')) AS active,
-       (SELECT count(*) FROM axme.inbox('agent://acme/ops/alice', 'done')) AS done;
+SELECT status, count(*) FROM axme.threads WHERE owner = 'agent://acme/inbox-test/alice' GROUP BY status ORDER BY status;
+SELECT (SELECT count(*) FROM axme.inbox('agent://acme/inbox-test/alice')) AS open,
+       (SELECT count(*) FROM axme.inbox('agent://acme/inbox-test/alice', 'pending')) AS pending,
+       (SELECT count(*) FROM axme.inbox('agent://acme/inbox-test/alice', 'active')) AS active,
+       (SELECT count(*) FROM axme.inbox('agent://acme/inbox-test/alice', 'done')) AS done;
 SELECT bool_and(created_at >= next_created) AS newest_first
-FROM (SELECT created_at, lead(created_at) OVER () AS next_created FROM axme.inbox('agent://acme/ops/alice', 'done')) s;
+FROM (SELECT created_at, lead(created_at) OVER () AS next_created FROM axme.inbox('agent://acme/inbox-test/alice', 'done')) s;
 SELECT name, pg_temp.err(call) AS result FROM (VALUES
-    ('bad status',        'SELECT * FROM axme.inbox(''agent://acme/ops/alice'', ''open'')'),
-    ('unknown owner',     'SELECT * FROM axme.inbox(''agent://acme/ops/nobody'')'),
+    ('bad status',        'SELECT * FROM axme.inbox(''agent://acme/inbox-test/alice'', ''open'')'),
+    ('unknown owner',     'SELECT * FROM axme.inbox(''agent://acme/inbox-test/nobody'')'),
     ('bad owner',         'SELECT * FROM axme.inbox(''alice'')'),
     ('null owner',        'SELECT * FROM axme.inbox(NULL)'),
     ('thread null',       'SELECT axme.inbox_thread(NULL)'),
     ('thread unknown',    'SELECT axme.inbox_thread(''00000000-0000-4000-8000-000000000000'')'),
-    ('changes bad cursor', 'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''abc'')'),
-    ('changes negative',  'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''-1:5'')'),
-    ('changes number',    'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''17'')'),
-    ('changes overflow',  'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', ''1:9999999999999999999'')'),
-    ('changes max 0',     'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', NULL, 0)'),
-    ('changes max 1001',  'SELECT * FROM axme.inbox_changes(''agent://acme/ops/alice'', NULL, 1001)'),
-    ('changes unknown owner', 'SELECT * FROM axme.inbox_changes(''agent://acme/ops/nobody'')')
+    ('changes bad cursor', 'SELECT * FROM axme.inbox_changes(''agent://acme/inbox-test/alice'', ''abc'')'),
+    ('changes negative',  'SELECT * FROM axme.inbox_changes(''agent://acme/inbox-test/alice'', ''-1:5'')'),
+    ('changes number',    'SELECT * FROM axme.inbox_changes(''agent://acme/inbox-test/alice'', ''17'')'),
+    ('changes overflow',  'SELECT * FROM axme.inbox_changes(''agent://acme/inbox-test/alice'', ''1:9999999999999999999'')'),
+    ('changes max 0',     'SELECT * FROM axme.inbox_changes(''agent://acme/inbox-test/alice'', NULL, 0)'),
+    ('changes max 1001',  'SELECT * FROM axme.inbox_changes(''agent://acme/inbox-test/alice'', NULL, 1001)'),
+    ('changes unknown owner', 'SELECT * FROM axme.inbox_changes(''agent://acme/inbox-test/nobody'')')
 ) AS c(name, call);
 
 -- The change feed: pages in change order, each thread once at its last change, next_cursor
 -- resumes, has_more says when to call again; the old owner hears that a thread left.
 CREATE TEMP TABLE pages AS
 WITH RECURSIVE p(n, changes, next_cursor, has_more) AS (
-    SELECT 1, c.* FROM axme.inbox_changes('agent://acme/ops/alice', NULL, 7) c
+    SELECT 1, c.* FROM axme.inbox_changes('agent://acme/inbox-test/alice', NULL, 7) c
     UNION ALL
-    SELECT p.n + 1, c.* FROM p, axme.inbox_changes('agent://acme/ops/alice', p.next_cursor, 7) c
+    SELECT p.n + 1, c.* FROM p, axme.inbox_changes('agent://acme/inbox-test/alice', p.next_cursor, 7) c
     WHERE p.has_more
 ) SELECT * FROM p;
 SELECT n, jsonb_array_length(changes) AS changes, has_more FROM pages ORDER BY n;
 SELECT count(*) AS changes, count(DISTINCT e->'thread'->>'thread_id') AS threads,
        bool_and(e->>'cursor' ~ '^[0-9]+:[0-9]+$') AS cursors_well_formed,
-       (SELECT count(*) FROM axme.threads t WHERE t.owner = 'agent://acme/ops/alice' OR t.thread_id = :'rth') AS expected_threads
+       (SELECT count(*) FROM axme.threads t WHERE t.owner = 'agent://acme/inbox-test/alice' OR t.thread_id = :'rth') AS expected_threads
 FROM pages, jsonb_array_elements(changes) e;
 CREATE FUNCTION pg_temp.cur(c text) RETURNS numeric[] LANGUAGE sql AS
     $f$ SELECT ARRAY[split_part(c, ':', 1)::numeric, split_part(c, ':', 2)::numeric] $f$;
@@ -262,19 +262,19 @@ SELECT bool_and(c1 < c2) AS cursors_increase FROM (
 SELECT e->'thread'->>'owner' AS moved_to, e->'thread'->>'status' AS status
 FROM pages, jsonb_array_elements(changes) e WHERE e->'thread'->>'thread_id' = :'rth';
 SELECT next_cursor AS last_cursor FROM pages ORDER BY n DESC LIMIT 1 \gset
-SELECT changes, next_cursor = :'last_cursor' AS same_cursor, has_more FROM axme.inbox_changes('agent://acme/ops/alice', :'last_cursor');
+SELECT changes, next_cursor = :'last_cursor' AS same_cursor, has_more FROM axme.inbox_changes('agent://acme/inbox-test/alice', :'last_cursor');
 SELECT axme.reply(thread_id, 'ping') FROM axme.threads WHERE intent_id = :'t1';
 SELECT jsonb_array_length(changes) AS n, changes->0->'thread'->>'intent_id' = :'t1' AS is_t1,
        changes->0->'thread'->>'status' AS status, pg_temp.cur(next_cursor) > pg_temp.cur(:'last_cursor') AS advanced
-FROM axme.inbox_changes('agent://acme/ops/alice', :'last_cursor');
-SELECT changes, next_cursor FROM axme.inbox_changes('agent://acme/ops/bob', '999999999:1');
+FROM axme.inbox_changes('agent://acme/inbox-test/alice', :'last_cursor');
+SELECT changes, next_cursor FROM axme.inbox_changes('agent://acme/inbox-test/bob', '999999999:1');
 
 -- reply_to: a completion thread lands in the reply_to agent's inbox (any mode) in the same
 -- transaction as the terminal transition, whichever path ends the intent.
-SELECT axme.send_intent('{"intent_type": "intent.job.run.v1", "to_agent": "agent://acme/ops/worker", "payload": {}, "reply_to": "agent://acme/ops/shop"}') AS j1 \gset
-SELECT axme.send_intent('{"intent_type": "intent.job.run.v1", "to_agent": "agent://acme/ops/worker", "payload": {}, "reply_to": "agent://acme/ops/shop"}') AS j2 \gset
-SELECT axme.send_intent('{"intent_type": "intent.job.run.v1", "to_agent": "agent://acme/ops/worker", "payload": {}, "reply_to": "agent://acme/ops/bob"}') AS j3 \gset
-SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"reply_to": "agent://acme/ops/shop"}')) AS j4 \gset
+SELECT axme.send_intent('{"intent_type": "intent.job.run.v1", "to_agent": "agent://acme/inbox-test/worker", "payload": {}, "reply_to": "agent://acme/inbox-test/shop"}') AS j1 \gset
+SELECT axme.send_intent('{"intent_type": "intent.job.run.v1", "to_agent": "agent://acme/inbox-test/worker", "payload": {}, "reply_to": "agent://acme/inbox-test/shop"}') AS j2 \gset
+SELECT axme.send_intent('{"intent_type": "intent.job.run.v1", "to_agent": "agent://acme/inbox-test/worker", "payload": {}, "reply_to": "agent://acme/inbox-test/bob"}') AS j3 \gset
+SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"reply_to": "agent://acme/inbox-test/shop"}')) AS j4 \gset
 SELECT count(*) AS completions_before FROM axme.threads WHERE kind = 'completion';
 BEGIN;
 SELECT axme.complete(:'j1', '{"total": 42}');
@@ -290,16 +290,17 @@ SELECT t.intent_id = :'j1' AS j1, t.intent_id = :'j2' AS j2, t.intent_id = :'j4'
        t.outcome->>'status' AS outcome_status, t.outcome->'result'->>'outcome' AS decided
 FROM axme.threads t WHERE t.kind = 'completion' AND t.intent_id IN (:'j1', :'j2', :'j3', :'j4')
 ORDER BY t.created_at, t.owner;
-SELECT kind, status FROM axme.inbox('agent://acme/ops/shop');
+SELECT kind, status FROM axme.inbox('agent://acme/inbox-test/shop');
 -- a reply on a completion thread works; delegating one does not
 SELECT thread_id AS cth FROM axme.threads WHERE intent_id = :'j1' AND kind = 'completion' \gset
 SELECT pg_temp.err('SELECT axme.reply($1, ''thanks'')', :'cth') AS reply_completion,
-       pg_temp.err('SELECT axme.delegate($1, ''agent://acme/ops/bob'')', :'cth') AS delegate_completion;
+       pg_temp.err('SELECT axme.delegate($1, ''agent://acme/inbox-test/bob'')', :'cth') AS delegate_completion;
 
 -- Deadline: TIMED_OUT (as the timer loop does it, through _transition) closes the task thread
 -- and deletes the intent's timers.
 SELECT axme.send_intent(pg_temp.task('approval', '{}', jsonb_build_object('deadline_at', now() + interval '1 hour', 'remind_after_seconds', 60))) AS dl \gset
-INSERT INTO axme.timers VALUES (:'dl', 'deadline', now() + interval '1 hour'), (:'dl', 'remind', now() + interval '1 minute');
+SELECT t.kind, t.due_at - i.created_at AS after FROM axme.timers t JOIN axme.intents i USING (intent_id)
+WHERE intent_id = :'dl' ORDER BY kind;
 SELECT due_at IS NOT NULL AS thread_due_at_set FROM axme.threads WHERE intent_id = :'dl';
 SELECT (axme._transition(i, 'TIMED_OUT', 'intent.timed_out', jsonb_build_object('deadline_at', i.deadline_at))).status
 FROM axme.intents i WHERE intent_id = :'dl';
@@ -317,7 +318,7 @@ BEGIN
     RETURN (SELECT string_agg(t.kind || ' at +' || extract(epoch FROM t.due_at - i.created_at) || ' s', ', ' ORDER BY t.kind)
             FROM axme.timers t JOIN axme.intents i USING (intent_id) WHERE t.intent_id = id);
 END $f$;
-SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"remind_after_seconds": 100, "remind_interval_seconds": 50, "max_reminders": 3, "escalate_to": "agent://acme/ops/boss"}')) AS rm \gset
+SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"remind_after_seconds": 100, "remind_interval_seconds": 50, "max_reminders": 3, "escalate_to": "agent://acme/inbox-test/boss"}')) AS rm \gset
 SELECT pg_temp.fire(:'rm', 'remind') AS next_timer;
 SELECT pg_temp.fire(:'rm', 'remind') AS next_timer;
 SELECT pg_temp.fire(:'rm', 'remind') AS next_timer;
@@ -328,7 +329,7 @@ SELECT pg_temp.fire(:'rm', 'escalate') AS next_timer;
 SELECT seq, event_type, status, details - 'thread_id' AS details FROM axme.intent_events(:'rm', 6);
 SELECT status, waiting_reason FROM axme.intents WHERE intent_id = :'rm';
 SELECT owner, status FROM axme.threads WHERE intent_id = :'rm';
-SELECT count(*) AS in_boss FROM axme.inbox('agent://acme/ops/boss') WHERE intent_id = :'rm';
+SELECT count(*) AS in_boss FROM axme.inbox('agent://acme/inbox-test/boss') WHERE intent_id = :'rm';
 SELECT count(*) AS timers_left FROM axme.timers WHERE intent_id = :'rm';
 SELECT axme.decide(:'rm', 'approved', NULL, '{}', 'The Boss');
 SELECT status FROM axme.intents WHERE intent_id = :'rm';
@@ -338,15 +339,15 @@ SELECT count(*) AS events FROM axme.intent_events(:'rm');
 
 -- max_reminders 0 with escalate_to: no reminder, the escalation due at once (remind_after_seconds);
 -- no max_reminders: one reminder and, without escalate_to, nothing more.
-SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"remind_after_seconds": 100, "remind_interval_seconds": 50, "max_reminders": 0, "escalate_to": "agent://acme/ops/boss"}')) AS rm0 \gset
+SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"remind_after_seconds": 100, "remind_interval_seconds": 50, "max_reminders": 0, "escalate_to": "agent://acme/inbox-test/boss"}')) AS rm0 \gset
 SELECT pg_temp.fire(:'rm0', 'remind') AS next_timer;
 SELECT count(*) AS reminders FROM axme.intent_events(:'rm0') WHERE event_type = 'intent.reminder';
-SELECT axme.send_intent('{"intent_type": "intent.a.v1", "to_agent": "agent://acme/ops/worker", "payload": {}, "remind_after_seconds": 30}') AS rmp \gset
+SELECT axme.send_intent('{"intent_type": "intent.a.v1", "to_agent": "agent://acme/inbox-test/worker", "payload": {}, "remind_after_seconds": 30}') AS rmp \gset
 SELECT pg_temp.fire(:'rmp', 'remind') AS next_timer;
 SELECT count(*) AS reminders, (SELECT count(*) FROM axme.timers WHERE intent_id = :'rmp') AS timers_left
 FROM axme.intent_events(:'rmp') WHERE event_type = 'intent.reminder';
 -- escalation of an intent without a task: the event, the intent unchanged
-SELECT axme.send_intent('{"intent_type": "intent.a.v1", "to_agent": "agent://acme/ops/worker", "payload": {}, "escalate_to": "agent://acme/ops/boss"}') AS esp \gset
+SELECT axme.send_intent('{"intent_type": "intent.a.v1", "to_agent": "agent://acme/inbox-test/worker", "payload": {}, "escalate_to": "agent://acme/inbox-test/boss"}') AS esp \gset
 SELECT axme._timer_escalate(:'esp');
 SELECT event_type, status, details FROM axme.intent_events(:'esp', 2);
 
