@@ -909,6 +909,29 @@ COMMENT ON TRIGGER intents_terminal ON axme.intents IS
     'When an intent becomes terminal: delete its timers, close its task thread, open the reply_to '
     'completion thread (axme._intent_terminal_trigger).';
 
+-- Retention: when intents are deleted (axme.cleanup, purges), their threads, timelines and feed
+-- rows go with them, in the same statement.
+CREATE FUNCTION axme._intents_deleted_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    WITH t AS (
+        DELETE FROM axme.threads th USING gone WHERE th.intent_id = gone.intent_id
+        RETURNING th.thread_id
+    ), m AS (
+        DELETE FROM axme.thread_messages tm USING t WHERE tm.thread_id = t.thread_id
+    )
+    DELETE FROM axme.inbox_feed f USING t WHERE f.thread_id = t.thread_id;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION axme._intents_deleted_trigger() IS
+    'Private trigger: delete the threads (with their messages and change-feed rows) of deleted intents.';
+CREATE TRIGGER intents_deleted AFTER DELETE ON axme.intents
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION axme._intents_deleted_trigger();
+COMMENT ON TRIGGER intents_deleted ON axme.intents IS
+    'Threads of deleted intents go with them (axme._intents_deleted_trigger).';
+CREATE INDEX inbox_feed_thread_idx ON axme.inbox_feed (thread_id);
+
 -- The agent_id of a registered agent address used as an inbox owner (any mode: reply_to
 -- completions land in any agent's inbox), checking the listing's status filter.
 CREATE FUNCTION axme._inbox_owner(owner text, status text) RETURNS bigint

@@ -364,3 +364,13 @@ FROM axme.intents WHERE intent_id = :'nb';
 SELECT axme.send_intent(pg_temp.task('approval'), 'task-key-0001') AS k1 \gset
 SELECT axme.send_intent(pg_temp.task('approval'), 'task-key-0001') = :'k1' AS same_intent;
 SELECT count(*) AS threads FROM axme.threads WHERE intent_id = :'k1';
+
+-- Retention: deleting intents (as axme.cleanup does) takes their threads, timelines and feed rows.
+SELECT count(*) AS threads, (SELECT count(*) FROM axme.thread_messages m JOIN axme.threads t USING (thread_id) WHERE t.intent_id IN (:'j1', :'j4')) AS messages,
+       (SELECT count(*) FROM axme.inbox_feed f JOIN axme.threads t USING (thread_id) WHERE t.intent_id IN (:'j1', :'j4')) AS feed_rows
+FROM axme.threads WHERE intent_id IN (:'j1', :'j4');
+DELETE FROM axme.intents WHERE intent_id IN (:'j1', :'j4');
+SELECT (SELECT count(*) FROM axme.threads) - count(*) AS other_threads_kept, count(*) AS threads_left
+FROM axme.threads WHERE intent_id IN (:'j1', :'j4');
+SELECT count(*) AS orphan_messages FROM axme.thread_messages m WHERE NOT EXISTS (SELECT FROM axme.threads t WHERE t.thread_id = m.thread_id);
+SELECT count(*) AS orphan_feed_rows FROM axme.inbox_feed f WHERE NOT EXISTS (SELECT FROM axme.threads t WHERE t.thread_id = f.thread_id);
