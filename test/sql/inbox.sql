@@ -369,6 +369,7 @@ SELECT count(*) AS threads FROM axme.threads WHERE intent_id = :'k1';
 SELECT count(*) AS threads, (SELECT count(*) FROM axme.thread_messages m JOIN axme.threads t USING (thread_id) WHERE t.intent_id IN (:'j1', :'j4')) AS messages,
        (SELECT count(*) FROM axme.inbox_feed f JOIN axme.threads t USING (thread_id) WHERE t.intent_id IN (:'j1', :'j4')) AS feed_rows
 FROM axme.threads WHERE intent_id IN (:'j1', :'j4');
+DELETE FROM axme.events WHERE intent_id IN (:'j1', :'j4');
 DELETE FROM axme.intents WHERE intent_id IN (:'j1', :'j4');
 SELECT (SELECT count(*) FROM axme.threads) - count(*) AS other_threads_kept, count(*) AS threads_left
 FROM axme.threads WHERE intent_id IN (:'j1', :'j4');
