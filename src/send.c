@@ -41,6 +41,7 @@ static SPIPlanPtr key_insert_plan = NULL;
 static SPIPlanPtr key_select_plan = NULL;
 static SPIPlanPtr store_plan = NULL;
 static SPIPlanPtr timer_plan = NULL;
+static SPIPlanPtr inbox_plan = NULL;
 
 /* The parameters of store_plan, in order. */
 enum
@@ -264,7 +265,9 @@ text_or_null(const char *s, char *nulls, int i)
  * 2, and returns its id; with an idempotency key already used by the same sender for the same
  * document, returns the first intent's id instead.  Runs in the caller's transaction.
  * Errors: 22023 invalid or unknown field, 22P02 correlation_id not a UUID, 54000 payload over
- * axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused with another document.
+ * axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused with another document;
+ * from axme._inbox_on_send(): 22023 invalid human_task, human_task to a non-inbox agent or none
+ * to an inbox agent, escalate_to not an inbox, P0002 reply_to or escalate_to not registered.
  */
 Datum
 axme_send_intent(PG_FUNCTION_ARGS)
@@ -488,6 +491,25 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	is_stream = strcmp(mode, "stream") == 0;
 	is_internal = strcmp(mode, "internal") == 0;
+
+	/*
+	 * Human tasks, reply_to and escalate_to are checked, and a task assigned, by
+	 * axme._inbox_on_send() (sql, section 2), after the store: an ERROR there undoes the send
+	 * with the statement.  Plain intents skip it.
+	 */
+	if (human_task != NULL || reply_to != NULL || escalate_to != NULL || strcmp(mode, "inbox") == 0)
+	{
+		Datum		arg = UUIDPGetDatum(id);
+
+		if (inbox_plan == NULL)
+		{
+			Oid			t = UUIDOID;
+
+			inbox_plan = axme_keep_plan("SELECT axme._inbox_on_send($1)", 1, &t);
+		}
+		if (SPI_execute_plan(inbox_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "axme: inbox send checks failed");
+	}
 
 	/* --- the timer rows (only when asked for: the plain send path does nothing more) --- */
 	if (has_deadline || remind_after >= 0)
