@@ -23,3 +23,7 @@ ISOLATION_OPTS = --inputdir=test --outputdir=$(ISOLATION_OUTDIR)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies: rebuild every object when a header changes (a stale object
+# with an old struct layout reads the wrong fields).
+$(OBJS): $(wildcard src/*.h)

@@ -8,11 +8,14 @@
 # inserted into a table are sent by a trigger, processed by separate receiver processes, one of
 # which crashes mid-order, and nothing is lost. Then invoices go to an http (webhook) agent while
 # its receiver (examples/orders/webhook_receiver.py) is down: axme's worker retries until it is up,
-# and the receiver verifies every request's signature. Takes about 20 seconds after setup.
+# and the receiver verifies every request's signature. Last, an order above the approval limit
+# waits for a person (an inbox agent: reminders while nobody answers, a decision from psql), and
+# an internal agent (a SQL function run by axme's worker) computes its invoice total
+# (examples/orders/approvals.py). Takes about 25 seconds after setup.
 #
 # AXME_DEMO_SKIP_SETUP=1 skips the setup step (when it has already run, e.g. in the test suite).
-# Exit status: 0 when every order and every invoice was completed (and every webhook signature
-# verified), non-zero otherwise.
+# Exit status: 0 when every order, invoice, approval and invoice total came out right (and every
+# webhook signature verified), non-zero otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -192,6 +192,10 @@ BEGIN
     IF mode <> 'internal' AND options ? 'handler' THEN
         RAISE EXCEPTION 'option "handler" is only for internal agents' USING ERRCODE = '22023';
     END IF;
+    IF mode = 'internal' AND NOT options ? 'handler' THEN
+        RAISE EXCEPTION 'an internal agent needs option "handler"' USING ERRCODE = '22023',
+            HINT = 'Pass {"handler": "schema.function"}, a function (intent jsonb) RETURNS jsonb.';
+    END IF;
     IF mode <> 'http' AND (options ?| ARRAY['breaker', 'rate_limit_per_second', 'client_cert_file',
                                             'client_key_file', 'completion', 'headers', 'ca_file', 'secret']) THEN
         RAISE EXCEPTION 'options breaker, rate_limit_per_second, client_cert_file, client_key_file, '
@@ -212,6 +216,9 @@ BEGIN
     IF merged ? 'db_role' AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
         RAISE EXCEPTION 'option "db_role": role "%" does not exist', merged->>'db_role'
             USING ERRCODE = '42704';
+    END IF;
+    IF mode = 'internal' THEN
+        PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
     END IF;
     IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
@@ -301,6 +308,12 @@ BEGIN
     PERFORM axme._check_agent_options(delivery_mode,
         CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
     PERFORM axme._check_agent_refs(delivery_mode, merged, options);
+    IF delivery_mode = 'internal' THEN
+        -- the handler runs as db_role, else as the role that registered it last (checked above)
+        UPDATE axme.agents a SET registered_by = current_user
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM current_user;
+        PERFORM axme._wake_internal();
+    END IF;
     IF new_secret IS NOT NULL THEN
         DELETE FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id;
         INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, new_secret);
@@ -324,10 +337,14 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
     'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
     're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
-    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path). Changing the '
-    'mode moves pending intents to the new mode. db_role: the database role that receives for the '
-    'agent. Superusers and axme_admin members only. Errors: 42501 not an admin, 22023 invalid '
-    'address, mode, URL or option, 42704 db_role names no role.';
+    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
+    'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
+    '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
+    'for the agent; internal: the role the handler runs as, default the registering role). Changing the '
+    'mode moves pending intents to the new mode. Superusers and axme_admin members only. '
+    'Errors: 42501 not an admin, 22023 invalid address, mode, URL or option, '
+    '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
+    'returning jsonb, 42501 handler would run as a superuser or as a role not the caller''s.';
 
 
 -- sec (section 5, roles and security): the caller checks and the event actor of earlier
@@ -470,6 +487,9 @@ COMMENT ON FUNCTION axme.channel(text) IS
     'Stream agents get one NOTIFY per sending transaction with {"intent_id": first, "count": n}. '
     'Errors: 42501 caller has none of the axme roles, 22023 invalid address, P0002 not registered.';
 
+
+-- poll (0.1.0) with agent administration: a paused (axme.pause_agent) or disabled agent is handed
+-- nothing, and nothing of it is dead-lettered or timed out by the claim either (its intents wait).
 CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
                correlation_id uuid, attempt integer, lease_until timestamptz)
@@ -491,6 +511,9 @@ BEGIN
     IF a.delivery_mode NOT IN ('poll', 'stream') THEN
         RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
             USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
+        RETURN;                     -- nothing handed out, no attempt charged
     END IF;
     LOOP
         seen := 0;
@@ -567,6 +590,7 @@ COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
     'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
     'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
     'Only the agent''s receiver role (option db_role) and admins may poll. '
+    'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
     'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
 
 CREATE OR REPLACE FUNCTION axme.complete_many(intent_ids uuid[], attempts integer[] DEFAULT NULL,
@@ -648,6 +672,249 @@ COMMENT ON FUNCTION axme.agent_secret(text) IS
     'The current signing secret (whsec_...) of an agent, NULL when it has none. Superusers and '
     'axme_admin members only. Errors: 22023 invalid address, P0002 not registered, 42501 not allowed.';
 
+
+-- (helper a, http resilience) The http claim: skips paused and disabled agents and agents whose
+-- breaker is open; a half-open breaker lets exactly one probe through; slow start
+-- (axme.endpoint_state.conc_limit) and the token bucket (rate_limit_per_second) cap what each
+-- agent gets.  Returns the client certificate for mTLS as well, hence DROP + CREATE.
+DROP FUNCTION axme._http_claim(integer, bigint[], integer[]);
+CREATE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    -- breakers whose cool-down has run out go half-open (one probe each)
+    IF EXISTS (SELECT FROM axme.endpoint_state es WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, current_user,
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+
+-- (helper a) When the worker should look again: the earliest moment an http agent can be handed
+-- something: its first due intent, but not before its breaker's cool-down ends or its token
+-- bucket refills; agents at their concurrency limit or with a probe out are woken by completions.
+CREATE OR REPLACE FUNCTION axme._http_next_due(busy_agents bigint[], busy_counts integer[]) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+    SELECT min(CASE
+                 WHEN es.breaker = 'open' THEN greatest(d.due_at, es.open_until)
+                 WHEN es.breaker = 'half_open' AND es.probe_at IS NOT NULL THEN
+                     greatest(d.due_at, es.probe_at + (coalesce((ag.options->>'timeout_ms')::integer, 15000) + 60000)
+                                                      * interval '1 millisecond')
+                 WHEN es.breaker = 'half_open' AND coalesce(b.n, 0) > 0 THEN NULL
+                 WHEN coalesce(b.n, 0) >= least(coalesce((ag.options->>'max_in_flight')::integer, 16),
+                                                coalesce(floor(es.conc_limit)::integer, 2147483647)) THEN NULL
+                 WHEN ag.options ? 'rate_limit_per_second' AND es.tokens_at IS NOT NULL THEN
+                     greatest(d.due_at,
+                              es.tokens_at + (least(greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.1),
+                                                    greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.02))
+                                              - es.tokens)
+                                             / (ag.options->>'rate_limit_per_second')::float8 * interval '1 second')
+                 ELSE d.due_at END)
+    FROM axme.agents ag
+    LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+    LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+               GROUP BY x.id) b ON b.id = ag.agent_id
+    CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
+                        WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL
+                        ORDER BY i.due_at LIMIT 1) d
+    WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+      AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
+END $$;
+
+-- (helper a) Record a batch of finished attempts, then feed the outcomes to each endpoint's
+-- breaker, slow start and health (axme._endpoint_observe).  Otherwise as in 0.2.0.
+CREATE OR REPLACE FUNCTION axme._http_record_batch(p_ids uuid[], p_attempts integer[], p_agents bigint[],
+                                        p_started timestamptz[], p_durations double precision[],
+                                        p_statuses integer[], p_classes text[], p_errors text[],
+                                        p_excerpts text[], p_responses text[], p_retry_after bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    done uuid[];
+    r record;
+BEGIN
+    -- The worker passes the outcomes sorted by intent_id, so rows are usually locked in that
+    -- order (a deadlock with another session is still possible: the worker then retries).
+    WITH o AS (
+        SELECT x.id, x.att, x.agent, x.started, x.dur, x.st, x.excerpt, x.resp::jsonb AS body
+        FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses, p_classes,
+                    p_excerpts, p_responses)
+             AS x(id, att, agent, started, dur, st, cls, excerpt, resp)
+        WHERE x.cls IS NULL
+    ), u AS (
+        UPDATE axme.intents i SET
+            status = 'COMPLETED', result = o.body, due_at = NULL, lease_until = NULL,
+            updated_at = now(), event_seq = i.event_seq + 1
+        FROM o, axme.agents a
+        WHERE i.intent_id = o.id AND i.attempt = o.att AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')
+          AND i.lease_until IS NOT NULL
+          AND a.agent_id = i.agent_id AND coalesce(a.options->>'completion', 'on_2xx') <> 'explicit'
+          AND NOT coalesce(jsonb_typeof(o.body) = 'object' AND o.body->>'status' IN ('COMPLETED', 'FAILED'), false)
+        RETURNING i.intent_id, i.event_seq, i.attempt, o.agent, o.started, o.dur, o.st, o.excerpt
+    ), e AS (
+        INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', current_user,
+               jsonb_build_object('attempt', u.attempt, 'http_status', u.st)
+        FROM u
+    ), da AS (
+        INSERT INTO axme.delivery_attempts (intent_id, attempt, agent_id, started_at, duration_ms,
+                                            http_status, response_excerpt)
+        SELECT u.intent_id, u.attempt, u.agent, u.started, u.dur, u.st, u.excerpt FROM u
+        ON CONFLICT DO NOTHING
+    )
+    SELECT array_agg(u.intent_id) INTO done FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+
+    FOR r IN
+        SELECT x.* FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                               p_classes, p_errors, p_excerpts, p_responses, p_retry_after)
+                        AS x(id, att, agent, started, dur, st, cls, err, excerpt, resp, ra)
+        WHERE done IS NULL OR NOT (x.id = ANY (done))
+    LOOP
+        PERFORM axme._http_record(r.id, r.att, r.agent, r.started, r.dur, r.st, r.cls, r.err,
+                                  r.excerpt, r.resp, r.ra);
+    END LOOP;
+    PERFORM axme._endpoint_observe(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                                   p_classes, p_errors);
+END $$;
+
+-- (helper a) Replay every dead letter of an agent; an http agent's re-drives go through the
+-- slow-start ramp with their due times spread (axme._ramp_start).
 CREATE OR REPLACE FUNCTION axme.replay_dead_letters(agent text, since timestamptz DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -665,11 +932,15 @@ BEGIN
         PERFORM axme.replay(r.intent_id);
         n := n + 1;
     END LOOP;
+    IF n > 0 AND a.delivery_mode = 'http' THEN
+        PERFORM axme._ramp_start(a.agent_id, true);
+    END IF;
     RETURN n;
 END $$;
 COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz) IS
     'Replay every dead letter of an agent (dead-lettered at or after since, when given) with a fresh '
-    'attempt budget; they are delivered within the agent''s usual in-flight caps. Returns how many. '
+    'attempt budget. For an http agent they go out through the slow-start ramp (1, 2, 4 ... '
+    'max_in_flight in flight) with their due times spread by jitter. Returns how many. '
     'The agent''s receiver role and admins only. '
     'Errors: 22023 invalid address, P0002 agent not registered, 42501 not its receiver.';
 
@@ -679,12 +950,1364 @@ COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz) IS
 -- Section 1: http resilience (issue 4)
 -------------------------------------------------------------------------------------------------
 
+-- Per-agent endpoint state of http agents: the circuit breaker, the slow-start limit, the token
+-- bucket and what endpoint_health shows.  One small row per agent, written by the worker (claim
+-- and record) and by enable_agent / replay_dead_letters; no row = closed, healthy, unlimited.
+CREATE TABLE axme.endpoint_state (
+    agent_id             bigint PRIMARY KEY REFERENCES axme.agents ON DELETE CASCADE,
+    breaker              text NOT NULL DEFAULT 'closed' CHECK (breaker IN ('closed', 'open', 'half_open')),
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    failing_since        timestamptz,
+    reopen_count         integer NOT NULL DEFAULT 0,
+    cooldown_ms          bigint,
+    open_until           timestamptz,
+    probe_at             timestamptz,
+    conc_limit           double precision,
+    ssthresh             double precision,
+    halved_at            timestamptz,
+    tokens               double precision,
+    tokens_at            timestamptz,
+    last_success_at      timestamptz,
+    last_failure_at      timestamptz,
+    last_error           text,
+    last_error_class     text,
+    last_http_status     integer
+);
+CREATE INDEX endpoint_state_open_idx ON axme.endpoint_state (open_until) WHERE breaker = 'open';
+COMMENT ON TABLE axme.endpoint_state IS
+    'Private state of each http endpoint (one row per agent, created on first need): breaker '
+    '(closed | open | half_open), consecutive_failures (distinct intents), failing_since (first '
+    'failure with no success since), reopen_count and cooldown_ms / open_until (the current '
+    'cool-down), probe_at (half-open probe handed out), conc_limit / ssthresh / halved_at (slow '
+    'start; NULL = max_in_flight), tokens / tokens_at (rate limit bucket), last success, failure and error. '
+    'Read it through axme.endpoint_health.';
+-- Dumped like every other table: a restored database keeps each endpoint's breaker and its
+-- failing_since (which axme.disable_after counts from).
+SELECT pg_catalog.pg_extension_config_dump('axme.endpoint_state', '');
+
+-- Whether an attempt's outcome counts as a failure of the endpoint for its breaker: no answer
+-- (dns, connect, tls, timeout, network) or a server error (408, 5xx).  4xx answers (the endpoint is
+-- up), 429 (it asks us to slow down: halves concurrency instead) and local refusals do not.
+CREATE FUNCTION axme._breaker_failure(error_class text, http_status integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT error_class IN ('dns', 'connect', 'tls', 'timeout', 'network')
+        OR (error_class = 'http' AND (http_status = 408 OR http_status >= 500))
+$$;
+COMMENT ON FUNCTION axme._breaker_failure(text, integer) IS
+    'Private: true when an attempt outcome (error_class, http_status) counts toward the breaker.';
+
+-- Open breakers whose cool-down ran out go half-open; one alert each.  Called by the claim.
+CREATE FUNCTION axme._breaker_half_open() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        UPDATE axme.endpoint_state es SET breaker = 'half_open', probe_at = NULL
+        FROM axme.agents ag
+        WHERE es.breaker = 'open' AND es.open_until <= now() AND ag.agent_id = es.agent_id
+        RETURNING ag.address, es.consecutive_failures, es.cooldown_ms
+    LOOP
+        PERFORM axme._alert(r.address, 'breaker_half_open',
+            jsonb_build_object('consecutive_failures', r.consecutive_failures, 'cooldown_ms', r.cooldown_ms));
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._breaker_half_open() IS
+    'Private: move open breakers whose cool-down ended to half_open (alert breaker_half_open).';
+
+-- Start the slow-start ramp of an http agent (concurrency 1, doubling per round trip up to
+-- max_in_flight).  spread: also spread the due times of its intents due now over a short window
+-- with jitter (at most 5 s, about 10 rounds of max_in_flight per second).
+CREATE FUNCTION axme._ramp_start(p_agent_id bigint, spread boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    mif integer;
+    n bigint;
+    window_ms double precision;
+BEGIN
+    SELECT coalesce((a.options->>'max_in_flight')::integer, 16) INTO mif
+    FROM axme.agents a WHERE a.agent_id = p_agent_id;
+    INSERT INTO axme.endpoint_state AS es (agent_id, conc_limit) VALUES (p_agent_id, 1)
+    ON CONFLICT (agent_id) DO UPDATE SET conc_limit = 1, ssthresh = NULL;
+    IF spread THEN
+        SELECT count(*) INTO n FROM axme.intents i
+        WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
+        window_ms := least(5000, greatest(0, n - mif) * 1000.0 / (mif * 10));
+        IF window_ms > 0 THEN
+            UPDATE axme.intents i SET due_at = now() + random() * window_ms * interval '1 millisecond'
+            WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
+        END IF;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._ramp_start(bigint, boolean) IS
+    'Private: start the slow-start ramp of an http agent (concurrency limit 1); spread => also '
+    'spread the due times of its backlog with jitter over up to 5 s.';
+
+-- Feed a batch of attempt outcomes to the endpoints' state: breaker, slow start, health, 410 and
+-- axme.disable_after.  Agents whose outcomes are all 2xx and whose state is plain cost one lookup.
+CREATE FUNCTION axme._endpoint_observe(p_ids uuid[], p_attempts integer[], p_agents bigint[],
+                                       p_started timestamptz[], p_durations double precision[],
+                                       p_statuses integer[], p_classes text[], p_errors text[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+    o record;
+    es axme.endpoint_state;
+    ag axme.agents;
+    mif integer;
+    threshold integer;
+    base_ms bigint;
+    halved boolean;
+    spread boolean;
+    disable_after interval;
+BEGIN
+    FOR g IN
+        SELECT x.agent, count(*) FILTER (WHERE x.cls IS NOT NULL) AS n_bad
+        FROM unnest(p_agents, p_classes) AS x(agent, cls) GROUP BY x.agent ORDER BY x.agent
+    LOOP
+        SELECT * INTO es FROM axme.endpoint_state s WHERE s.agent_id = g.agent FOR UPDATE;
+        IF g.n_bad = 0 AND (NOT FOUND OR (es.breaker = 'closed' AND es.consecutive_failures = 0
+                                          AND es.conc_limit IS NULL AND es.failing_since IS NULL)) THEN
+            -- healthy: only keep last_success_at current (to the second)
+            IF NOT FOUND THEN
+                INSERT INTO axme.endpoint_state (agent_id, last_success_at) VALUES (g.agent, now())
+                ON CONFLICT (agent_id) DO NOTHING;
+            ELSIF es.last_success_at IS NULL OR es.last_success_at < now() - interval '1 second' THEN
+                UPDATE axme.endpoint_state SET last_success_at = now() WHERE agent_id = g.agent;
+            END IF;
+            CONTINUE;
+        END IF;
+        SELECT * INTO ag FROM axme.agents a WHERE a.agent_id = g.agent;
+        IF NOT FOUND THEN
+            CONTINUE;
+        END IF;
+        IF es.agent_id IS NULL THEN
+            INSERT INTO axme.endpoint_state (agent_id) VALUES (g.agent) ON CONFLICT (agent_id) DO NOTHING;
+            SELECT * INTO es FROM axme.endpoint_state s WHERE s.agent_id = g.agent FOR UPDATE;
+        END IF;
+        mif := coalesce((ag.options->>'max_in_flight')::integer, 16);
+        threshold := coalesce((ag.options->'breaker'->>'failure_threshold')::integer, 10);
+        base_ms := coalesce((ag.options->'breaker'->>'cooldown_ms')::bigint, 30000);
+        halved := false;
+        spread := false;
+        FOR o IN
+            SELECT x.* FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                                   p_classes, p_errors)
+                            AS x(id, att, agent, started, dur, st, cls, err)
+            WHERE x.agent = g.agent
+            ORDER BY x.started + x.dur * interval '1 millisecond'
+        LOOP
+            IF o.cls IS NULL THEN
+                -- a success: closes the breaker, ends the failure streak, grows the ramp
+                IF es.breaker <> 'closed' THEN
+                    PERFORM axme._alert(ag.address, 'breaker_closed',
+                        jsonb_build_object('intent_id', o.id, 'attempt', o.att,
+                                           'failing_since', es.failing_since));
+                    es.breaker := 'closed';
+                    es.reopen_count := 0;
+                    es.cooldown_ms := NULL;
+                    es.open_until := NULL;
+                    es.probe_at := NULL;
+                    es.conc_limit := 1;
+                    es.ssthresh := NULL;
+                    spread := true;
+                ELSIF es.consecutive_failures >= 3 AND coalesce(es.conc_limit, mif) > 1 THEN
+                    -- a backlog built up while the endpoint was failing: ramp up from 1
+                    es.conc_limit := 1;
+                    es.ssthresh := NULL;
+                ELSIF es.conc_limit IS NOT NULL THEN
+                    IF es.ssthresh IS NULL OR es.conc_limit < es.ssthresh THEN
+                        es.conc_limit := es.conc_limit + 1;            -- slow start: doubles per round trip
+                    ELSE
+                        es.conc_limit := es.conc_limit + 1 / es.conc_limit;  -- then +1 per round trip
+                    END IF;
+                    IF es.conc_limit >= mif THEN
+                        es.conc_limit := NULL;
+                        es.ssthresh := NULL;
+                    END IF;
+                END IF;
+                es.consecutive_failures := 0;
+                es.failing_since := NULL;
+                es.last_success_at := now();
+                CONTINUE;
+            END IF;
+            es.last_failure_at := now();
+            es.last_error := o.err;
+            es.last_error_class := o.cls;
+            es.last_http_status := o.st;
+            IF o.cls = 'http' AND o.st = 410 THEN
+                IF ag.disabled_at IS NULL THEN
+                    UPDATE axme.agents SET disabled_at = now(), disabled_reason = 'gone: the endpoint answered HTTP 410 Gone'
+                    WHERE agent_id = ag.agent_id RETURNING * INTO ag;
+                    PERFORM axme._alert(ag.address, 'endpoint_disabled',
+                        jsonb_build_object('reason', 'gone', 'http_status', 410, 'intent_id', o.id));
+                END IF;
+                CONTINUE;
+            END IF;
+            IF o.st IN (429, 503) OR axme._breaker_failure(o.cls, o.st) THEN
+                -- slow down: halve the concurrency limit, once per batch and only for requests
+                -- sent after the last halving (one reaction per round trip, as TCP does)
+                -- After a 429 / 503 the limit climbs back by doubling only to 7/8 of where the
+                -- receiver pushed back, then by one per round trip (ssthresh).
+                IF NOT halved AND (es.halved_at IS NULL OR o.started >= es.halved_at) THEN
+                    IF o.st IN (429, 503) THEN
+                        es.ssthresh := greatest(1, 0.875 * least(coalesce(es.conc_limit, mif), mif));
+                    END IF;
+                    es.conc_limit := greatest(1, floor(least(coalesce(es.conc_limit, mif), mif) / 2));
+                    es.halved_at := now();
+                    halved := true;
+                END IF;
+            END IF;
+            IF NOT axme._breaker_failure(o.cls, o.st) THEN
+                CONTINUE;
+            END IF;
+            IF es.failing_since IS NULL THEN
+                es.failing_since := o.started;
+            END IF;
+            -- distinct intents: an intent's own earlier failures in this streak were counted already
+            IF NOT EXISTS (SELECT FROM axme.delivery_attempts da
+                           WHERE da.intent_id = o.id AND da.attempt < o.att
+                             AND da.started_at >= es.failing_since AND da.error_class IS NOT NULL) THEN
+                es.consecutive_failures := es.consecutive_failures + 1;
+            END IF;
+            IF es.breaker = 'half_open' OR (es.breaker = 'closed' AND es.consecutive_failures >= threshold) THEN
+                IF es.breaker = 'half_open' THEN
+                    es.reopen_count := es.reopen_count + 1;
+                ELSE
+                    es.reopen_count := 0;
+                END IF;
+                -- cool-down: doubles with every re-open, capped at max(cooldown_ms, 10 min);
+                -- jitter only lengthens it (up to +20 %)
+                es.cooldown_ms := least(base_ms * (2 ^ least(es.reopen_count, 30))::bigint, greatest(base_ms, 600000));
+                es.open_until := clock_timestamp() + es.cooldown_ms * (1 + 0.2 * random()) * interval '1 millisecond';
+                es.breaker := 'open';
+                es.probe_at := NULL;
+                PERFORM axme._alert(ag.address, 'breaker_opened',
+                    jsonb_build_object('consecutive_failures', es.consecutive_failures,
+                                       'cooldown_ms', es.cooldown_ms, 'open_until', es.open_until,
+                                       'reopened', es.reopen_count > 0,
+                                       'error_class', o.cls, 'http_status', o.st, 'error', o.err));
+            END IF;
+            -- failing without a single success for axme.disable_after: disabled
+            disable_after := coalesce(nullif(current_setting('axme.disable_after', true), ''), '5d')::interval;
+            IF ag.disabled_at IS NULL AND es.failing_since <= now() - disable_after THEN
+                UPDATE axme.agents SET disabled_at = now(),
+                       disabled_reason = format('failing: no successful delivery since %s (axme.disable_after = %s)',
+                                                es.failing_since, disable_after)
+                WHERE agent_id = ag.agent_id RETURNING * INTO ag;
+                PERFORM axme._alert(ag.address, 'endpoint_disabled',
+                    jsonb_build_object('reason', 'failing', 'failing_since', es.failing_since,
+                                       'disable_after', disable_after::text));
+            END IF;
+        END LOOP;
+        UPDATE axme.endpoint_state s SET
+            breaker = es.breaker, consecutive_failures = es.consecutive_failures,
+            failing_since = es.failing_since, reopen_count = es.reopen_count,
+            cooldown_ms = es.cooldown_ms, open_until = es.open_until, probe_at = es.probe_at,
+            conc_limit = es.conc_limit, ssthresh = es.ssthresh, halved_at = es.halved_at,
+            last_success_at = es.last_success_at, last_failure_at = es.last_failure_at,
+            last_error = es.last_error, last_error_class = es.last_error_class,
+            last_http_status = es.last_http_status
+        WHERE s.agent_id = g.agent;
+        IF spread THEN
+            PERFORM axme._ramp_start(g.agent, true);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._endpoint_observe(uuid[], integer[], bigint[], timestamptz[], double precision[],
+                                           integer[], text[], text[]) IS
+    'Private: update each endpoint''s breaker, slow start and health from a batch of attempt '
+    'outcomes; disable it on 410 Gone or after failing for axme.disable_after.';
+
+CREATE FUNCTION axme.enable_agent(agent text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    was_disabled boolean;
+BEGIN
+    SELECT ag.disabled_at IS NOT NULL INTO was_disabled FROM axme.agents ag
+    WHERE ag.agent_id = a.agent_id FOR UPDATE;
+    IF NOT was_disabled THEN
+        RETURN false;
+    END IF;
+    UPDATE axme.agents SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
+    WHERE agent_id = a.agent_id;
+    UPDATE axme.endpoint_state SET breaker = 'closed', consecutive_failures = 0, failing_since = NULL,
+           reopen_count = 0, cooldown_ms = NULL, open_until = NULL, probe_at = NULL
+    WHERE agent_id = a.agent_id;
+    PERFORM axme._alert(a.address, 'endpoint_enabled',
+        jsonb_build_object('disabled_at', a.disabled_at, 'disabled_reason', a.disabled_reason,
+                           'by', current_user));
+    IF a.delivery_mode = 'http' THEN
+        PERFORM axme._ramp_start(a.agent_id, true);
+        PERFORM axme._wake_http();
+    END IF;
+    RETURN true;
+END $$;
+COMMENT ON FUNCTION axme.enable_agent(text) IS
+    'Turn a disabled agent (410 Gone, failing for axme.disable_after) back on: its waiting intents '
+    'are re-driven through the slow-start ramp with their due times spread. Returns true when it '
+    'was disabled, false when it was not (nothing changes). Alert endpoint_enabled. '
+    'Errors: 22023 invalid address, P0002 agent not registered.';
+
+CREATE FUNCTION axme.rotate_secret(agent text, grace interval DEFAULT '24 hours') RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    new_secret text := axme._random_secret();
+    t timestamptz := clock_timestamp();
+BEGIN
+    IF NOT axme._is_admin() THEN
+        RAISE EXCEPTION 'only superusers and members of axme_admin may rotate secrets'
+            USING ERRCODE = '42501';
+    END IF;
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'argument "grace" must be a non-negative interval, got %', coalesce(grace::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    a := axme._agent(agent, 'agent');
+    IF a.delivery_mode <> 'http' THEN
+        RAISE EXCEPTION 'agent "%" is not an http agent (delivery mode %)', agent, a.delivery_mode
+            USING ERRCODE = '22023', HINT = 'Only http agents have signing secrets.';
+    END IF;
+    PERFORM FROM axme.agents ag WHERE ag.agent_id = a.agent_id FOR UPDATE;  -- one rotation at a time
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND (s.expires_at <= t OR grace = interval '0');
+    -- the secrets valid now keep signing until the end of the grace period (or their own, if earlier)
+    UPDATE axme.agent_secrets s SET expires_at = least(coalesce(s.expires_at, 'infinity'), t + grace)
+    WHERE s.agent_id = a.agent_id;
+    INSERT INTO axme.agent_secrets (agent_id, secret, created_at) VALUES (a.agent_id, new_secret, t);
+    -- at most 5 valid secrets: the oldest go
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND s.secret IN (
+        SELECT s2.secret FROM axme.agent_secrets s2 WHERE s2.agent_id = a.agent_id
+        ORDER BY s2.created_at DESC OFFSET 5);
+    RETURN new_secret;
+END $$;
+COMMENT ON FUNCTION axme.rotate_secret(text, interval) IS
+    'Give an http agent a new signing secret (whsec_ + base64 of 32 random bytes) and return it. '
+    'The new secret signs from the next request on; the secrets valid before keep signing beside '
+    'it (one v1 entry each in webhook-signature) until grace has passed (or until their own earlier '
+    'expiry); at most 5 secrets are valid at once (the oldest are dropped). grace = 0 drops the old '
+    'ones now. Admins only. Errors: 42501 not a superuser or axme_admin member, 22023 invalid '
+    'address, negative or NULL grace, not an http agent, P0002 agent not registered.';
+
+CREATE VIEW axme.endpoint_health AS
+SELECT ag.address AS agent,
+       ag.endpoint_url,
+       coalesce(es.breaker, 'closed') AS breaker_state,
+       coalesce(es.consecutive_failures, 0) AS consecutive_failures,
+       st.success_rate_5m,
+       coalesce(st.attempts_5m, 0) AS attempts_5m,
+       es.last_success_at,
+       es.last_failure_at,
+       es.last_error,
+       es.last_error_class,
+       es.last_http_status,
+       coalesce(fl.n, 0) AS in_flight,
+       CASE WHEN ag.disabled_at IS NOT NULL OR ag.paused_at IS NOT NULL OR es.breaker = 'open' THEN 0
+            WHEN es.breaker = 'half_open' THEN 1
+            ELSE least(coalesce((ag.options->>'max_in_flight')::integer, 16),
+                       coalesce(floor(es.conc_limit)::integer, 2147483647)) END AS concurrency_limit,
+       coalesce((ag.options->>'max_in_flight')::integer, 16) AS max_in_flight,
+       (ag.options->>'rate_limit_per_second')::double precision AS rate_limit_per_second,
+       es.cooldown_ms AS breaker_cooldown_ms,
+       CASE WHEN es.breaker = 'open' THEN es.open_until END AS breaker_open_until,
+       CASE WHEN ag.disabled_at IS NULL AND ag.paused_at IS NULL THEN
+            CASE WHEN es.breaker = 'open' THEN greatest(nd.due_at, es.open_until) ELSE nd.due_at END
+       END AS next_attempt_at,
+       coalesce(nd.waiting, 0) AS waiting,
+       ag.paused_at,
+       ag.disabled_at,
+       ag.disabled_reason
+FROM axme.agents ag
+LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+LEFT JOIN (SELECT da.agent_id, count(*) AS attempts_5m,
+                  round(count(*) FILTER (WHERE da.error_class IS NULL)::numeric / count(*), 4) AS success_rate_5m
+           FROM axme.delivery_attempts da
+           WHERE da.started_at >= now() - interval '5 minutes'
+           GROUP BY da.agent_id) st ON st.agent_id = ag.agent_id
+LEFT JOIN LATERAL (SELECT count(*) AS n FROM axme.intents i
+                   WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL AND i.lease_until IS NOT NULL
+                     AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')) fl ON true
+LEFT JOIN LATERAL (SELECT min(i.due_at) AS due_at, count(*) AS waiting FROM axme.intents i
+                   WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL AND i.status = 'SUBMITTED') nd ON true
+WHERE ag.delivery_mode = 'http';
+COMMENT ON VIEW axme.endpoint_health IS
+    'Health of each http endpoint: breaker_state (closed | open | half_open), consecutive_failures '
+    '(distinct intents since the last success), success_rate_5m (0..1 over the attempts of the last '
+    '5 minutes, NULL without any) and attempts_5m, last_success_at, last_failure_at, last_error, '
+    'last_error_class, last_http_status, in_flight (requests out now), concurrency_limit (current '
+    'slow-start limit; 0 while open, paused or disabled), max_in_flight, rate_limit_per_second, '
+    'breaker_cooldown_ms and breaker_open_until (current cool-down), next_attempt_at (when the next '
+    'request may go out), waiting (intents waiting to be sent), paused_at, disabled_at, disabled_reason.';
+REVOKE ALL ON axme.endpoint_state, axme.endpoint_health FROM PUBLIC;
+
 -- <<< end of section 1
 
 
 -------------------------------------------------------------------------------------------------
 -- Section 2: inbox and human tasks (issue 5)
 -------------------------------------------------------------------------------------------------
+
+-- The inbox delivery mode: human tasks and their threads, reply_to completions, reminders and
+-- escalation.  An intent with a human_task sent to an inbox agent goes SUBMITTED -> WAITING
+-- (WAITING_FOR_HUMAN) in the sending transaction and opens a task thread in that inbox; a person
+-- lists threads (axme.inbox), reads one (axme.inbox_thread), answers (axme.reply), hands it on
+-- (axme.delegate) or decides it (axme.decide).  Every change to a thread is recorded in a change
+-- feed with the writing transaction's id; axme.inbox_changes() reads it in (transaction id, number)
+-- order and only up to pg_snapshot_xmin, below which every transaction has ended, so a change that
+-- commits late (its transaction started earlier) is never skipped.  No lock is shared by writers.
+
+-- Task types: canonical name -> its outcomes and the intent status each outcome leads to
+-- (REFERENCE.md section 3).  Aliases map to a canonical name.
+CREATE FUNCTION axme._task_outcomes(task_type text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE task_type
+        WHEN 'approval'      THEN '{"approved": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'confirmation'  THEN '{"confirmed": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'review'        THEN '{"approved": "COMPLETED", "changes_requested": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'assignment'    THEN '{"assigned": "COMPLETED", "declined": "CANCELED"}'
+        WHEN 'form'          THEN '{"completed": "COMPLETED"}'
+        WHEN 'clarification' THEN '{"provided": "COMPLETED"}'
+        WHEN 'manual_action' THEN '{"completed": "COMPLETED", "failed": "FAILED"}'
+        WHEN 'override'      THEN '{"override_approved": "COMPLETED", "rejected": "CANCELED"}'
+    END::jsonb
+$$;
+COMMENT ON FUNCTION axme._task_outcomes(text) IS
+    'Private: the outcomes of a canonical task type as {outcome: intent status}, NULL for an unknown type.';
+
+CREATE FUNCTION axme._task_type(name text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE name
+        WHEN 'provide_data' THEN 'form'
+        WHEN 'attach_file' THEN 'form'
+        WHEN 'validate_real_world' THEN 'confirmation'
+        WHEN 'validate_output' THEN 'confirmation'
+        WHEN 'delegation' THEN 'assignment'
+        WHEN 'reroute' THEN 'assignment'
+        WHEN 'escalate' THEN 'approval'
+        ELSE CASE WHEN axme._task_outcomes(name) IS NOT NULL THEN name END
+    END
+$$;
+COMMENT ON FUNCTION axme._task_type(text) IS
+    'Private: the canonical task type of a type name or alias, NULL when unknown.';
+
+-- Validate a human_task (22023 naming the field) and return it normalised: task_type canonical
+-- (the name sent kept as type_name), allowed_outcomes filled with the type's outcomes when absent,
+-- required_comment and evidence_required as booleans with their type defaults.
+CREATE FUNCTION axme._check_human_task(task jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    extra jsonb;
+    canonical text;
+    outcomes jsonb;
+    allowed jsonb;
+    o jsonb;
+    p record;
+    t jsonb;
+    f text;
+    n integer;
+BEGIN
+    IF task IS NULL OR jsonb_typeof(task) <> 'object' THEN
+        RAISE EXCEPTION 'intent field "human_task" must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    extra := task - ARRAY['task_type', 'title', 'description', 'allowed_outcomes', 'required_comment',
+                          'evidence_required', 'form_schema', 'assignees'];
+    IF extra <> '{}' THEN
+        RAISE EXCEPTION 'unknown field(s) in intent field "human_task": %',
+                        (SELECT string_agg(left(k, 100), ', ') FROM jsonb_object_keys(extra) k)
+            USING ERRCODE = '22023',
+                  HINT = 'Known fields: task_type, title, description, allowed_outcomes, required_comment, '
+                         'evidence_required, form_schema, assignees.';
+    END IF;
+    IF jsonb_typeof(task->'task_type') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION '"human_task.task_type" is required and must be a string' USING ERRCODE = '22023';
+    END IF;
+    canonical := axme._task_type(task->>'task_type');
+    IF canonical IS NULL THEN
+        RAISE EXCEPTION '"human_task.task_type" names no known task type: "%"', left(task->>'task_type', 100)
+            USING ERRCODE = '22023',
+                  HINT = 'Use approval, confirmation, review, assignment, form, clarification, manual_action, '
+                         'override, or an alias: provide_data, attach_file, validate_real_world, '
+                         'validate_output, delegation, reroute, escalate.';
+    END IF;
+    outcomes := axme._task_outcomes(canonical);
+    IF jsonb_typeof(task->'title') IS DISTINCT FROM 'string' OR btrim(task->>'title') = '' THEN
+        RAISE EXCEPTION '"human_task.title" is required and must be a non-empty string' USING ERRCODE = '22023';
+    END IF;
+    IF length(task->>'title') > 255 THEN
+        RAISE EXCEPTION '"human_task.title" must be at most 255 characters, got %', length(task->>'title')
+            USING ERRCODE = '22023';
+    END IF;
+    IF task ? 'description' AND jsonb_typeof(task->'description') <> 'null' THEN
+        IF jsonb_typeof(task->'description') <> 'string' THEN
+            RAISE EXCEPTION '"human_task.description" must be a string' USING ERRCODE = '22023';
+        END IF;
+        IF length(task->>'description') > 2000 THEN
+            RAISE EXCEPTION '"human_task.description" must be at most 2000 characters, got %',
+                            length(task->>'description')
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    IF task ? 'allowed_outcomes' AND jsonb_typeof(task->'allowed_outcomes') <> 'null' THEN
+        allowed := task->'allowed_outcomes';
+        IF jsonb_typeof(allowed) <> 'array' THEN
+            RAISE EXCEPTION '"human_task.allowed_outcomes" must be an array of outcome names' USING ERRCODE = '22023';
+        END IF;
+        n := jsonb_array_length(allowed);
+        IF n NOT BETWEEN 1 AND 20 THEN
+            RAISE EXCEPTION '"human_task.allowed_outcomes" must have 1 to 20 outcomes, got %', n
+                USING ERRCODE = '22023';
+        END IF;
+        FOR o IN SELECT value FROM jsonb_array_elements(allowed) LOOP
+            IF jsonb_typeof(o) <> 'string' OR NOT outcomes ? (o #>> '{}') THEN
+                RAISE EXCEPTION '"human_task.allowed_outcomes": % is not an outcome of task type %', left(o::text, 100), canonical
+                    USING ERRCODE = '22023',
+                          HINT = 'Outcomes of ' || canonical || ': '
+                                 || (SELECT string_agg(k, ', ') FROM jsonb_object_keys(outcomes) k) || '.';
+            END IF;
+        END LOOP;
+        IF (SELECT count(DISTINCT value) FROM jsonb_array_elements(allowed)) <> n THEN
+            RAISE EXCEPTION '"human_task.allowed_outcomes" names an outcome twice' USING ERRCODE = '22023';
+        END IF;
+    ELSE
+        allowed := (SELECT jsonb_agg(k) FROM jsonb_object_keys(outcomes) k);
+    END IF;
+    FOREACH f IN ARRAY ARRAY['required_comment', 'evidence_required'] LOOP
+        IF task ? f AND jsonb_typeof(task->f) NOT IN ('boolean', 'null') THEN
+            RAISE EXCEPTION '"human_task.%" must be true or false', f USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    IF task ? 'form_schema' AND jsonb_typeof(task->'form_schema') <> 'null' THEN
+        t := task->'form_schema';
+        IF jsonb_typeof(t) <> 'object' THEN
+            RAISE EXCEPTION '"human_task.form_schema" must be a JSON Schema object' USING ERRCODE = '22023';
+        END IF;
+        IF t ? 'required' AND (jsonb_typeof(t->'required') <> 'array'
+                               OR EXISTS (SELECT FROM jsonb_array_elements(t->'required') r WHERE jsonb_typeof(r) <> 'string')) THEN
+            RAISE EXCEPTION '"human_task.form_schema.required" must be an array of property names' USING ERRCODE = '22023';
+        END IF;
+        IF t ? 'properties' THEN
+            IF jsonb_typeof(t->'properties') <> 'object' THEN
+                RAISE EXCEPTION '"human_task.form_schema.properties" must be an object' USING ERRCODE = '22023';
+            END IF;
+            FOR p IN SELECT key, value FROM jsonb_each(t->'properties') LOOP
+                IF jsonb_typeof(p.value) <> 'object' THEN
+                    RAISE EXCEPTION '"human_task.form_schema.properties.%" must be an object', left(p.key, 100)
+                        USING ERRCODE = '22023';
+                END IF;
+                IF p.value ? 'type' AND NOT (
+                    (jsonb_typeof(p.value->'type') = 'string'
+                     AND p.value->>'type' IN ('string', 'number', 'integer', 'boolean', 'object', 'array', 'null'))
+                    OR (jsonb_typeof(p.value->'type') = 'array' AND jsonb_array_length(p.value->'type') > 0
+                        AND NOT EXISTS (SELECT FROM jsonb_array_elements(p.value->'type') x
+                                        WHERE jsonb_typeof(x) <> 'string'
+                                           OR x #>> '{}' NOT IN ('string', 'number', 'integer', 'boolean', 'object', 'array', 'null')))) THEN
+                    RAISE EXCEPTION '"human_task.form_schema.properties.%.type" must be a JSON Schema type '
+                                    '(string, number, integer, boolean, object, array, null) or an array of them',
+                                    left(p.key, 100)
+                        USING ERRCODE = '22023';
+                END IF;
+            END LOOP;
+        END IF;
+    END IF;
+    IF task ? 'assignees' AND jsonb_typeof(task->'assignees') <> 'null' THEN
+        IF jsonb_typeof(task->'assignees') <> 'array' OR jsonb_array_length(task->'assignees') > 100
+           OR EXISTS (SELECT FROM jsonb_array_elements(task->'assignees') x
+                      WHERE jsonb_typeof(x) <> 'string' OR length(x #>> '{}') NOT BETWEEN 1 AND 255) THEN
+            RAISE EXCEPTION '"human_task.assignees" must be an array of at most 100 names of 1 to 255 characters'
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    RETURN task || jsonb_build_object(
+        'task_type', canonical,
+        'type_name', task->>'task_type',
+        'allowed_outcomes', allowed,
+        'required_comment', coalesce((task->>'required_comment')::boolean, false)
+                            OR canonical IN ('clarification', 'override'),
+        'evidence_required', coalesce((task->>'evidence_required')::boolean, canonical = 'manual_action'));
+END $$;
+COMMENT ON FUNCTION axme._check_human_task(jsonb) IS
+    'Private: validate a human_task (22023 naming the field) and return it normalised (canonical '
+    'task_type, type_name as sent, allowed_outcomes filled, required_comment, evidence_required).';
+
+CREATE TABLE axme.threads (
+    thread_id  uuid PRIMARY KEY,
+    intent_id  uuid NOT NULL,
+    owner_id   bigint NOT NULL,
+    owner      text NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('task', 'completion')),
+    status     text NOT NULL CHECK (status IN ('pending', 'active', 'done')),
+    task_type  text,
+    title      text,
+    from_agent text,
+    task       jsonb,
+    outcome    jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    due_at     timestamptz,
+    closed_at  timestamptz,
+    open       boolean GENERATED ALWAYS AS (status <> 'done') STORED
+);
+-- The listing: one owner's open (or done) threads, newest first.
+CREATE INDEX threads_owner_idx ON axme.threads (owner_id, open, created_at DESC, thread_id DESC);
+-- The open task thread of an intent (decide, escalation, timeouts).
+CREATE INDEX threads_intent_idx ON axme.threads (intent_id);
+COMMENT ON TABLE axme.threads IS
+    'Inbox threads: one per human task (kind task, in the inbox of the agent it was sent to, moved '
+    'by delegate and escalation) and one per finished intent with reply_to (kind completion, in the '
+    'reply_to agent''s inbox). status: pending (nobody acted), active (replies, delegation, '
+    'escalation), done (decided, completed, timed out or canceled).';
+
+CREATE TABLE axme.thread_messages (
+    thread_id  uuid NOT NULL,
+    seq        integer NOT NULL,
+    at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    kind       text NOT NULL,
+    actor      text NOT NULL,
+    actor_name text,
+    body       text,
+    details    jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (thread_id, seq)
+);
+COMMENT ON COLUMN axme.threads.owner_id IS 'agent_id of the owner (axme.agents).';
+COMMENT ON COLUMN axme.threads.open IS 'status <> ''done'' (generated), for the listing index.';
+COMMENT ON TABLE axme.thread_messages IS
+    'The timeline of a thread: opened, reply, delegated, reminder, escalated, decided, closed. '
+    'actor is the role that acted (current_user); actor_name the display name it gave.';
+
+-- The change feed: per (owner, thread) the last change of the thread that owner saw: the
+-- transaction that made it (xid) and a number from axme.inbox_change_seq.  An owner that lost a
+-- thread (delegate, escalation) keeps a row, so it hears that the thread left.
+CREATE SEQUENCE axme.inbox_change_seq;
+COMMENT ON SEQUENCE axme.inbox_change_seq IS
+    'Numbers of inbox changes (axme.inbox_feed.change_seq); roles that change threads need USAGE.';
+CREATE TABLE axme.inbox_feed (
+    owner_id   bigint NOT NULL,
+    thread_id  uuid NOT NULL,
+    xid        xid8 NOT NULL,
+    change_seq bigint NOT NULL,
+    PRIMARY KEY (owner_id, thread_id)
+);
+CREATE INDEX inbox_feed_order_idx ON axme.inbox_feed (owner_id, xid, change_seq);
+COMMENT ON TABLE axme.inbox_feed IS
+    'Inbox change feed: for each owner and thread, the last change of the thread (the writing '
+    'transaction''s xid and a number from axme.inbox_change_seq). Read it with axme.inbox_changes().';
+
+SELECT pg_catalog.pg_extension_config_dump('axme.threads', '');
+SELECT pg_catalog.pg_extension_config_dump('axme.thread_messages', '');
+SELECT pg_catalog.pg_extension_config_dump('axme.inbox_feed', '');
+SELECT pg_catalog.pg_extension_config_dump('axme.inbox_change_seq', '');
+
+-- Record one change of a thread for each owner in owner_ids (the current one and, when it moved,
+-- the previous one): point the owner's feed row at this transaction and a new number, and NOTIFY
+-- the owner's channel.  Writers share no lock (only a thread's own feed row), so they neither
+-- queue nor deadlock on an owner.
+--
+-- The NOTIFY payload is the same for every change ({"inbox": "changed"}), so PostgreSQL merges
+-- them: one notification per owner per transaction however many threads it touched; the listener
+-- reads what changed with axme.inbox_changes().  Called after the thread row was updated.
+CREATE FUNCTION axme._thread_changed(p_thread_id uuid, p_intent_id uuid, owner_ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    o bigint;
+BEGIN
+    FOR o IN SELECT DISTINCT x FROM unnest(owner_ids) x WHERE x IS NOT NULL ORDER BY 1 LOOP
+        INSERT INTO axme.inbox_feed AS f (owner_id, thread_id, xid, change_seq)
+        VALUES (o, p_thread_id, pg_current_xact_id(), nextval('axme.inbox_change_seq'))
+        ON CONFLICT (owner_id, thread_id) DO UPDATE SET xid = excluded.xid, change_seq = excluded.change_seq;
+        PERFORM pg_notify('axme_agent_' || o, '{"inbox": "changed"}');
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._thread_changed(uuid, uuid, bigint[]) IS
+    'Private: record one change of a thread for its owners in the change feed (transaction id and '
+    'number) and NOTIFY each owner''s channel {"inbox": "changed"} (merged by PostgreSQL to one per '
+    'owner per transaction).';
+
+-- Append one entry to a thread's timeline.
+CREATE FUNCTION axme._thread_message(p_thread_id uuid, p_kind text, p_actor_name text, p_body text,
+                                     p_details jsonb DEFAULT '{}') RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- (plpgsql, not sql: its plan is kept across calls)
+    INSERT INTO axme.thread_messages (thread_id, seq, kind, actor, actor_name, body, details)
+    SELECT p_thread_id, coalesce(max(m.seq), 0) + 1, p_kind, current_user, p_actor_name, p_body,
+           coalesce(p_details, '{}')
+    FROM axme.thread_messages m WHERE m.thread_id = p_thread_id;
+END $$;
+COMMENT ON FUNCTION axme._thread_message(uuid, text, text, text, jsonb) IS
+    'Private: append one entry (kind, display name, body, details) to a thread''s timeline; the '
+    'actor recorded is current_user.';
+
+-- Open a thread and record it as a change.  Returns its id.
+CREATE FUNCTION axme._open_thread(i axme.intents, owner_id bigint, owner text, kind text, task jsonb,
+                                  outcome jsonb) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    tid uuid := gen_random_uuid();
+BEGIN
+    INSERT INTO axme.threads (thread_id, intent_id, owner_id, owner, kind, status, task_type, title,
+                              from_agent, task, outcome, due_at)
+    VALUES (tid, i.intent_id, owner_id, owner, kind, 'pending', task->>'task_type',
+            CASE WHEN kind = 'task' THEN task->>'title'
+                 ELSE coalesce(i.human_task->>'title', i.intent_type) END,
+            CASE WHEN kind = 'task' THEN i.from_agent ELSE i.to_agent END,
+            task, outcome, CASE WHEN kind = 'task' THEN i.deadline_at END);
+    PERFORM axme._thread_message(tid, 'opened', NULL, NULL,
+        CASE WHEN kind = 'task' THEN jsonb_build_object('owner', owner, 'task_type', task->>'task_type')
+             ELSE jsonb_build_object('owner', owner) || outcome END);
+    PERFORM axme._thread_changed(tid, i.intent_id, ARRAY[owner_id]);
+    RETURN tid;
+END $$;
+COMMENT ON FUNCTION axme._open_thread(axme.intents, bigint, text, text, jsonb, jsonb) IS
+    'Private: open a pending thread (task or completion) for an intent in an owner''s inbox.';
+
+-- Assign a human task: SUBMITTED -> WAITING (WAITING_FOR_HUMAN), event intent.human_task_assigned,
+-- a task thread in the inbox.  i: the intent row (locked or just inserted by this transaction).
+CREATE FUNCTION axme._assign_task(i axme.intents, task jsonb) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    tid uuid;
+    a axme.agents;
+BEGIN
+    SELECT * INTO a FROM axme.agents WHERE agent_id = i.agent_id;
+    tid := axme._open_thread(i, a.agent_id, a.address, 'task', task, NULL);
+    i.waiting_reason := 'WAITING_FOR_HUMAN';
+    i.due_at := NULL;
+    PERFORM axme._transition(i, 'WAITING', 'intent.human_task_assigned',
+        jsonb_build_object('waiting_reason', 'WAITING_FOR_HUMAN', 'thread_id', tid, 'owner', a.address,
+                           'task_type', task->>'task_type'));
+    RETURN tid;
+END $$;
+COMMENT ON FUNCTION axme._assign_task(axme.intents, jsonb) IS
+    'Private: SUBMITTED -> WAITING (WAITING_FOR_HUMAN) with event intent.human_task_assigned and a '
+    'task thread in the receiving inbox. Returns the thread id.';
+
+-- Called by send_intent (src/send.c) in the sending transaction, right after the intent was stored,
+-- when the intent has a human_task, reply_to or escalate_to or goes to an inbox agent: checks them
+-- and assigns the task.  An error undoes the send with the statement.
+CREATE FUNCTION axme._inbox_on_send(p_intent_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    mode text;
+    task jsonb;
+    other axme.agents;
+BEGIN
+    SELECT * INTO STRICT i FROM axme.intents WHERE intent_id = p_intent_id;
+    SELECT delivery_mode INTO STRICT mode FROM axme.agents WHERE agent_id = i.agent_id;
+    IF i.human_task IS NOT NULL THEN
+        IF mode <> 'inbox' THEN
+            RAISE EXCEPTION 'intent field "human_task" is only for inbox agents: "%" has delivery mode %', i.to_agent, mode
+                USING ERRCODE = '22023', HINT = 'Send tasks for people to an agent registered as inbox.';
+        END IF;
+        task := axme._check_human_task(i.human_task);
+    ELSIF mode = 'inbox' THEN
+        RAISE EXCEPTION 'intent field "human_task" is required for inbox agent "%"', i.to_agent
+            USING ERRCODE = '22023', HINT = 'An inbox is a person''s queue: send it a human_task.';
+    END IF;
+    IF i.reply_to IS NOT NULL AND NOT EXISTS (SELECT FROM axme.agents WHERE address = i.reply_to) THEN
+        RAISE EXCEPTION 'intent field "reply_to": agent "%" is not registered', i.reply_to
+            USING ERRCODE = 'P0002', HINT = 'Register it first: SELECT axme.register_agent(''' || i.reply_to || ''', ''inbox'');';
+    END IF;
+    IF i.escalate_to IS NOT NULL THEN
+        SELECT * INTO other FROM axme.agents WHERE address = i.escalate_to;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'intent field "escalate_to": agent "%" is not registered', i.escalate_to
+                USING ERRCODE = 'P0002', HINT = 'Register it first: SELECT axme.register_agent(''' || i.escalate_to || ''', ''inbox'');';
+        END IF;
+        IF other.delivery_mode <> 'inbox' THEN
+            RAISE EXCEPTION 'intent field "escalate_to": agent "%" has delivery mode %, not inbox', i.escalate_to, other.delivery_mode
+                USING ERRCODE = '22023', HINT = 'Escalation moves a task to a person: use an inbox agent.';
+        END IF;
+    END IF;
+    -- A task with not_before in the future stays SUBMITTED until then (axme._inbox_assign_due).
+    IF task IS NOT NULL AND (i.due_at IS NULL OR i.due_at <= now()) THEN
+        PERFORM axme._assign_task(i, task);
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._inbox_on_send(uuid) IS
+    'Private: send-time checks of human_task, reply_to and escalate_to, and assignment of the task '
+    '(called by send_intent). Errors: 22023 invalid human_task, human_task for a non-inbox agent, '
+    'inbox agent without human_task, escalate_to not an inbox; P0002 reply_to or escalate_to not registered.';
+
+-- Assign the delayed tasks (not_before) whose time has come: for the timer loop, or anyone.
+-- Returns how many were assigned.
+CREATE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer := 0;
+BEGIN
+    FOR i IN
+        SELECT x.* FROM axme.intents x JOIN axme.agents a ON a.agent_id = x.agent_id
+        WHERE a.delivery_mode = 'inbox' AND x.due_at <= now() AND x.status = 'SUBMITTED'
+          AND x.human_task IS NOT NULL
+        ORDER BY x.due_at LIMIT max_count
+        FOR UPDATE OF x SKIP LOCKED
+    LOOP
+        PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._inbox_assign_due(integer) IS
+    'Private: assign human tasks whose not_before has passed (SUBMITTED -> WAITING with a task '
+    'thread), at most max_count, oldest due first. Returns the number assigned.';
+
+-- The open task thread of an intent, locked, or NULL.
+CREATE FUNCTION axme._task_thread(p_intent_id uuid) RETURNS axme.threads
+LANGUAGE plpgsql AS $$
+DECLARE
+    t axme.threads;
+BEGIN
+    SELECT * INTO t FROM axme.threads
+    WHERE intent_id = p_intent_id AND kind = 'task' AND status <> 'done'
+    ORDER BY created_at DESC LIMIT 1
+    FOR UPDATE;
+    RETURN t;
+END $$;
+COMMENT ON FUNCTION axme._task_thread(uuid) IS
+    'Private: the open task thread of an intent, locked FOR UPDATE (all fields NULL when none).';
+
+-- When an intent becomes terminal, by whatever path (_transition, poll's timeouts, complete_many,
+-- the http recorder): its timers go, its open task thread closes, and with reply_to a completion
+-- thread lands in the reply_to agent's inbox, in the same transaction.
+CREATE FUNCTION axme._intent_terminal_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    t axme.threads;
+    r axme.agents;
+    v_out jsonb;
+BEGIN
+    IF NEW.deadline_at IS NOT NULL OR NEW.remind_after_seconds IS NOT NULL THEN
+        DELETE FROM axme.timers WHERE intent_id = NEW.intent_id;
+    END IF;
+    v_out := jsonb_build_object('status', NEW.status, 'result', NEW.result, 'error', NEW.error,
+                                  'dead_letter_reason', NEW.dead_letter_reason);
+    IF NEW.human_task IS NOT NULL THEN
+        t := axme._task_thread(NEW.intent_id);
+        IF t.thread_id IS NOT NULL THEN
+            UPDATE axme.threads SET status = 'done', updated_at = now(), closed_at = now(), outcome = v_out
+            WHERE thread_id = t.thread_id;
+            PERFORM axme._thread_message(t.thread_id, 'closed', NULL, NULL, v_out);
+            PERFORM axme._thread_changed(t.thread_id, NEW.intent_id, ARRAY[t.owner_id]);
+        END IF;
+    END IF;
+    IF NEW.reply_to IS NOT NULL THEN
+        SELECT * INTO r FROM axme.agents WHERE address = NEW.reply_to;
+        IF FOUND THEN
+            PERFORM axme._open_thread(NEW, r.agent_id, r.address, 'completion', NULL,
+                v_out || jsonb_build_object('intent_type', NEW.intent_type, 'to_agent', NEW.to_agent,
+                                              'correlation_id', NEW.correlation_id));
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION axme._intent_terminal_trigger() IS
+    'Private trigger: when an intent becomes terminal, delete its timers, close its open task thread '
+    'and, with reply_to, open a completion thread in the reply_to agent''s inbox.';
+CREATE TRIGGER intents_terminal AFTER UPDATE OF status ON axme.intents
+    FOR EACH ROW
+    WHEN (NEW.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          AND OLD.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          AND (NEW.reply_to IS NOT NULL OR NEW.human_task IS NOT NULL
+               OR NEW.deadline_at IS NOT NULL OR NEW.remind_after_seconds IS NOT NULL))
+    EXECUTE FUNCTION axme._intent_terminal_trigger();
+COMMENT ON TRIGGER intents_terminal ON axme.intents IS
+    'When an intent becomes terminal: delete its timers, close its task thread, open the reply_to '
+    'completion thread (axme._intent_terminal_trigger).';
+
+-- Retention: when intents are deleted (axme.cleanup, purges), their threads, timelines and feed
+-- rows go with them, in the same statement.
+CREATE FUNCTION axme._intents_deleted_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    WITH t AS (
+        DELETE FROM axme.threads th USING gone WHERE th.intent_id = gone.intent_id
+        RETURNING th.thread_id
+    ), m AS (
+        DELETE FROM axme.thread_messages tm USING t WHERE tm.thread_id = t.thread_id
+    )
+    DELETE FROM axme.inbox_feed f USING t WHERE f.thread_id = t.thread_id;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION axme._intents_deleted_trigger() IS
+    'Private trigger: delete the threads (with their messages and change-feed rows) of deleted intents.';
+CREATE TRIGGER intents_deleted AFTER DELETE ON axme.intents
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION axme._intents_deleted_trigger();
+COMMENT ON TRIGGER intents_deleted ON axme.intents IS
+    'Threads of deleted intents go with them (axme._intents_deleted_trigger).';
+CREATE INDEX inbox_feed_thread_idx ON axme.inbox_feed (thread_id);
+
+-- The agent_id of a registered agent address used as an inbox owner (any mode: reply_to
+-- completions land in any agent's inbox), checking the listing's status filter.
+CREATE FUNCTION axme._inbox_owner(owner text, status text) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF status IS NOT NULL AND status NOT IN ('pending', 'active', 'done') THEN
+        RAISE EXCEPTION 'argument "status" must be pending, active, done or NULL (open threads), got "%"', left(status, 100)
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN (axme._agent(owner, 'owner')).agent_id;
+END $$;
+COMMENT ON FUNCTION axme._inbox_owner(text, text) IS
+    'Private: the agent_id of an inbox owner; 22023 invalid address or status, P0002 not registered.';
+
+-- A plain SQL function so the planner inlines it: SELECT ... FROM axme.inbox(o) LIMIT 50 reads
+-- 50 index entries, however many threads the owner has.
+CREATE FUNCTION axme.inbox(owner text, status text DEFAULT NULL)
+RETURNS TABLE (thread_id uuid, intent_id uuid, kind text, status text, task_type text, title text,
+               from_agent text, created_at timestamptz, due_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT t.thread_id, t.intent_id, t.kind, t.status, t.task_type, t.title, t.from_agent,
+           t.created_at, t.due_at
+    FROM axme.threads t
+    WHERE t.owner_id = axme._inbox_owner(inbox.owner, inbox.status)
+      AND t.open = (inbox.status IS DISTINCT FROM 'done')
+      AND (inbox.status IS NULL OR t.status = inbox.status)
+    ORDER BY t.created_at DESC, t.thread_id DESC
+$$;
+COMMENT ON FUNCTION axme.inbox(text, text) IS
+    'The threads of an inbox owner (a registered agent address), newest first. status: pending, '
+    'active, done, or NULL for every open thread (pending and active). Returns thread_id, '
+    'intent_id, kind (task | completion), status, task_type, title, from_agent, created_at, due_at '
+    '(the intent''s deadline_at). Page with LIMIT/OFFSET. Errors: 22023 invalid owner or status, '
+    'P0002 owner not registered.';
+
+-- The thread summary used by inbox_changes.
+CREATE FUNCTION axme._thread_summary(t axme.threads) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('thread_id', t.thread_id, 'intent_id', t.intent_id, 'owner', t.owner,
+        'kind', t.kind, 'status', t.status, 'task_type', t.task_type, 'title', t.title,
+        'from_agent', t.from_agent, 'created_at', t.created_at, 'updated_at', t.updated_at,
+        'due_at', t.due_at)
+$$;
+COMMENT ON FUNCTION axme._thread_summary(axme.threads) IS
+    'Private: the JSON summary of a thread used by inbox_changes and inbox_thread.';
+
+CREATE FUNCTION axme.inbox_thread(thread_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t axme.threads;
+    i axme.intents;
+BEGIN
+    IF thread_id IS NULL THEN
+        RAISE EXCEPTION 'argument "thread_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO t FROM axme.threads WHERE threads.thread_id = inbox_thread.thread_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'thread % does not exist', thread_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT * INTO i FROM axme.intents WHERE intents.intent_id = t.intent_id;
+    RETURN axme._thread_summary(t) || jsonb_build_object(
+        'task', t.task,
+        'outcome', t.outcome,
+        'closed_at', t.closed_at,
+        'intent', jsonb_build_object('intent_id', i.intent_id, 'intent_type', i.intent_type,
+                                     'status', i.status, 'waiting_reason', i.waiting_reason,
+                                     'payload', i.payload, 'result', i.result,
+                                     'correlation_id', i.correlation_id, 'deadline_at', i.deadline_at),
+        'timeline', coalesce((SELECT jsonb_agg(jsonb_build_object('seq', e.seq, 'event_type', e.event_type,
+                                  'status', e.status, 'at', e.at, 'actor', e.actor, 'details', e.details)
+                                  ORDER BY e.seq)
+                              FROM axme.events e WHERE e.intent_id = t.intent_id), '[]'),
+        'messages', coalesce((SELECT jsonb_agg(jsonb_build_object('seq', m.seq, 'at', m.at, 'kind', m.kind,
+                                  'actor', m.actor, 'actor_name', m.actor_name, 'body', m.body,
+                                  'details', m.details) ORDER BY m.seq)
+                              FROM axme.thread_messages m WHERE m.thread_id = t.thread_id), '[]'));
+END $$;
+COMMENT ON FUNCTION axme.inbox_thread(uuid) IS
+    'One thread as JSON: thread_id, intent_id, owner, kind, status, task_type, title, from_agent, '
+    'created_at, updated_at, due_at, closed_at, task (the normalised human_task), outcome '
+    '(completion threads and closed tasks: status, result, error), intent (status, payload, '
+    'result, ...), timeline (the intent''s events) and messages (the thread''s entries: opened, '
+    'reply, delegated, reminder, escalated, decided, closed). Errors: 22023 NULL, P0002 unknown thread.';
+
+-- Whether a JSON value has a JSON Schema basic type.
+CREATE FUNCTION axme._json_has_type(v jsonb, t text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE t
+        WHEN 'integer' THEN jsonb_typeof(v) = 'number' AND v::text::numeric = trunc(v::text::numeric)
+        ELSE jsonb_typeof(v) = t END
+$$;
+COMMENT ON FUNCTION axme._json_has_type(jsonb, text) IS
+    'Private: whether a JSON value has a JSON Schema basic type (integer: a number without fraction).';
+
+CREATE FUNCTION axme.decide(intent_id uuid, outcome text, comment text DEFAULT NULL, data jsonb DEFAULT '{}',
+                            actor text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    t axme.threads;
+    task jsonb;
+    new_status text;
+    schema jsonb;
+    p record;
+    req text;
+    types jsonb;
+    decision jsonb;
+BEGIN
+    i := axme._lock_intent(intent_id, NULL);
+    IF i.human_task IS NULL THEN
+        RAISE EXCEPTION 'intent % is not a human task', i.intent_id USING ERRCODE = '55000';
+    END IF;
+    IF i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN
+        RAISE EXCEPTION 'the task of intent % is finished (status %)', i.intent_id, i.status
+            USING ERRCODE = '55000', HINT = 'A task is decided once.';
+    END IF;
+    t := axme._task_thread(i.intent_id);
+    IF t.thread_id IS NULL THEN
+        RAISE EXCEPTION 'the task of intent % is not assigned yet (status %)', i.intent_id, i.status
+            USING ERRCODE = '55000';
+    END IF;
+    task := t.task;
+    IF outcome IS NULL THEN
+        RAISE EXCEPTION 'argument "outcome" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF NOT (task->'allowed_outcomes') ? outcome THEN
+        RAISE EXCEPTION 'argument "outcome": "%" is not an allowed outcome of this % task', left(outcome, 100), task->>'task_type'
+            USING ERRCODE = '22023',
+                  HINT = 'Allowed: ' || (SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(task->'allowed_outcomes') x) || '.';
+    END IF;
+    IF data IS NULL OR jsonb_typeof(data) <> 'object' THEN
+        RAISE EXCEPTION 'argument "data" must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF (task->>'required_comment')::boolean AND btrim(coalesce(comment, '')) = '' THEN
+        RAISE EXCEPTION 'argument "comment" is required for this % task', task->>'task_type'
+            USING ERRCODE = '22023';
+    END IF;
+    IF length(comment) > 10000 THEN
+        RAISE EXCEPTION 'argument "comment" must be at most 10000 characters, got %', length(comment)
+            USING ERRCODE = '22023';
+    END IF;
+    IF length(actor) > 255 THEN
+        RAISE EXCEPTION 'argument "actor" must be at most 255 characters, got %', length(actor)
+            USING ERRCODE = '22023';
+    END IF;
+    IF (task->>'evidence_required')::boolean
+       AND (NOT data ? 'evidence' OR jsonb_typeof(data->'evidence') = 'null'
+            OR data->'evidence' IN ('""', '[]', '{}')) THEN
+        RAISE EXCEPTION 'argument "data": "evidence" is required for this % task', task->>'task_type'
+            USING ERRCODE = '22023', HINT = 'Pass data => ''{"evidence": ...}'' (a photo URL, a reference, a note).';
+    END IF;
+    schema := task->'form_schema';
+    IF jsonb_typeof(schema) = 'object' THEN
+        FOR req IN SELECT jsonb_array_elements_text(coalesce(schema->'required', '[]')) LOOP
+            IF NOT data ? req THEN
+                RAISE EXCEPTION 'argument "data": required field "%" is missing', left(req, 100)
+                    USING ERRCODE = '22023';
+            END IF;
+        END LOOP;
+        FOR p IN SELECT key, value FROM jsonb_each(coalesce(schema->'properties', '{}')) LOOP
+            CONTINUE WHEN NOT data ? p.key OR NOT p.value ? 'type';
+            types := CASE WHEN jsonb_typeof(p.value->'type') = 'array' THEN p.value->'type'
+                          ELSE jsonb_build_array(p.value->'type') END;
+            IF NOT EXISTS (SELECT FROM jsonb_array_elements_text(types) x WHERE axme._json_has_type(data->p.key, x)) THEN
+                RAISE EXCEPTION 'argument "data": field "%" must be of type %, got %', left(p.key, 100),
+                                CASE WHEN jsonb_array_length(types) = 1 THEN types->>0 ELSE types::text END,
+                                jsonb_typeof(data->p.key)
+                    USING ERRCODE = '22023';
+            END IF;
+        END LOOP;
+    END IF;
+    new_status := axme._task_outcomes(task->>'task_type')->>outcome;
+    decision := jsonb_build_object('outcome', outcome, 'comment', comment, 'data', data,
+                                   'actor', current_user::text, 'actor_name', actor,
+                                   'decided_at', clock_timestamp());
+    PERFORM axme._thread_message(t.thread_id, 'decided', actor, comment,
+        jsonb_build_object('outcome', outcome, 'data', data, 'status', new_status));
+    i.result := decision;
+    IF new_status = 'FAILED' THEN
+        i.error := decision;
+    END IF;
+    i.waiting_reason := NULL;
+    -- the trigger on axme.intents closes the thread (and sends the reply_to completion)
+    PERFORM axme._transition(i, new_status, 'intent.' || lower(new_status),
+        jsonb_build_object('outcome', outcome, 'actor', current_user::text, 'actor_name', actor,
+                           'thread_id', t.thread_id));
+END $$;
+COMMENT ON FUNCTION axme.decide(uuid, text, text, jsonb, text) IS
+    'Decide a human task. outcome: one of the task''s allowed_outcomes; comment: required when the '
+    'task says required_comment and always for clarification and override (at most 10000 '
+    'characters); data: a JSON object, must hold "evidence" when evidence is required (manual_action) '
+    'and satisfy the form_schema''s required fields and basic types; actor: a display name (at most '
+    '255 characters) kept beside the recorded actor, which is always the current role (SET ROLE '
+    'honoured). The intent takes the status of the outcome (approved/confirmed/assigned/completed/'
+    'provided/changes_requested/override_approved -> COMPLETED, rejected/declined -> CANCELED, '
+    'failed -> FAILED) with result {outcome, comment, data, actor, actor_name, decided_at}. '
+    'Errors: 22023 NULL or invalid argument, P0002 unknown intent, 55000 not a human task, not '
+    'assigned yet, or already finished (deciding twice).';
+
+-- The thread row locked, or P0002.
+CREATE FUNCTION axme._lock_thread(p_thread_id uuid) RETURNS axme.threads
+LANGUAGE plpgsql AS $$
+DECLARE
+    t axme.threads;
+BEGIN
+    IF p_thread_id IS NULL THEN
+        RAISE EXCEPTION 'argument "thread_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO t FROM axme.threads WHERE thread_id = p_thread_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'thread % does not exist', p_thread_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN t;
+END $$;
+COMMENT ON FUNCTION axme._lock_thread(uuid) IS
+    'Private: the thread row locked FOR UPDATE; 22023 NULL, P0002 unknown thread.';
+
+CREATE FUNCTION axme.reply(thread_id uuid, message text, actor text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t axme.threads;
+BEGIN
+    IF message IS NULL OR btrim(message) = '' OR length(message) > 10000 THEN
+        RAISE EXCEPTION 'argument "message" must be a non-empty text of at most 10000 characters'
+            USING ERRCODE = '22023';
+    END IF;
+    IF length(actor) > 255 THEN
+        RAISE EXCEPTION 'argument "actor" must be at most 255 characters, got %', length(actor)
+            USING ERRCODE = '22023';
+    END IF;
+    t := axme._lock_thread(thread_id);
+    IF t.status = 'done' THEN
+        RAISE EXCEPTION 'thread % is done', t.thread_id USING ERRCODE = '55000';
+    END IF;
+    PERFORM axme._thread_message(t.thread_id, 'reply', actor, message);
+    UPDATE axme.threads SET status = 'active', updated_at = now() WHERE threads.thread_id = t.thread_id;
+    PERFORM axme._thread_changed(t.thread_id, t.intent_id, ARRAY[t.owner_id]);
+END $$;
+COMMENT ON FUNCTION axme.reply(uuid, text, text) IS
+    'Add a message (1..10000 characters) to an open thread; the thread becomes active. actor: a '
+    'display name kept beside the recorded role (current_user). Errors: 22023 NULL or invalid '
+    'argument, P0002 unknown thread, 55000 thread done.';
+
+CREATE FUNCTION axme.delegate(thread_id uuid, to_owner text, note text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t axme.threads;
+    a axme.agents;
+BEGIN
+    a := axme._agent(to_owner, 'to_owner');
+    IF a.delivery_mode <> 'inbox' THEN
+        RAISE EXCEPTION 'argument "to_owner": agent "%" has delivery mode %, not inbox', a.address, a.delivery_mode
+            USING ERRCODE = '22023';
+    END IF;
+    IF length(note) > 10000 THEN
+        RAISE EXCEPTION 'argument "note" must be at most 10000 characters, got %', length(note)
+            USING ERRCODE = '22023';
+    END IF;
+    t := axme._lock_thread(thread_id);
+    IF t.kind <> 'task' THEN
+        RAISE EXCEPTION 'thread % is a completion thread: only task threads can be delegated', t.thread_id
+            USING ERRCODE = '55000';
+    END IF;
+    IF t.status = 'done' THEN
+        RAISE EXCEPTION 'thread % is done', t.thread_id USING ERRCODE = '55000';
+    END IF;
+    IF a.agent_id = t.owner_id THEN
+        RAISE EXCEPTION 'argument "to_owner": the thread is already in the inbox of "%"', a.address
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._thread_message(t.thread_id, 'delegated', NULL, note,
+        jsonb_build_object('from', t.owner, 'to', a.address));
+    UPDATE axme.threads SET owner_id = a.agent_id, owner = a.address, status = 'active', updated_at = now()
+    WHERE threads.thread_id = t.thread_id;
+    PERFORM axme._thread_changed(t.thread_id, t.intent_id, ARRAY[t.owner_id, a.agent_id]);
+END $$;
+COMMENT ON FUNCTION axme.delegate(uuid, text, text) IS
+    'Move an open task thread to another inbox (a registered agent of mode inbox); the thread '
+    'becomes active and both owners are notified; note (at most 10000 characters) goes into the '
+    'timeline. Errors: 22023 invalid argument, to_owner not an inbox or already the owner, P0002 '
+    'unknown thread or to_owner not registered, 55000 thread done or a completion thread.';
+
+CREATE FUNCTION axme.inbox_changes(owner text, cursor text DEFAULT NULL, max_count integer DEFAULT 50)
+RETURNS TABLE (changes jsonb, next_cursor text, has_more boolean)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    o bigint := axme._inbox_owner(owner, NULL);
+    since_xid xid8 := '0';
+    since_seq bigint := 0;
+    bound xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    last_xid xid8;
+    last_seq bigint;
+BEGIN
+    IF cursor IS NOT NULL AND cursor <> '' THEN
+        IF cursor !~ '^[0-9]{1,19}:[0-9]{1,19}$' THEN
+            RAISE EXCEPTION 'argument "cursor" is not a cursor returned by inbox_changes: "%"', left(cursor, 100)
+                USING ERRCODE = '22023';
+        END IF;
+        BEGIN
+            since_xid := split_part(cursor, ':', 1)::xid8;
+            since_seq := split_part(cursor, ':', 2)::bigint;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'argument "cursor" is not a cursor returned by inbox_changes: "%"', left(cursor, 100)
+                USING ERRCODE = '22023';
+        END;
+    END IF;
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 1000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    -- Only changes of transactions below the snapshot's xmin: every one of those has ended, and
+    -- every transaction still to commit has a larger id, so nothing can appear behind the cursor.
+    SELECT coalesce(jsonb_agg(jsonb_build_object('cursor', f.xid::text || ':' || f.change_seq,
+                                                 'thread', axme._thread_summary(t))
+                              ORDER BY f.xid, f.change_seq), '[]'),
+           (array_agg(f.xid ORDER BY f.xid DESC, f.change_seq DESC))[1],
+           (array_agg(f.change_seq ORDER BY f.xid DESC, f.change_seq DESC))[1]
+    INTO changes, last_xid, last_seq
+    FROM (SELECT * FROM axme.inbox_feed x
+          WHERE x.owner_id = o AND (x.xid, x.change_seq) > (since_xid, since_seq) AND x.xid < bound
+          ORDER BY x.xid, x.change_seq LIMIT max_count) f
+    JOIN axme.threads t ON t.thread_id = f.thread_id;
+    IF last_xid IS NULL THEN
+        last_xid := since_xid;
+        last_seq := since_seq;
+    END IF;
+    next_cursor := last_xid::text || ':' || last_seq;
+    has_more := EXISTS (SELECT FROM axme.inbox_feed x
+                        WHERE x.owner_id = o AND (x.xid, x.change_seq) > (last_xid, last_seq) AND x.xid < bound);
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION axme.inbox_changes(text, text, integer) IS
+    'Changes to an owner''s threads after cursor (NULL: from the beginning), in commit-safe order, '
+    'at most max_count (1..1000): exactly one row with changes = [{cursor, thread}, ...] (thread: '
+    'the thread''s current summary; a thread that moved to another owner is reported to the old '
+    'owner once more with its new owner), next_cursor to pass next time (the same cursor when '
+    'nothing is new), and has_more. A thread changed several times since cursor appears once, at its '
+    'last change. Never misses a change, even when transactions commit out of order: a change is '
+    'reported once every transaction that was writing when it was made has ended (bounded by '
+    'pg_snapshot_xmin), so a long-running writing transaction delays it. '
+    'Errors: 22023 invalid owner, cursor or max_count, P0002 owner not registered.';
+
+-- The current owner of an intent's work: its open task thread's owner, else the receiving agent.
+CREATE FUNCTION axme._current_owner(i axme.intents, OUT owner_id bigint, OUT owner text, OUT t axme.threads)
+LANGUAGE plpgsql AS $$
+BEGIN
+    t := axme._task_thread(i.intent_id);
+    IF t.thread_id IS NOT NULL THEN
+        owner_id := t.owner_id;
+        owner := t.owner;
+    ELSE
+        owner_id := i.agent_id;
+        owner := i.to_agent;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._current_owner(axme.intents) IS
+    'Private: the current owner of an intent''s work: its open task thread''s owner (and the thread, locked), else the receiving agent.';
+
+-- Append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent.
+CREATE FUNCTION axme._append_event(i axme.intents, event_type text, details jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE axme.intents SET event_seq = event_seq + 1, updated_at = now()
+    WHERE intent_id = i.intent_id
+    RETURNING event_seq INTO i.event_seq;
+    INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+    VALUES (i.intent_id, i.event_seq, event_type, i.status, current_user, coalesce(details, '{}'));
+END $$;
+COMMENT ON FUNCTION axme._append_event(axme.intents, text, jsonb) IS
+    'Private: append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent, with its current status.';
+
+-- Fired by the timer loop for a 'remind' row (the row already deleted): one reminder, then the
+-- next 'remind' row or, after max_reminders, the 'escalate' row when escalate_to is set.  Reminder
+-- k (1-based) is due at created_at + remind_after_seconds + (k - 1) * remind_interval_seconds and
+-- the escalation one interval after the last reminder, so late firing does not shift the schedule.
+-- max_reminders NULL means one reminder; remind_interval_seconds NULL means remind_after_seconds.
+CREATE FUNCTION axme._timer_remind(intent_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    c record;
+    k integer;
+    max_n integer;
+    step interval;
+    first_at timestamptz;
+BEGIN
+    SELECT * INTO i FROM axme.intents x WHERE x.intent_id = _timer_remind.intent_id FOR UPDATE;
+    IF NOT FOUND OR i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+       OR i.remind_after_seconds IS NULL THEN
+        RETURN;
+    END IF;
+    max_n := coalesce(i.max_reminders, 1);
+    step := coalesce(i.remind_interval_seconds, i.remind_after_seconds) * interval '1 second';
+    first_at := i.created_at + i.remind_after_seconds * interval '1 second';
+    SELECT count(*) INTO k FROM axme.events e
+    WHERE e.intent_id = i.intent_id AND e.event_type = 'intent.reminder';
+    k := k + 1;
+    IF k <= max_n THEN
+        c := axme._current_owner(i);
+        PERFORM axme._append_event(i, 'intent.reminder',
+            jsonb_build_object('reminder', k, 'max_reminders', max_n, 'owner', c.owner));
+        IF (c.t).thread_id IS NOT NULL THEN
+            PERFORM axme._thread_message((c.t).thread_id, 'reminder', NULL, NULL,
+                jsonb_build_object('reminder', k, 'max_reminders', max_n));
+            PERFORM axme._thread_changed((c.t).thread_id, i.intent_id, ARRAY[c.owner_id]);
+        ELSE
+            PERFORM pg_notify('axme_agent_' || c.owner_id,
+                jsonb_build_object('intent_id', i.intent_id, 'event', 'intent.reminder')::text);
+        END IF;
+    END IF;
+    IF k < max_n THEN
+        INSERT INTO axme.timers (intent_id, kind, due_at)
+        VALUES (i.intent_id, 'remind', greatest(first_at + k * step, now()))
+        ON CONFLICT ON CONSTRAINT timers_pkey DO UPDATE SET due_at = excluded.due_at;
+    ELSIF i.escalate_to IS NOT NULL THEN
+        INSERT INTO axme.timers (intent_id, kind, due_at)
+        VALUES (i.intent_id, 'escalate', greatest(first_at + max_n * step, now()))
+        ON CONFLICT ON CONSTRAINT timers_pkey DO UPDATE SET due_at = excluded.due_at;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._timer_remind(uuid) IS
+    'Private, called by the timer loop: emit intent.reminder (details: reminder number, '
+    'max_reminders, owner), NOTIFY the current owner, and queue the next reminder or, after '
+    'max_reminders, the escalation one interval later when escalate_to is set. No-op for a '
+    'terminal or unknown intent.';
+
+-- Fired by the timer loop for an 'escalate' row: intent.escalated, the open task thread moves to
+-- escalate_to (which is notified; the old owner hears it left); the intent stays as it is.
+CREATE FUNCTION axme._timer_escalate(intent_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    c record;
+    a axme.agents;
+BEGIN
+    SELECT * INTO i FROM axme.intents x WHERE x.intent_id = _timer_escalate.intent_id FOR UPDATE;
+    IF NOT FOUND OR i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') OR i.escalate_to IS NULL THEN
+        RETURN;
+    END IF;
+    c := axme._current_owner(i);
+    SELECT * INTO a FROM axme.agents WHERE address = i.escalate_to;
+    PERFORM axme._append_event(i, 'intent.escalated',
+        jsonb_build_object('from', c.owner, 'to', i.escalate_to, 'thread_id', (c.t).thread_id)
+        || CASE WHEN a.agent_id IS NULL THEN '{"error": "escalate_to is no longer registered"}'::jsonb ELSE '{}' END);
+    IF a.agent_id IS NULL THEN
+        RETURN;
+    END IF;
+    IF (c.t).thread_id IS NOT NULL THEN
+        IF (c.t).owner_id <> a.agent_id THEN
+            PERFORM axme._thread_message((c.t).thread_id, 'escalated', NULL, NULL,
+                jsonb_build_object('from', c.owner, 'to', a.address));
+            UPDATE axme.threads SET owner_id = a.agent_id, owner = a.address, status = 'active', updated_at = now()
+            WHERE thread_id = (c.t).thread_id;
+            PERFORM axme._thread_changed((c.t).thread_id, i.intent_id, ARRAY[c.owner_id, a.agent_id]);
+        END IF;
+    ELSE
+        PERFORM pg_notify('axme_agent_' || a.agent_id,
+            jsonb_build_object('intent_id', i.intent_id, 'event', 'intent.escalated')::text);
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._timer_escalate(uuid) IS
+    'Private, called by the timer loop: emit intent.escalated (details: from, to, thread_id), move '
+    'the open task thread to escalate_to and notify both owners; an intent without a task thread '
+    'only notifies escalate_to. The intent''s status is unchanged. No-op for a terminal intent.';
+
+REVOKE ALL ON axme.threads, axme.thread_messages, axme.inbox_feed, axme.inbox_change_seq FROM PUBLIC;
 
 -- <<< end of section 2
 
@@ -693,12 +2316,848 @@ COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz) IS
 -- Section 3: internal handlers and the timer queue (issue 5)
 -------------------------------------------------------------------------------------------------
 
+-- Timer queue and time-driven steps: fired by the http worker of each database (src/timers.c),
+-- whose loop never runs user code and never blocks on a network, so timers fire within about a
+-- second of due_at whatever internal handlers or webhooks do.
+
+CREATE FUNCTION axme._wake_timers() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_timers_sql';
+COMMENT ON FUNCTION axme._wake_timers() IS
+    'Private: at commit, wake the worker that fires timers to look at the queue now (writes to '
+    'axme.timers do this by themselves, through the trigger timers_wake).';
+
+CREATE FUNCTION axme._timers_wake_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'axme_timers_wake_trigger';
+COMMENT ON FUNCTION axme._timers_wake_trigger() IS
+    'Private: row trigger on axme.timers: at commit, wake the worker when a timer is due sooner '
+    'than it planned to look.';
+-- Whoever writes a timer row (send, reminders, escalations), the worker hears of it at commit.
+CREATE TRIGGER timers_wake AFTER INSERT OR UPDATE OF due_at ON axme.timers
+    FOR EACH ROW EXECUTE FUNCTION axme._timers_wake_trigger();
+
+CREATE FUNCTION axme._wake_internal() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_internal_sql';
+COMMENT ON FUNCTION axme._wake_internal() IS
+    'Private: at commit, wake the worker that runs internal handlers.';
+
+CREATE FUNCTION axme._notify_agent_n(agent_id bigint, intent_id uuid, n bigint) RETURNS void
+    LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'axme_notify_agent_n';
+COMMENT ON FUNCTION axme._notify_agent_n(bigint, uuid, bigint) IS
+    'Private: like axme._notify_agent, counting n intents (one NOTIFY per agent at commit).';
+
+-- Fire up to max_count due timers, oldest due first, in one transaction (the caller's).  Each
+-- claimed row is deleted; a timer of a terminal intent is dropped; a timer of an intent locked by
+-- another session comes back 100 ms later; deadline -> TIMED_OUT (every mode, handed out or not),
+-- remind -> axme._timer_remind(), escalate -> axme._timer_escalate().  An error in a reminder or
+-- escalation is reported as a WARNING and the timer is tried again one minute later.
+-- Returns the number of timer rows claimed.
+CREATE FUNCTION axme._fire_timers(max_count integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    i axme.intents;
+    n integer := 0;
+    msg text;
+    st text;
+    -- a value, not clock_timestamp() in the query: a volatile bound is no index condition, and
+    -- the scan would then walk every pending timer when none is due
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    FOR t IN
+        WITH c AS (
+            SELECT tm.intent_id, tm.kind
+            FROM axme.timers tm
+            WHERE tm.due_at <= v_now
+            ORDER BY tm.due_at
+            LIMIT max_count
+            FOR UPDATE SKIP LOCKED
+        ), d AS (
+            DELETE FROM axme.timers tm USING c
+            WHERE tm.intent_id = c.intent_id AND tm.kind = c.kind
+            RETURNING tm.intent_id, tm.kind, tm.due_at
+        )
+        SELECT d.intent_id, d.kind, d.due_at FROM d ORDER BY d.due_at
+    LOOP
+        n := n + 1;
+        SELECT * INTO i FROM axme.intents it WHERE it.intent_id = t.intent_id FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            IF EXISTS (SELECT FROM axme.intents it WHERE it.intent_id = t.intent_id) THEN
+                -- a session holds the intent: try again shortly instead of waiting for it
+                INSERT INTO axme.timers (intent_id, kind, due_at)
+                VALUES (t.intent_id, t.kind, clock_timestamp() + interval '100 milliseconds')
+                ON CONFLICT DO NOTHING;
+            END IF;
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT');
+        IF t.kind = 'deadline' THEN
+            i.waiting_reason := NULL;
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                jsonb_build_object('deadline_at', i.deadline_at));
+        ELSE
+            BEGIN
+                IF t.kind = 'remind' THEN
+                    PERFORM axme._timer_remind(t.intent_id);
+                ELSE
+                    PERFORM axme._timer_escalate(t.intent_id);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                RAISE WARNING 'axme: % timer of intent % failed, trying again in a minute: % %',
+                              t.kind, t.intent_id, st, left(msg, 1000);
+                INSERT INTO axme.timers (intent_id, kind, due_at)
+                VALUES (t.intent_id, t.kind, clock_timestamp() + interval '1 minute')
+                ON CONFLICT DO NOTHING;
+            END;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._fire_timers(integer) IS
+    'Private: fire up to max_count due rows of axme.timers, oldest first (the worker''s timer loop).';
+
+-- Stream wake-ups for what became due by itself: a delayed intent (not_before), a retry backoff,
+-- a lease that ran out (due_at later than the last change of the row, so fresh sends, which
+-- notified at their own commit, are left out).  One NOTIFY per stream agent with intents that
+-- became due in (since, upto], payload {"intent_id": first, "count": n} (queued for commit).
+-- Returns when the next one becomes due (NULL: nothing pending).
+CREATE FUNCTION axme._wake_streams(since timestamptz, upto timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    nxt timestamptz;
+BEGIN
+    FOR r IN
+        SELECT ag.agent_id, w.first_id, w.n, (SELECT min(i.due_at) FROM axme.intents i
+                                               WHERE i.agent_id = ag.agent_id AND i.due_at > upto) AS later
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (
+            SELECT (array_agg(i.intent_id ORDER BY i.due_at))[1] AS first_id, count(*) AS n
+            FROM axme.intents i
+            WHERE i.agent_id = ag.agent_id AND i.due_at > since AND i.due_at <= upto
+              AND i.due_at > i.updated_at
+        ) w
+        WHERE ag.delivery_mode = 'stream' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+    LOOP
+        IF r.n > 0 THEN
+            PERFORM axme._notify_agent_n(r.agent_id, r.first_id, r.n);
+        END IF;
+        IF r.later IS NOT NULL AND (nxt IS NULL OR r.later < nxt) THEN
+            nxt := r.later;
+        END IF;
+    END LOOP;
+    RETURN nxt;
+END $$;
+COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
+    'Private: NOTIFY each stream agent whose delayed, backed-off or lease-expired intents became '
+    'due in (since, upto]; returns the next such due time.';
+
+-- Internal delivery: handlers run by the internal worker of each database (src/internal.c), one
+-- intent at a time: claim (this function, its own transaction: DELIVERED, lease timeout_ms + 30 s),
+-- then the handler and axme._internal_done / axme._internal_failed in a second transaction.
+-- Returns no row when nothing is due, with next_due (NULL: nothing pending) in a row whose
+-- intent_id is NULL.  Agents with paused_at or disabled_at set are skipped.
+CREATE FUNCTION axme._internal_claim()
+RETURNS TABLE (intent_id uuid, attempt integer, handler text, run_as text, run_as_checked boolean,
+               timeout_ms integer, next_due timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    i axme.intents;
+    t timestamptz := clock_timestamp();
+    tmo integer;
+BEGIN
+    FOR c IN
+        SELECT ag.agent_id, ag.options, ag.registered_by, f.intent_id, f.due_at
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
+                            WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
+                            ORDER BY it.due_at LIMIT 1) f
+        WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+        ORDER BY f.due_at
+    LOOP
+        IF c.due_at > t THEN
+            next_due := c.due_at;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT * INTO i FROM axme.intents it
+        WHERE it.intent_id = c.intent_id AND it.due_at <= t FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF i.deadline_at <= t THEN
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                                     jsonb_build_object('deadline_at', i.deadline_at));
+            next_due := t;          -- look again at once
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF i.status <> 'SUBMITTED' AND NOT axme._has_attempts_left(i) THEN
+            PERFORM axme._dead_letter(i, 'handler_error', jsonb_build_object('reason', 'lease_expired',
+                'message', 'the last allowed handler run did not finish (the worker stopped)'));
+            next_due := t;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        tmo := coalesce((c.options->>'timeout_ms')::integer, 5000);
+        i.attempt := i.attempt + 1;
+        i.lease_until := t + (tmo + 30000) * interval '1 millisecond';
+        i.due_at := i.lease_until;
+        i.waiting_reason := NULL;
+        PERFORM axme._transition(i, 'DELIVERED', 'intent.delivered',
+            jsonb_build_object('attempt', i.attempt, 'lease_until', i.lease_until, 'via', 'internal'));
+        intent_id := i.intent_id;
+        attempt := i.attempt;
+        handler := c.options->>'handler';
+        run_as := coalesce(c.options->>'db_role', c.registered_by);
+        -- a handler runs as a superuser only when a superuser registered it without db_role
+        run_as_checked := NOT (c.options ? 'db_role') OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = c.options->>'db_role'), false);
+        timeout_ms := tmo;
+        next_due := t;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the internal worker (DELIVERED).';
+
+-- The handler of attempt p_attempt returned: COMPLETED with its result.  Raises 40001 when the
+-- intent is no longer that attempt (timed out, canceled or re-claimed meanwhile): the caller then
+-- rolls back the handler's work with it.
+CREATE FUNCTION axme._internal_done(p_intent_id uuid, p_attempt integer, p_result jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    SELECT * INTO i FROM axme.intents it WHERE it.intent_id = p_intent_id FOR UPDATE;
+    IF NOT FOUND OR i.attempt <> p_attempt OR i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RAISE EXCEPTION 'intent % is no longer handed out to this handler run (status %)', p_intent_id, i.status
+            USING ERRCODE = '40001';
+    END IF;
+    i.result := p_result;
+    i.error := NULL;
+    i.lease_until := NULL;
+    i.due_at := NULL;
+    PERFORM axme._transition(i, 'COMPLETED', 'intent.completed',
+                             jsonb_build_object('attempt', i.attempt, 'via', 'internal'));
+END $$;
+COMMENT ON FUNCTION axme._internal_done(uuid, integer, jsonb) IS
+    'Private: record a handler''s result (COMPLETED); 40001 when the run is stale.';
+
+-- The handler of attempt p_attempt failed (exception, timeout, refused): retried after the
+-- agent's backoff while the budget lasts, then dead-lettered with reason handler_error.
+-- Does nothing when the intent is no longer that attempt.
+CREATE FUNCTION axme._internal_failed(p_intent_id uuid, p_attempt integer, p_error jsonb,
+                                      p_retry boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    SELECT * INTO i FROM axme.intents it WHERE it.intent_id = p_intent_id FOR UPDATE;
+    IF NOT FOUND OR i.attempt <> p_attempt OR i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RETURN;
+    END IF;
+    IF p_retry AND axme._has_attempts_left(i) THEN
+        PERFORM axme._retry_or_dead_letter(i, p_error);
+    ELSE
+        PERFORM axme._dead_letter(i, 'handler_error', p_error);
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._internal_failed(uuid, integer, jsonb, boolean) IS
+    'Private: one failed handler run: retry after the backoff, or dead letter (handler_error).';
+
+-- Registration checks of an internal agent's handler (called by axme._check_agent_refs).
+CREATE FUNCTION axme._check_handler(handler text, db_role text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    fn regprocedure;
+    p record;
+    run_as text := coalesce(db_role, current_user);
+BEGIN
+    fn := pg_catalog.to_regprocedure(handler || '(jsonb)');
+    IF fn IS NULL THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_proc pr JOIN pg_catalog.pg_namespace n ON n.oid = pr.pronamespace
+                   WHERE n.nspname = lower(split_part(handler, '.', 1)) AND pr.proname = lower(split_part(handler, '.', 2))) THEN
+            RAISE EXCEPTION 'option "handler": function % exists but not as %(intent jsonb)', handler, handler
+                USING ERRCODE = '42883', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+        END IF;
+        RAISE EXCEPTION 'option "handler": function %(jsonb) does not exist', handler
+            USING ERRCODE = '42883', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+    END IF;
+    SELECT pr.prorettype, pr.proretset, pr.prokind, pr.prosecdef, r.rolsuper AS owner_super
+    INTO p FROM pg_catalog.pg_proc pr JOIN pg_catalog.pg_roles r ON r.oid = pr.proowner WHERE pr.oid = fn;
+    IF p.prokind <> 'f' OR p.proretset OR p.prorettype <> 'jsonb'::regtype THEN
+        RAISE EXCEPTION 'option "handler": % must be a function returning jsonb (one value, not a set)', handler
+            USING ERRCODE = '42804', HINT = 'A handler is schema.function(intent jsonb) RETURNS jsonb.';
+    END IF;
+    IF db_role IS NOT NULL THEN
+        IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = db_role) THEN
+            RAISE EXCEPTION 'option "db_role": handlers do not run as superuser "%"', db_role
+                USING ERRCODE = '42501',
+                      HINT = 'Name a role with only the privileges the handler needs.';
+        END IF;
+        IF NOT pg_catalog.pg_has_role(current_user, db_role, 'MEMBER') AND NOT axme._is_admin() THEN
+            RAISE EXCEPTION 'option "db_role": role "%" is not a role of %', db_role, current_user
+                USING ERRCODE = '42501', HINT = 'Only members of a role (or axme administrators) may run handlers as it.';
+        END IF;
+    END IF;
+    IF p.prosecdef AND p.owner_super AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                                        WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'option "handler": % is SECURITY DEFINER owned by a superuser', handler
+            USING ERRCODE = '42501', HINT = 'Only a superuser may register a handler that runs as a superuser.';
+    END IF;
+    IF NOT pg_catalog.has_function_privilege(run_as, fn, 'EXECUTE') THEN
+        RAISE EXCEPTION 'option "handler": role "%" may not execute %', run_as, fn
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_handler(text, text) IS
+    'Private: registration checks of an internal handler. Errors: 42883 no such function or wrong '
+    'arguments, 42804 wrong return type, 42501 superuser db_role, role not the caller''s, '
+    'superuser-owned SECURITY DEFINER handler, or no EXECUTE privilege.';
+
 -- <<< end of section 3
 
 
 -------------------------------------------------------------------------------------------------
 -- Section 4: operations (issue 6)
 -------------------------------------------------------------------------------------------------
+
+-- C helpers (src/ops.c, src/status.c).
+CREATE FUNCTION axme._ops_settings() RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'axme_ops_settings';
+COMMENT ON FUNCTION axme._ops_settings() IS
+    'Private: the operations settings of this session as JSON: retention_terminal, '
+    'retention_dead_letters, idempotency_ttl, attempts_retention (seconds), cleanup_batch_size, '
+    'alert_dead_letter_threshold, alert_success_rate.';
+
+CREATE FUNCTION axme._worker_status(OUT kind text, OUT database oid, OUT pid integer, OUT state text,
+                                    OUT in_flight integer, OUT deliveries_per_second double precision,
+                                    OUT deliveries_total bigint, OUT last_error text,
+                                    OUT last_error_at timestamptz, OUT started_at timestamptz)
+RETURNS SETOF record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_worker_status';
+COMMENT ON FUNCTION axme._worker_status() IS
+    'Private: one row per running axme worker of the cluster, read from shared memory.';
+
+-- Indexes of the operations queries, each partial so that it costs nothing on the hot path
+-- except where its rows are (see docs/operations.md for the plans):
+-- terminal intents by the time they ended (cleanup, the 5-minute success rate);
+CREATE INDEX intents_terminal_idx ON axme.intents (updated_at)
+    WHERE status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') AND dead_letter_reason IS NULL;
+-- dead letters per agent (queue_depth, alerts, purge_dead_letters), index-only;
+CREATE INDEX intents_agent_dead_letter_idx ON axme.intents (agent_id, dead_lettered_at)
+    WHERE dead_letter_reason IS NOT NULL;
+-- WAITING intents per agent (queue_depth; they have no due_at unless a deadline is set);
+CREATE INDEX intents_agent_waiting_idx ON axme.intents (agent_id) WHERE status = 'WAITING';
+-- recent intents (delivery_stats): a BRIN index, nearly free to maintain since intents are
+-- inserted in created_at order;
+CREATE INDEX intents_created_brin_idx ON axme.intents USING brin (created_at) WITH (pages_per_range = 16);
+-- idempotency keys by age (cleanup).
+CREATE INDEX idempotency_keys_created_idx ON axme.idempotency_keys (created_at);
+
+-- Alert state: one row per agent and condition currently raised, so each crossing alerts once.
+CREATE TABLE axme.alert_state (
+    agent_id  bigint NOT NULL,
+    kind      text NOT NULL CHECK (kind IN ('dead_letter_threshold', 'success_rate_low')),
+    raised_at timestamptz NOT NULL DEFAULT now(),
+    details   jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (agent_id, kind)
+);
+COMMENT ON TABLE axme.alert_state IS
+    'Alert conditions currently raised, one row per agent and kind (dead_letter_threshold, '
+    'success_rate_low): an alert is sent when a row appears; agent_recovered when a '
+    'success_rate_low row goes.';
+SELECT pg_catalog.pg_extension_config_dump('axme.alert_state', '');
+
+-- Delete intents with everything that hangs off them: events, http attempts, and the rows of any
+-- other axme table keyed by intent_id (timers, inbox threads, ...), found in the catalog so that
+-- tables added later are covered.  Idempotency keys stay: they outlive their intents.
+-- Returns the rows deleted per table.
+CREATE FUNCTION axme._delete_intents(ids uuid[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    counts jsonb := '{}';
+    n bigint;
+    t record;
+BEGIN
+    FOR t IN
+        SELECT c.relname FROM pg_catalog.pg_attribute att
+        JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
+          AND att.attname = 'intent_id' AND att.atttypid = 'uuid'::regtype AND NOT att.attisdropped
+          AND c.relname NOT IN ('intents', 'idempotency_keys')
+        ORDER BY c.relname
+    LOOP
+        EXECUTE format('DELETE FROM axme.%I WHERE intent_id = ANY ($1)', t.relname) USING ids;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        counts := counts || jsonb_build_object(t.relname, n);
+    END LOOP;
+    DELETE FROM axme.intents WHERE intent_id = ANY (ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN counts || jsonb_build_object('intents', n);
+END $$;
+COMMENT ON FUNCTION axme._delete_intents(uuid[]) IS
+    'Private: delete intents and the rows of every axme table keyed by intent_id except '
+    'idempotency_keys; returns the rows deleted per table.';
+
+-- Add the counts of b to a (both {"table": n}).
+CREATE FUNCTION axme._add_counts(a jsonb, b jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(jsonb_object_agg(k, coalesce((a->>k)::bigint, 0) + coalesce((b->>k)::bigint, 0)), '{}')
+    FROM (SELECT jsonb_object_keys(a) UNION SELECT jsonb_object_keys(b)) s(k)
+$$;
+COMMENT ON FUNCTION axme._add_counts(jsonb, jsonb) IS
+    'Private: add two {"table": count} objects key by key.';
+
+-- One bounded batch of cleanup (at most batch_size rows of each kind), for the worker, which
+-- commits after each.  Returns the rows deleted per table and "more": whether any kind filled
+-- its batch (call again).
+CREATE FUNCTION axme._cleanup_step(batch_size integer) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    s jsonb := axme._ops_settings();
+    t timestamptz := now();
+    ids uuid[];
+    counts jsonb := '{}';
+    more boolean := false;
+    n bigint;
+BEGIN
+    -- terminal intents (not dead letters) that ended before the terminal retention
+    ids := ARRAY(SELECT i.intent_id FROM axme.intents i
+                 WHERE i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                   AND i.dead_letter_reason IS NULL
+                   AND i.updated_at < t - (s->>'retention_terminal')::bigint * interval '1 second'
+                 ORDER BY i.updated_at LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    more := more OR cardinality(ids) >= batch_size;
+    counts := axme._add_counts(counts, axme._delete_intents(ids));
+    -- dead letters older than their (longer) retention
+    ids := ARRAY(SELECT i.intent_id FROM axme.intents i
+                 WHERE i.dead_letter_reason IS NOT NULL
+                   AND i.dead_lettered_at < t - (s->>'retention_dead_letters')::bigint * interval '1 second'
+                 ORDER BY i.dead_lettered_at LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    more := more OR cardinality(ids) >= batch_size;
+    counts := axme._add_counts(counts, axme._delete_intents(ids));
+    -- idempotency keys past their time to live (whether or not their intent is still there)
+    DELETE FROM axme.idempotency_keys k WHERE k.ctid = ANY (ARRAY(
+        SELECT k2.ctid FROM axme.idempotency_keys k2
+        WHERE k2.created_at < t - (s->>'idempotency_ttl')::bigint * interval '1 second'
+        ORDER BY k2.created_at LIMIT batch_size FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    more := more OR n >= batch_size;
+    counts := axme._add_counts(counts, jsonb_build_object('idempotency_keys', n));
+    -- http attempt rows older than their retention (of live intents too: they are history)
+    DELETE FROM axme.delivery_attempts d WHERE d.ctid = ANY (ARRAY(
+        SELECT d2.ctid FROM axme.delivery_attempts d2
+        WHERE d2.started_at < t - (s->>'attempts_retention')::bigint * interval '1 second'
+        ORDER BY d2.started_at LIMIT batch_size FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    more := more OR n >= batch_size;
+    counts := axme._add_counts(counts, jsonb_build_object('delivery_attempts', n));
+    -- alerts are kept as long as dead letters
+    DELETE FROM axme.alerts a WHERE a.id = ANY (ARRAY(
+        SELECT a2.id FROM axme.alerts a2
+        WHERE a2.at < t - (s->>'retention_dead_letters')::bigint * interval '1 second'
+        ORDER BY a2.at LIMIT batch_size));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    more := more OR n >= batch_size;
+    counts := axme._add_counts(counts, jsonb_build_object('alerts', n));
+    RETURN counts || jsonb_build_object('more', more);
+END $$;
+COMMENT ON FUNCTION axme._cleanup_step(integer) IS
+    'Private: one bounded batch of axme.cleanup() (at most batch_size rows of each kind); '
+    '"more" in the result says whether to call again.';
+
+CREATE FUNCTION axme.cleanup() RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    total jsonb := jsonb_build_object('intents', 0, 'events', 0, 'delivery_attempts', 0,
+                                      'idempotency_keys', 0, 'alerts', 0);
+    step jsonb;
+    batch integer := (axme._ops_settings()->>'cleanup_batch_size')::integer;
+BEGIN
+    LOOP
+        step := axme._cleanup_step(batch);
+        total := axme._add_counts(total, step - 'more');
+        EXIT WHEN NOT (step->>'more')::boolean;
+    END LOOP;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION axme.cleanup() IS
+    'Delete what the retention settings let go: terminal intents that ended more than '
+    'axme.retention_terminal ago and dead letters older than axme.retention_dead_letters (each '
+    'with its events, attempts, timers and other rows keyed by intent_id), idempotency keys older '
+    'than axme.idempotency_ttl, attempt rows older than axme.attempts_retention, alerts older than '
+    'axme.retention_dead_letters. Never touches a live intent. Returns the rows deleted per table, '
+    'e.g. {"intents": 10, "events": 40, ...}. Runs in batches of axme.cleanup_batch_size rows but in '
+    'one transaction; the worker runs it every axme.cleanup_interval committing after each batch.';
+
+-- Agent administration -------------------------------------------------------------------------
+
+CREATE FUNCTION axme.pause_agent(agent text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+BEGIN
+    UPDATE axme.agents SET paused_at = coalesce(paused_at, now()), updated_at = now()
+    WHERE agent_id = a.agent_id;
+END $$;
+COMMENT ON FUNCTION axme.pause_agent(text) IS
+    'Pause an agent: from the commit on, nothing more is handed out to it (poll returns no rows, '
+    'the http and internal workers skip it); its intents wait and are not charged attempts. '
+    'Intents already handed out keep their leases. Idempotent. Errors: 22023 invalid address, '
+    'P0002 agent not registered.';
+
+CREATE FUNCTION axme.resume_agent(agent text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+BEGIN
+    UPDATE axme.agents SET paused_at = NULL, updated_at = now() WHERE agent_id = a.agent_id;
+    IF a.paused_at IS NULL THEN
+        RETURN;
+    END IF;
+    -- wake whoever serves the agent: the database worker (http, internal), a stream listener
+    PERFORM axme._wake_http();
+    IF a.delivery_mode = 'stream' THEN
+        PERFORM axme._notify_agent(a.agent_id, i.intent_id)
+        FROM axme.intents i WHERE i.agent_id = a.agent_id AND i.due_at IS NOT NULL
+                              AND i.status = 'SUBMITTED' LIMIT 1;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme.resume_agent(text) IS
+    'Resume a paused agent: its waiting intents are handed out again from the commit on (a stream '
+    'agent gets a wake-up). Idempotent. Errors: 22023 invalid address, P0002 agent not registered.';
+
+CREATE FUNCTION axme.unregister_agent(agent text, force boolean DEFAULT false) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    i axme.intents;
+    pending bigint;
+    n bigint := 0;
+BEGIN
+    IF force IS NULL THEN
+        RAISE EXCEPTION 'argument "force" must not be null' USING ERRCODE = '22023';
+    END IF;
+    -- No send may slip an intent in between the check below and the delete: wait for the
+    -- transactions writing intents to end, and keep new ones out until this one ends.
+    LOCK TABLE axme.intents IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM FROM axme.agents WHERE agent_id = a.agent_id FOR UPDATE;
+    SELECT count(*) INTO pending FROM axme.intents
+    WHERE agent_id = a.agent_id AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT');
+    IF pending > 0 AND NOT force THEN
+        RAISE EXCEPTION 'agent "%" has % pending intent(s)', a.address, pending
+            USING ERRCODE = '55000',
+                  HINT = 'Wait for them, cancel them, or call unregister_agent(agent, force => true), which cancels them.';
+    END IF;
+    FOR i IN
+        SELECT * FROM axme.intents
+        WHERE agent_id = a.agent_id AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+        ORDER BY created_at FOR UPDATE
+    LOOP
+        PERFORM axme._transition(i, 'CANCELED', 'intent.canceled',
+            jsonb_build_object('reason', 'agent_unregistered', 'agent', a.address));
+        n := n + 1;
+    END LOOP;
+    DELETE FROM axme.alert_state WHERE agent_id = a.agent_id;
+    DELETE FROM axme.agents WHERE agent_id = a.agent_id;   -- its secrets go with it (cascade)
+    PERFORM axme._agents_changed();
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme.unregister_agent(text, boolean) IS
+    'Remove an agent (and its secrets). Refused while it has pending (non-terminal) intents unless '
+    'force, which cancels them first (-> CANCELED, event intent.canceled with reason '
+    'agent_unregistered). Terminal intents stay as history. Returns the number of intents '
+    'canceled. Takes a SHARE ROW EXCLUSIVE lock on axme.intents until commit (sends wait). '
+    'Errors: 22023 invalid address or NULL force, P0002 agent not registered, 55000 pending intents.';
+
+CREATE FUNCTION axme.purge_dead_letters(agent text, before timestamptz DEFAULT now()) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    ids uuid[];
+BEGIN
+    IF before IS NULL THEN
+        RAISE EXCEPTION 'argument "before" must not be null' USING ERRCODE = '22023';
+    END IF;
+    ids := ARRAY(SELECT i.intent_id FROM axme.intents i
+                 WHERE i.agent_id = a.agent_id AND i.dead_letter_reason IS NOT NULL
+                   AND i.dead_lettered_at < before
+                 FOR UPDATE);
+    RETURN (axme._delete_intents(ids)->>'intents')::bigint;
+END $$;
+COMMENT ON FUNCTION axme.purge_dead_letters(text, timestamptz) IS
+    'Delete the dead letters of an agent dead-lettered before the given time (default: now), with '
+    'their events and attempts. Returns how many. Errors: 22023 invalid address or NULL before, '
+    'P0002 agent not registered.';
+
+-- Monitoring -----------------------------------------------------------------------------------
+
+CREATE VIEW axme.delivery_stats AS
+    -- one pass over the intents of the last day (BRIN index on created_at), one row per agent
+    -- with the figures of every window, then one row per window
+    SELECT a.address AS agent, a.delivery_mode AS mode, w.name AS "window", w.sent, w.delivered,
+           w.completed, w.failed, w.dead_lettered, w.retrying,
+           round(w.completed::numeric / nullif(w.completed + w.failed + w.dead_lettered, 0), 4) AS success_rate,
+           w.latency[1] AS p50_ms, w.latency[2] AS p95_ms, w.latency[3] AS p99_ms
+    FROM (SELECT i.agent_id,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes') AS sent_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.attempt > 0) AS delivered_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status = 'COMPLETED') AS completed_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.dead_letter_reason IS NOT NULL) AS dead_lettered_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '5 minutes' AND i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_5m,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED' AND i.created_at >= now() - interval '5 minutes') AS latency_5m,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour') AS sent_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.attempt > 0) AS delivered_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status = 'COMPLETED') AS completed_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.dead_letter_reason IS NOT NULL) AS dead_lettered_1h,
+               count(*) FILTER (WHERE i.created_at >= now() - interval '1 hour' AND i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_1h,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED' AND i.created_at >= now() - interval '1 hour') AS latency_1h,
+               count(*) AS sent_1d,
+               count(*) FILTER (WHERE i.attempt > 0) AS delivered_1d,
+               count(*) FILTER (WHERE i.status = 'COMPLETED') AS completed_1d,
+               count(*) FILTER (WHERE i.status IN ('FAILED', 'TIMED_OUT') AND i.dead_letter_reason IS NULL) AS failed_1d,
+               count(*) FILTER (WHERE i.dead_letter_reason IS NOT NULL) AS dead_lettered_1d,
+               count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.attempt > 0) AS retrying_1d,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM i.updated_at - i.created_at) * 1000)
+                   FILTER (WHERE i.status = 'COMPLETED') AS latency_1d
+          FROM axme.intents i
+          WHERE i.created_at >= now() - interval '1 day'
+          GROUP BY i.agent_id) s
+    JOIN axme.agents a ON a.agent_id = s.agent_id
+    CROSS JOIN LATERAL (VALUES ('5m', s.sent_5m, s.delivered_5m, s.completed_5m, s.failed_5m, s.dead_lettered_5m, s.retrying_5m, s.latency_5m),
+                               ('1h', s.sent_1h, s.delivered_1h, s.completed_1h, s.failed_1h, s.dead_lettered_1h, s.retrying_1h, s.latency_1h),
+                               ('1d', s.sent_1d, s.delivered_1d, s.completed_1d, s.failed_1d, s.dead_lettered_1d, s.retrying_1d, s.latency_1d))
+        AS w(name, sent, delivered, completed, failed, dead_lettered, retrying, latency)
+    WHERE w.sent > 0;
+COMMENT ON VIEW axme.delivery_stats IS
+    'Per agent and window (5m, 1h, 1d) over the intents sent in that window: sent, delivered '
+    '(handed out at least once), completed, failed (FAILED or TIMED_OUT, not dead letters), '
+    'dead_lettered, retrying (back in SUBMITTED after a failed attempt), success_rate (completed / '
+    'those that ended completed, failed, timed out or dead-lettered; NULL when none), p50/p95/p99_ms '
+    '(milliseconds from send to COMPLETED). Cost grows with the intents of the last day only.';
+
+CREATE VIEW axme.queue_depth AS
+    SELECT a.address AS agent, a.delivery_mode AS mode,
+           a.paused_at IS NOT NULL AS paused, a.disabled_at IS NOT NULL AS disabled,
+           coalesce(q.ready, 0) AS ready, coalesce(q.leased, 0) AS leased,
+           coalesce(w.waiting, 0) AS waiting, coalesce(q.scheduled, 0) AS scheduled,
+           coalesce(d.dead_lettered, 0) AS dead_lettered,
+           coalesce(now() - q.oldest_ready, interval '0') AS oldest_ready_age
+    FROM axme.agents a
+    LEFT JOIN (SELECT i.agent_id,
+                      count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.due_at <= now()) AS ready,
+                      count(*) FILTER (WHERE i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')) AS leased,
+                      count(*) FILTER (WHERE i.status = 'SUBMITTED' AND i.due_at > now()) AS scheduled,
+                      min(i.due_at) FILTER (WHERE i.status = 'SUBMITTED' AND i.due_at <= now()) AS oldest_ready
+               FROM axme.intents i WHERE i.due_at IS NOT NULL GROUP BY i.agent_id) q
+        ON q.agent_id = a.agent_id
+    LEFT JOIN (SELECT i.agent_id, count(*) AS waiting FROM axme.intents i
+               WHERE i.status = 'WAITING' GROUP BY i.agent_id) w
+        ON w.agent_id = a.agent_id
+    LEFT JOIN (SELECT i.agent_id, count(*) AS dead_lettered FROM axme.intents i
+               WHERE i.dead_letter_reason IS NOT NULL GROUP BY i.agent_id) d
+        ON d.agent_id = a.agent_id;
+COMMENT ON VIEW axme.queue_depth IS
+    'Per agent: ready (due now), leased (handed out, lease running), waiting (WAITING), scheduled '
+    '(due later: retries, not_before), dead_lettered, oldest_ready_age (how long the oldest ready '
+    'intent has been due), paused and disabled. Reads only live intents and dead letters.';
+
+CREATE VIEW axme.worker_status AS
+    SELECT s.kind, d.datname AS database, s.pid, s.state, s.in_flight, s.deliveries_per_second,
+           s.deliveries_total, s.last_error, s.last_error_at, s.started_at
+    FROM axme._worker_status() s
+    LEFT JOIN pg_catalog.pg_database d ON d.oid = s.database;
+COMMENT ON VIEW axme.worker_status IS
+    'The running axme workers of the cluster (shared memory): kind (http, ...), database, pid, state '
+    '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
+    'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
+    'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';
+
+CREATE FUNCTION axme._prom_escape(v text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT replace(replace(replace(v, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n')
+$$;
+COMMENT ON FUNCTION axme._prom_escape(text) IS 'Private: escape a Prometheus label value.';
+
+CREATE FUNCTION axme.metrics() RETURNS text
+LANGUAGE sql AS $$
+    WITH qd AS MATERIALIZED (
+        SELECT format('{agent="%s",mode="%s"}', axme._prom_escape(agent), mode) AS l, *,
+               extract(epoch FROM oldest_ready_age) AS oldest
+        FROM axme.queue_depth
+    ), ds AS MATERIALIZED (
+        SELECT format('agent="%s",mode="%s",window="%s"', axme._prom_escape(agent), mode, "window") AS l, *
+        FROM axme.delivery_stats
+    ), ws AS MATERIALIZED (
+        SELECT format('{kind="%s",pid="%s"}', kind, pid) AS l, *
+        FROM axme.worker_status WHERE database = current_database()
+    ), m(ord, name, type, help) AS (VALUES
+        (1, 'axme_queue_ready', 'gauge', 'Intents due now, not yet handed out.'),
+        (2, 'axme_queue_leased', 'gauge', 'Intents handed out whose lease is running.'),
+        (3, 'axme_queue_waiting', 'gauge', 'Intents in status WAITING.'),
+        (4, 'axme_queue_scheduled', 'gauge', 'Intents due later (retries, not_before).'),
+        (5, 'axme_dead_letters', 'gauge', 'Dead-lettered intents kept.'),
+        (6, 'axme_queue_oldest_ready_seconds', 'gauge', 'Seconds the oldest ready intent has been due.'),
+        (7, 'axme_agent_paused', 'gauge', '1 when the agent is paused.'),
+        (8, 'axme_agent_disabled', 'gauge', '1 when the agent is disabled.'),
+        (10, 'axme_intents_sent', 'gauge', 'Intents sent in the window.'),
+        (11, 'axme_intents_delivered', 'gauge', 'Intents of the window handed out at least once.'),
+        (12, 'axme_intents_completed', 'gauge', 'Intents of the window COMPLETED.'),
+        (13, 'axme_intents_failed', 'gauge', 'Intents of the window FAILED or TIMED_OUT (not dead letters).'),
+        (14, 'axme_intents_dead_lettered', 'gauge', 'Intents of the window dead-lettered.'),
+        (15, 'axme_intents_retrying', 'gauge', 'Intents of the window waiting for a retry.'),
+        (16, 'axme_success_ratio', 'gauge', 'Completed / ended intents of the window.'),
+        (17, 'axme_latency_seconds', 'gauge', 'Seconds from send to COMPLETED of the window''s intents (quantiles).'),
+        (20, 'axme_worker_in_flight', 'gauge', 'Requests in flight of a worker of this database.'),
+        (21, 'axme_worker_deliveries_per_second', 'gauge', 'Outcomes recorded per second over the last 10 s.'),
+        (22, 'axme_worker_deliveries_total', 'counter', 'Outcomes recorded since the worker started.'),
+        (30, 'axme_alerts_last_hour', 'gauge', 'Alerts raised in the last hour.'),
+        (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).')
+    ), samples(ord, line) AS (
+        SELECT 1, 'axme_queue_ready' || l || ' ' || ready FROM qd
+        UNION ALL SELECT 2, 'axme_queue_leased' || l || ' ' || leased FROM qd
+        UNION ALL SELECT 3, 'axme_queue_waiting' || l || ' ' || waiting FROM qd
+        UNION ALL SELECT 4, 'axme_queue_scheduled' || l || ' ' || scheduled FROM qd
+        UNION ALL SELECT 5, 'axme_dead_letters' || l || ' ' || dead_lettered FROM qd
+        UNION ALL SELECT 6, 'axme_queue_oldest_ready_seconds' || l || ' ' || round(oldest, 3) FROM qd
+        UNION ALL SELECT 7, 'axme_agent_paused' || l || ' ' || paused::int FROM qd
+        UNION ALL SELECT 8, 'axme_agent_disabled' || l || ' ' || disabled::int FROM qd
+        UNION ALL SELECT 10, 'axme_intents_sent{' || l || '} ' || sent FROM ds
+        UNION ALL SELECT 11, 'axme_intents_delivered{' || l || '} ' || delivered FROM ds
+        UNION ALL SELECT 12, 'axme_intents_completed{' || l || '} ' || completed FROM ds
+        UNION ALL SELECT 13, 'axme_intents_failed{' || l || '} ' || failed FROM ds
+        UNION ALL SELECT 14, 'axme_intents_dead_lettered{' || l || '} ' || dead_lettered FROM ds
+        UNION ALL SELECT 15, 'axme_intents_retrying{' || l || '} ' || retrying FROM ds
+        UNION ALL SELECT 16, 'axme_success_ratio{' || l || '} ' || success_rate FROM ds WHERE success_rate IS NOT NULL
+        UNION ALL SELECT 17, format('axme_latency_seconds{%s,quantile="%s"} %s', l, q.quantile, round((q.ms / 1000)::numeric, 6))
+                  FROM ds CROSS JOIN LATERAL (VALUES ('0.5', p50_ms), ('0.95', p95_ms), ('0.99', p99_ms)) q(quantile, ms)
+                  WHERE p50_ms IS NOT NULL
+        UNION ALL SELECT 20, 'axme_worker_in_flight' || l || ' ' || in_flight FROM ws
+        UNION ALL SELECT 21, 'axme_worker_deliveries_per_second' || l || ' ' || round(deliveries_per_second::numeric, 3) FROM ws
+        UNION ALL SELECT 22, 'axme_worker_deliveries_total' || l || ' ' || deliveries_total FROM ws
+        UNION ALL SELECT 30, 'axme_alerts_last_hour ' || (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour')
+        UNION ALL SELECT 31, 'axme_notification_queue_usage ' || pg_catalog.pg_notification_queue_usage()
+    )
+    SELECT string_agg(t.line, E'\n' ORDER BY t.ord, t.sub, t.line) || E'\n'
+    FROM (SELECT m.ord, 0 AS sub, format('# HELP %s %s', m.name, m.help) AS line FROM m
+          UNION ALL SELECT m.ord, 1, format('# TYPE %s %s', m.name, m.type) FROM m
+          UNION ALL SELECT s.ord, 2, s.line FROM samples s) t
+$$;
+COMMENT ON FUNCTION axme.metrics() IS
+    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database) '
+    'in the Prometheus text exposition format (metric names axme_*, labels agent, mode, window), '
+    'plus axme_notification_queue_usage (pg_notification_queue_usage()).';
+
+
+-- Alerting -------------------------------------------------------------------------------------
+
+-- Check the alert conditions of every agent and raise each crossing once (called by the worker
+-- about every 10 seconds): dead_letter_threshold when an agent's dead letters reach
+-- axme.alert_dead_letter_threshold (0: off; re-armed when they fall below); success_rate_low
+-- when its success rate over the last 5 minutes (at least 10 outcomes) falls below
+-- axme.alert_success_rate (0: off); agent_recovered when a low rate is back at or above it.
+-- Returns the number of alerts raised.
+CREATE FUNCTION axme._check_alerts() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    s jsonb := axme._ops_settings();
+    dl_threshold bigint := (s->>'alert_dead_letter_threshold')::bigint;
+    min_rate double precision := (s->>'alert_success_rate')::double precision;
+    since timestamptz := now() - interval '5 minutes';
+    n integer := 0;
+    r record;
+BEGIN
+    -- dead letters: raise on crossing, re-arm below the threshold
+    IF dl_threshold > 0 THEN
+        FOR r IN
+            SELECT a.agent_id, a.address, d.cnt, st.agent_id IS NOT NULL AS raised
+            FROM (SELECT i.agent_id, count(*) AS cnt FROM axme.intents i
+                  WHERE i.dead_letter_reason IS NOT NULL GROUP BY i.agent_id) d
+            JOIN axme.agents a ON a.agent_id = d.agent_id
+            LEFT JOIN axme.alert_state st ON st.agent_id = a.agent_id AND st.kind = 'dead_letter_threshold'
+            WHERE (d.cnt >= dl_threshold) <> (st.agent_id IS NOT NULL)
+        LOOP
+            IF r.raised THEN
+                DELETE FROM axme.alert_state WHERE agent_id = r.agent_id AND kind = 'dead_letter_threshold';
+            ELSE
+                -- a concurrent check (the worker's, a manual one) may raise it first: once only
+                INSERT INTO axme.alert_state (agent_id, kind, details)
+                VALUES (r.agent_id, 'dead_letter_threshold', jsonb_build_object('dead_letters', r.cnt))
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    PERFORM axme._alert(r.address, 'dead_letter_threshold',
+                        jsonb_build_object('dead_letters', r.cnt, 'threshold', dl_threshold));
+                    n := n + 1;
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+    DELETE FROM axme.alert_state st WHERE st.kind = 'dead_letter_threshold'
+        AND (dl_threshold <= 0 OR NOT EXISTS (SELECT FROM axme.intents i
+                                              WHERE i.agent_id = st.agent_id AND i.dead_letter_reason IS NOT NULL));
+    -- success rate over 5 minutes: outcomes are intents that ended (COMPLETED a success; FAILED,
+    -- TIMED_OUT, dead-lettered a failure) and failed http attempts that are retried
+    IF min_rate > 0 THEN
+        FOR r IN
+            WITH o AS (
+                SELECT i.agent_id, (i.status = 'COMPLETED') AS ok FROM axme.intents i
+                WHERE i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                  AND i.dead_letter_reason IS NULL AND i.updated_at >= since AND i.status <> 'CANCELED'
+                UNION ALL
+                SELECT i.agent_id, false FROM axme.intents i
+                WHERE i.dead_letter_reason IS NOT NULL AND i.dead_lettered_at >= since
+                UNION ALL
+                SELECT d.agent_id, false FROM axme.delivery_attempts d
+                WHERE d.started_at >= since AND d.error_class IS NOT NULL AND d.next_attempt_at IS NOT NULL
+            ), rates AS (
+                SELECT o.agent_id, count(*) AS total, count(*) FILTER (WHERE o.ok) AS good,
+                       (count(*) FILTER (WHERE o.ok))::double precision / count(*) AS rate
+                FROM o GROUP BY o.agent_id
+            )
+            SELECT a.agent_id, a.address, rt.total, rt.good, rt.rate, st.agent_id IS NOT NULL AS raised
+            FROM rates rt
+            JOIN axme.agents a ON a.agent_id = rt.agent_id
+            LEFT JOIN axme.alert_state st ON st.agent_id = a.agent_id AND st.kind = 'success_rate_low'
+            WHERE (st.agent_id IS NULL AND rt.total >= 10 AND rt.rate < min_rate)
+               OR (st.agent_id IS NOT NULL AND rt.rate >= min_rate)
+        LOOP
+            IF r.raised THEN
+                DELETE FROM axme.alert_state WHERE agent_id = r.agent_id AND kind = 'success_rate_low';
+                IF FOUND THEN
+                    PERFORM axme._alert(r.address, 'agent_recovered',
+                        jsonb_build_object('success_rate', round(r.rate::numeric, 4), 'outcomes', r.total,
+                                           'window_seconds', 300));
+                    n := n + 1;
+                END IF;
+            ELSE
+                INSERT INTO axme.alert_state (agent_id, kind, details)
+                VALUES (r.agent_id, 'success_rate_low', jsonb_build_object('success_rate', r.rate))
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    PERFORM axme._alert(r.address, 'success_rate_low',
+                        jsonb_build_object('success_rate', round(r.rate::numeric, 4), 'outcomes', r.total,
+                                           'succeeded', r.good, 'threshold', min_rate, 'window_seconds', 300));
+                    n := n + 1;
+                END IF;
+            END IF;
+        END LOOP;
+    ELSE
+        DELETE FROM axme.alert_state WHERE kind = 'success_rate_low';
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._check_alerts() IS
+    'Private: raise dead_letter_threshold, success_rate_low and agent_recovered alerts, once per '
+    'crossing (state in axme.alert_state). Run by the worker about every 10 seconds.';
+
+-- The database's worker starts (or, waiting for this update, resumes) at commit.
+SELECT axme._wake_http();
 
 -- <<< end of section 4
 

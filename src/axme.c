@@ -8,16 +8,20 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
 #include "axme.h"
 #include "delivery.h"
+#include "timers.h"
 
 PG_MODULE_MAGIC;
 
@@ -109,6 +113,7 @@ _PG_init(void)
 
 	axme_wakeup_init();
 	axme_delivery_init();		/* http mode: GUCs; with preload the launcher (worker.c) */
+	axme_timers_init();			/* with preload: the timer loop's shared memory (timers.c) */
 
 	if (!process_shared_preload_libraries_in_progress)
 	{
@@ -122,4 +127,25 @@ _PG_init(void)
 	shmem_startup_hook = axme_shmem_startup;
 
 	MarkGUCPrefixReserved("axme");
+}
+
+/*
+ * In a background worker's transaction, before it touches axme's tables: whether axme is
+ * installed in this database, taking a share lock on the extension object when it is.
+ *
+ * DROP EXTENSION locks the extension object exclusively before it drops any member, so with this
+ * lock a worker transaction either runs wholly before the drop or starts after it (and finds no
+ * extension), instead of holding one of axme's tables while the drop holds another: a deadlock
+ * that would fail the user's DROP EXTENSION.  Needs a transaction; the lock is held to its end.
+ */
+bool
+axme_lock_extension(void)
+{
+	Oid			ext = get_extension_oid("axme", true);
+
+	if (!OidIsValid(ext))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+	/* dropped while we waited for the lock?  (locking accepted the invalidations) */
+	return OidIsValid(get_extension_oid("axme", true));
 }

@@ -25,6 +25,7 @@ extern int	axme_max_payload_bytes;
 /* axme.c */
 extern AxmeShared *axme_shmem(void);
 extern SPIPlanPtr axme_keep_plan(const char *sql, int nargs, Oid *argtypes);
+extern bool axme_lock_extension(void);
 
 /* wakeup.c */
 extern void axme_wakeup_init(void);

@@ -26,6 +26,7 @@
 
 #include "axme.h"
 #include "delivery.h"
+#include "ops.h"
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
@@ -78,6 +79,7 @@ recover_from_error(MemoryContext cxt, const char *what)
 	MemoryContextSwitchTo(cxt);
 	ereport(WARNING,
 			(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
+	axme_status_error(edata->message);	/* shown in axme.worker_status */
 	FreeErrorData(edata);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
@@ -85,7 +87,7 @@ recover_from_error(MemoryContext cxt, const char *what)
 static bool
 extension_exists(void)
 {
-	return OidIsValid(get_extension_oid("axme", true));
+	return axme_lock_extension();
 }
 
 /*
@@ -234,6 +236,13 @@ claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 		d->timeout_ms = DatumGetInt32(SPI_getbinval(t, td, 8, &isnull));
 		due = SPI_getbinval(t, td, 9, &isnull);
 		d->ca_file = isnull ? NULL : text_copy(due, delivery_context);
+		if (td->natts >= 11)	/* 0.3.0: client certificate for mTLS */
+		{
+			due = SPI_getbinval(t, td, 10, &isnull);
+			d->client_cert = isnull ? NULL : text_copy(due, delivery_context);
+			due = SPI_getbinval(t, td, 11, &isnull);
+			d->client_key = isnull ? NULL : text_copy(due, delivery_context);
+		}
 		old = MemoryContextSwitchTo(caller);
 		claimed = lappend(claimed, d);
 		MemoryContextSwitchTo(old);

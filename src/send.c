@@ -9,6 +9,7 @@
 #include "postgres.h"
 
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/md5.h"
 #include "executor/spi.h"
@@ -23,6 +24,7 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
+#include "timers.h"
 
 PG_FUNCTION_INFO_V1(axme_send_intent);
 
@@ -38,6 +40,8 @@ static const char *const intent_keys[] = {
 static SPIPlanPtr key_insert_plan = NULL;
 static SPIPlanPtr key_select_plan = NULL;
 static SPIPlanPtr store_plan = NULL;
+static SPIPlanPtr timer_plan = NULL;
+static SPIPlanPtr inbox_plan = NULL;
 
 /* The parameters of store_plan, in order. */
 enum
@@ -263,7 +267,9 @@ text_or_null(const char *s, char *nulls, int i)
  * Errors: 42501 the caller is not a member of axme_sender (or axme_admin), or names as from_agent an
  * agent mapped to a role it does not have; 22023 invalid or unknown field, 22P02 correlation_id not
  * a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused
- * with another document.
+ * with another document; from axme._inbox_on_send(): 22023 invalid human_task, human_task to a
+ * non-inbox agent or none to an inbox agent, escalate_to not an inbox, P0002 reply_to or
+ * escalate_to not registered.
  */
 Datum
 axme_send_intent(PG_FUNCTION_ARGS)
@@ -294,6 +300,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	char		hash[33];
 	int64		agent_id;
 	bool		is_stream;
+	char	   *mode;
+	bool		is_internal;
 	bool		isnull;
 
 	/*
@@ -490,10 +498,61 @@ axme_send_intent(PG_FUNCTION_ARGS)
 				 errhint("Register it first: SELECT axme.register_agent('%s', 'poll');", to_agent)));
 	}
 	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	is_stream = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "stream") == 0;
-	SPI_finish();
+	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	is_stream = strcmp(mode, "stream") == 0;
+	is_internal = strcmp(mode, "internal") == 0;
 
-	if (is_stream)
+	/*
+	 * Human tasks, reply_to and escalate_to are checked, and a task assigned, by
+	 * axme._inbox_on_send() (sql, section 2), after the store: an ERROR there undoes the send
+	 * with the statement.  Plain intents skip it.
+	 */
+	if (human_task != NULL || reply_to != NULL || escalate_to != NULL || strcmp(mode, "inbox") == 0)
+	{
+		Datum		arg = UUIDPGetDatum(id);
+
+		if (inbox_plan == NULL)
+		{
+			Oid			t = UUIDOID;
+
+			inbox_plan = axme_keep_plan("SELECT axme._inbox_on_send($1)", 1, &t);
+		}
+		if (SPI_execute_plan(inbox_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "axme: inbox send checks failed");
+	}
+
+	/* --- the timer rows (only when asked for: the plain send path does nothing more) --- */
+	if (has_deadline || remind_after >= 0)
+	{
+		Datum		targs[3];
+		char		tnulls[4] = "   ";
+
+		if (timer_plan == NULL)
+		{
+			Oid			t[3] = {UUIDOID, TIMESTAMPTZOID, INT4OID};
+
+			timer_plan = axme_keep_plan(
+				"INSERT INTO axme.timers (intent_id, kind, due_at)"
+				" SELECT $1, v.kind, v.due_at FROM (VALUES ('deadline', $2),"
+				"   ('remind', pg_catalog.now() OPERATOR(pg_catalog.+)"
+				"              pg_catalog.make_interval(secs => $3))) v(kind, due_at)"
+				" WHERE v.due_at IS NOT NULL", 3, t);
+		}
+		targs[0] = UUIDPGetDatum(id);
+		targs[1] = TimestampTzGetDatum(deadline);
+		tnulls[1] = has_deadline ? ' ' : 'n';
+		targs[2] = Int32GetDatum(remind_after);
+		tnulls[2] = remind_after >= 0 ? ' ' : 'n';
+		/* the trigger on axme.timers tells the worker at commit (timers.c) */
+		if (SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "axme: timer insert failed");
+	}
+	SPI_finish();
+	if (is_internal)
+		axme_internal_note_due();
+
+	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
+	if (is_stream && !(has_not_before && not_before > GetCurrentTransactionStartTimestamp()))
 		axme_queue_notify(agent_id, id);
 
 	PG_RETURN_UUID_P(id);

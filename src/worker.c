@@ -41,6 +41,8 @@
 
 #include "axme.h"
 #include "delivery.h"
+#include "ops.h"
+#include "timers.h"
 
 #define AXME_DB_SLOTS 256
 #define RESTART_DELAY_MS 1000
@@ -49,6 +51,7 @@
 
 int			axme_max_in_flight = 256;
 int			axme_max_database_workers = 8;
+int			axme_disable_after = 5 * 86400;	/* seconds; read by axme._endpoint_observe */
 bool		axme_is_http_worker = false;
 
 typedef enum SlotState
@@ -644,6 +647,7 @@ deliver_loop(void)
 		}
 		if (must_leave())
 			proc_exit(0);
+		axme_timers_tick();		/* timers, stream wake-ups, the internal worker (timers.c) */
 
 		done = axme_http_collect();
 		if (done != NIL)
@@ -663,6 +667,7 @@ deliver_loop(void)
 				worker_leave(SLOT_NO_EXT);
 			if (rc == AXME_RECORD_OK)
 			{
+				axme_status_delivered(list_length(unrecorded));
 				unrecorded = NIL;
 				record_retry_at = 0;
 				want_claim = true;	/* slots freed; retries may be due earlier */
@@ -697,6 +702,8 @@ deliver_loop(void)
 				want_claim = true;
 		}
 
+		axme_ops_tick();		/* alerts, cleanup (ops.c) when due */
+
 		now = GetCurrentTimestamp();
 		if (unrecorded != NIL)
 			timeout = 500;		/* a failed record is tried again soon */
@@ -709,11 +716,60 @@ deliver_loop(void)
 		else
 			timeout = Min(IDLE_RECHECK_MS, (long) ((next_due - now) / 1000) + 1);
 
+		timeout = axme_timers_timeout(timeout);
+		timeout = Min(timeout, axme_ops_next_ms());
+		axme_status_in_flight(axme_http_in_flight());
+		axme_status_state(axme_http_in_flight() > 0 ? "delivering" : "idle");
 		pgstat_report_activity(STATE_IDLE, NULL);
 		if (axme_http_wait(timeout, &woke) > 0 || woke)
 			want_claim = true;
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_cxt);
+	}
+}
+
+/*
+ * An axme older than the library is installed (or none): wait, saying why in the log and in
+ * axme.worker_status, until ALTER EXTENSION axme UPDATE (whose commit wakes us; we also look
+ * every 5 s).  Leaves when the extension is not there at all or the database is being dropped.
+ */
+static void
+wait_for_update(void)
+{
+	char		installed[64];
+	bool		logged = false;
+
+	for (;;)
+	{
+		int			v = axme_ops_check_version(installed, sizeof(installed));
+
+		if (v < 0)
+			worker_leave(SLOT_NO_EXT);
+		if (v > 0)
+			return;
+		if (!logged)
+			ereport(LOG,
+					(errmsg("axme: database \"%s\" has axme %s installed, older than the library (%s); "
+							"waiting for ALTER EXTENSION axme UPDATE",
+							axme_ops_dbname,
+							installed, AXME_VERSION)));
+		logged = true;
+		SpinLockAcquire(&ws->mutex);
+		ws->slots[my_slot].state = SLOT_SERVE;
+		SpinLockRelease(&ws->mutex);
+		axme_status_state("waiting for ALTER EXTENSION axme UPDATE (installed %s, library %s)",
+						  installed, AXME_VERSION);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5000L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (must_leave())
+			proc_exit(0);
 	}
 }
 
@@ -746,6 +802,8 @@ axme_worker_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	axme_is_http_worker = true;
 	pgstat_report_appname("axme worker");
+	axme_status_register("http");
+	wait_for_update();
 
 	if (!axme_queue_ready(true))
 		worker_leave(SLOT_NO_EXT);
@@ -777,6 +835,14 @@ axme_delivery_init(void)
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	axme_ssrf_define_guc();
+	axme_ops_init();			/* operations GUCs; with preload the worker status (ops.c) */
+	DefineCustomIntVariable("axme.disable_after",
+							"An http endpoint failing without a single success for this long is disabled.",
+							"axme.enable_agent() turns it back on.",
+							&axme_disable_after,
+							5 * 86400, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

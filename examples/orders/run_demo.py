@@ -17,6 +17,10 @@
    signature itself; the retries deliver every invoice and wait_for returns the receiver's result.
    Two forged requests (tampered body, stale timestamp) must be refused with 401. Prints every
    invoice's events and delivery attempts (axme.delivery_attempts).
+6. A person and a SQL function (approvals.py): an order above the approval limit becomes an
+   approval task in an inbox agent's queue; reminders fire while nobody answers; an approver
+   decides from psql and the sender's wait_for sees the decision. Then an internal agent (a SQL
+   function run by axme's worker) computes the order's invoice total.
 
 Exit status 0 when every order was completed with the right total and every invoice was completed
 with the receiver's invoice and verified signatures, 1 otherwise: the test suite runs this demo as a
@@ -43,6 +47,8 @@ import urllib.request
 
 import psycopg2
 import psycopg2.extras
+
+import approvals
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AGENT = "agent://myorg/production/order-processor"
@@ -373,6 +379,7 @@ def main():
     not_completed = None       # orders not completed (None: not checked)
     everything = []            # (order_id, intent_id, expected total) of every order
     invoices = []              # (order_id, customer, amount, intent_id) of every invoice
+    approved_order = None      # the order that needed an approval (step 10)
 
     def on_alarm(signum, frame):
         raise Aborted(f"the demo took longer than {DEMO_TIMEOUT} s")
@@ -662,6 +669,9 @@ def main():
                             "as a duplicate")
         # requests from axme: the verified ones for the invoices, less the demo's redelivery
         verified_requests = sum(1 for i in webhook.verified if i in invoice_ids) - 1
+
+        # --- 5. a person's approval (inbox) and a SQL handler (internal): approvals.py -----------
+        approved_order = approvals.run(conn, waiter, say, heading, problems, insert_order, money)
     except (Aborted, psycopg2.Error, KeyboardInterrupt) as e:
         problems.append(f"aborted: {e or type(e).__name__}".strip())
     finally:
@@ -679,6 +689,8 @@ def main():
         say(f"   all {len(invoices)} invoices COMPLETED over webhooks after {failed_during_outage} "
             f"failed attempts during the outage; {verified_requests} request(s) from axme, every "
             f"signature verified; {len(forged)} forged requests refused, a redelivery de-duplicated")
+        say(f"   order {approved_order} waited for a person: reminded while nobody answered, approved "
+            "from psql; its invoice total came from a SQL handler run by axme's worker")
         say(f"   demo took {time.monotonic() - started:.1f} s")
         return 0
     if not_completed is not None:

@@ -7,7 +7,8 @@ SELECT axme.register_agent('agent://myorg/prod/agent-poll');
 SELECT axme.register_agent('agent://myorg/prod/agent-stream', 'stream');
 SELECT axme.register_agent('agent://myorg/prod/agent-http', 'http', 'https://example.com/hook');
 SELECT axme.register_agent('agent://myorg/prod/agent-inbox', 'inbox');
-SELECT axme.register_agent('agent://myorg/prod/agent-internal', 'internal');
+CREATE FUNCTION public.agents_handler(intent jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+SELECT axme.register_agent('agent://myorg/prod/agent-internal', 'internal', NULL, '{"handler": "public.agents_handler"}');
 SELECT address, delivery_mode, endpoint_url, options, registered_by = current_user AS by_me
 FROM axme.agents WHERE address LIKE 'agent://myorg/prod/agent-%' ORDER BY agent_id;
 
@@ -129,6 +130,75 @@ SELECT axme.channel('agent://' || repeat('o', 63) || '/' || repeat('w', 63) || '
 SELECT pg_temp.err($$SELECT axme.channel(NULL)$$);
 SELECT pg_temp.err($$SELECT axme.channel('not an address')$$);
 SELECT pg_temp.err($$SELECT axme.channel('agent://myorg/prod/nobody')$$, NULL, true);
+
+-- Internal agents: "handler" is required and checked against the catalogs at registration.
+CREATE SCHEMA agents_h;
+CREATE FUNCTION agents_h.ok(intent jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT intent $$;
+CREATE FUNCTION agents_h.two_args(intent jsonb, x int) RETURNS jsonb LANGUAGE sql AS $$ SELECT intent $$;
+CREATE FUNCTION agents_h.text_arg(intent text) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+CREATE FUNCTION agents_h.returns_text(intent jsonb) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$;
+CREATE FUNCTION agents_h.returns_set(intent jsonb) RETURNS SETOF jsonb LANGUAGE sql AS $$ SELECT intent $$;
+CREATE PROCEDURE agents_h.proc(intent jsonb) LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE FUNCTION agents_h.definer(intent jsonb) RETURNS jsonb LANGUAGE sql SECURITY DEFINER AS $$ SELECT intent $$;
+CREATE FUNCTION agents_h.private(intent jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT intent $$;
+REVOKE EXECUTE ON FUNCTION agents_h.private(jsonb) FROM PUBLIC;
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS agents_h_user;
+DROP ROLE IF EXISTS agents_h_other;
+DROP ROLE IF EXISTS agents_h_super;
+RESET client_min_messages;
+CREATE ROLE agents_h_user;
+CREATE ROLE agents_h_other;
+CREATE ROLE agents_h_super SUPERUSER;
+GRANT USAGE ON SCHEMA axme, agents_h TO agents_h_user, agents_h_other;
+GRANT ALL ON ALL TABLES IN SCHEMA axme TO agents_h_user;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA axme TO agents_h_user;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA axme TO agents_h_user;
+SELECT o AS options, pg_temp.err(format('SELECT axme.register_agent(%L, %L, NULL, %L)',
+                                        'agent://myorg/prod/int-h', 'internal', o)) AS result
+FROM unnest(ARRAY[
+    '{}',
+    '{"handler": "agents_h.ok"}',
+    '{"handler": "agents_h.ok", "timeout_ms": 250}',
+    '{"handler": "agents_h.ok", "timeout_ms": 99}',
+    '{"handler": "ok"}',
+    '{"handler": "agents_h.ok(jsonb)"}',
+    '{"handler": 5}',
+    '{"handler": "agents_h.missing"}',
+    '{"handler": "nosuchschema.ok"}',
+    '{"handler": "agents_h.two_args"}',
+    '{"handler": "agents_h.text_arg"}',
+    '{"handler": "agents_h.returns_text"}',
+    '{"handler": "agents_h.returns_set"}',
+    '{"handler": "agents_h.proc"}',
+    '{"handler": "agents_h.ok", "db_role": "agents_h_user"}',
+    '{"handler": "agents_h.ok", "db_role": "no_such_role_x"}',
+    '{"handler": "agents_h.ok", "db_role": "agents_h_super"}',
+    '{"handler": "agents_h.private", "db_role": "agents_h_user"}',
+    '{"handler": "agents_h.ok", "secret": "x"}'
+]) o;
+-- a superuser may register a handler that runs as itself (superuser) without db_role
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-h', 'internal', NULL, '{"handler": "agents_h.definer", "db_role": null}')$$);
+SELECT options, registered_by = current_user AS by_me FROM axme.agents WHERE address = 'agent://myorg/prod/int-h';
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/poll-h', 'poll', NULL, '{"handler": "agents_h.ok"}')$$);
+-- a non-superuser: runs as itself; may not borrow another role, nor a superuser's SECURITY DEFINER handler
+SET ROLE agents_h_user;
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.ok"}')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.ok", "db_role": "agents_h_other"}')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.definer"}')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.private"}')$$);
+-- re-registering the superuser's agent makes it run as this role from now on
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-h', 'internal', NULL, '{"handler": "agents_h.ok"}')$$);
+RESET ROLE;
+SELECT address, options, registered_by FROM axme.agents WHERE address IN ('agent://myorg/prod/int-u', 'agent://myorg/prod/int-h') ORDER BY address;
+DELETE FROM axme.agents WHERE address IN ('agent://myorg/prod/int-u', 'agent://myorg/prod/int-h');
+REVOKE ALL ON ALL TABLES IN SCHEMA axme FROM agents_h_user;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA axme FROM agents_h_user;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM agents_h_user;
+REVOKE ALL ON SCHEMA axme, agents_h FROM agents_h_user, agents_h_other;
+DROP ROLE agents_h_user;
+DROP ROLE agents_h_other;
+DROP ROLE agents_h_super;
 
 -- GUCs: defined once the library is loaded (with or without preload).
 LOAD 'axme';

@@ -52,7 +52,10 @@ SELECT seq, event_type FROM axme.intent_events(:'id1', 1);
 SELECT count(*) FROM axme.intent_events(:'id1', 2);
 SELECT count(*) FROM axme.intent_events(:'id1', 1000);
 
--- Every optional field is stored and shown.
+-- Every optional field is stored and shown (human_task: see test/sql/inbox.sql; reply_to and
+-- escalate_to must be registered, escalate_to as an inbox).
+SELECT axme.register_agent('agent://myorg/prod/shop-replies');
+SELECT axme.register_agent('agent://myorg/prod/manager', 'inbox');
 BEGIN;
 SELECT axme.send_intent(jsonb_build_object(
     'intent_type', 'intent.order.ship.v2', 'to_agent', 'agent://myorg/prod/orders',
@@ -61,8 +64,7 @@ SELECT axme.send_intent(jsonb_build_object(
     'correlation_id', '9b2e1c3a-7f4d-4e5b-8a6c-0d1e2f3a4b5c',
     'deadline_at', now() + interval '1 day', 'not_before', now() + interval '1 hour',
     'max_delivery_attempts', 9, 'remind_after_seconds', 30, 'remind_interval_seconds', 60,
-    'max_reminders', 3, 'escalate_to', 'agent://myorg/prod/manager',
-    'human_task', jsonb_build_object('task_type', 'approval', 'title', 'Ship it?'))) AS id2 \gset
+    'max_reminders', 3, 'escalate_to', 'agent://myorg/prod/manager')) AS id2 \gset
 \x on
 SELECT d->>'from_agent' AS from_agent, d->>'reply_to' AS reply_to,
        d->>'correlation_id' AS correlation_id, d->>'status' AS status,
