@@ -310,8 +310,8 @@ BEGIN
     PERFORM axme._check_agent_refs(delivery_mode, merged, options);
     IF delivery_mode = 'internal' THEN
         -- the handler runs as db_role, else as the role that registered it last (checked above)
-        UPDATE axme.agents a SET registered_by = current_user
-        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM current_user;
+        UPDATE axme.agents a SET registered_by = axme._caller()   -- sec: the caller, not the definer
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM axme._caller();   -- sec
         PERFORM axme._wake_internal();
     END IF;
     IF new_secret IS NOT NULL THEN
@@ -774,7 +774,7 @@ BEGIN
                    CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
                                  WHEN 'FAILED' THEN 'intent.dead_lettered'
                                  ELSE 'intent.timed_out' END,
-                   u.status, current_user,
+                   u.status, axme._caller(),   -- sec: the caller, not the definer
                    CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
                                  WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
                                                                        'error', u.error)
@@ -889,7 +889,7 @@ BEGIN
         RETURNING i.intent_id, i.event_seq, i.attempt, o.agent, o.started, o.dur, o.st, o.excerpt
     ), e AS (
         INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
-        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', current_user,
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),   -- sec
                jsonb_build_object('attempt', u.attempt, 'http_status', u.st)
         FROM u
     ), da AS (
@@ -1222,9 +1222,11 @@ COMMENT ON FUNCTION axme._endpoint_observe(uuid[], integer[], bigint[], timestam
 CREATE FUNCTION axme.enable_agent(agent text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    a axme.agents := axme._agent(agent, 'agent');
+    a axme.agents;
     was_disabled boolean;
 BEGIN
+    PERFORM axme._check_admin('enable_agent');   -- sec: agent administration is for admins
+    a := axme._agent(agent, 'agent');
     SELECT ag.disabled_at IS NOT NULL INTO was_disabled FROM axme.agents ag
     WHERE ag.agent_id = a.agent_id FOR UPDATE;
     IF NOT was_disabled THEN
@@ -1237,7 +1239,7 @@ BEGIN
     WHERE agent_id = a.agent_id;
     PERFORM axme._alert(a.address, 'endpoint_enabled',
         jsonb_build_object('disabled_at', a.disabled_at, 'disabled_reason', a.disabled_reason,
-                           'by', current_user));
+                           'by', axme._caller()));   -- sec: the caller, not the definer
     IF a.delivery_mode = 'http' THEN
         PERFORM axme._ramp_start(a.agent_id, true);
         PERFORM axme._wake_http();
@@ -1247,8 +1249,8 @@ END $$;
 COMMENT ON FUNCTION axme.enable_agent(text) IS
     'Turn a disabled agent (410 Gone, failing for axme.disable_after) back on: its waiting intents '
     'are re-driven through the slow-start ramp with their due times spread. Returns true when it '
-    'was disabled, false when it was not (nothing changes). Alert endpoint_enabled. '
-    'Errors: 22023 invalid address, P0002 agent not registered.';
+    'was disabled, false when it was not (nothing changes). Alert endpoint_enabled. Admins only. '
+    'Errors: 42501 not a superuser or axme_admin member, 22023 invalid address, P0002 agent not registered.';
 
 CREATE FUNCTION axme.rotate_secret(agent text, grace interval DEFAULT '24 hours') RETURNS text
 LANGUAGE plpgsql AS $$
@@ -1575,7 +1577,7 @@ COMMENT ON COLUMN axme.threads.owner_id IS 'agent_id of the owner (axme.agents).
 COMMENT ON COLUMN axme.threads.open IS 'status <> ''done'' (generated), for the listing index.';
 COMMENT ON TABLE axme.thread_messages IS
     'The timeline of a thread: opened, reply, delegated, reminder, escalated, decided, closed. '
-    'actor is the role that acted (current_user); actor_name the display name it gave.';
+    'actor is the role that acted (the session''s role, SET ROLE honoured); actor_name the display name it gave.';
 
 -- The change feed: per (owner, thread) the last change of the thread that owner saw: the
 -- transaction that made it (xid) and a number from axme.inbox_change_seq.  An owner that lost a
@@ -1632,13 +1634,13 @@ LANGUAGE plpgsql AS $$
 BEGIN
     -- (plpgsql, not sql: its plan is kept across calls)
     INSERT INTO axme.thread_messages (thread_id, seq, kind, actor, actor_name, body, details)
-    SELECT p_thread_id, coalesce(max(m.seq), 0) + 1, p_kind, current_user, p_actor_name, p_body,
+    SELECT p_thread_id, coalesce(max(m.seq), 0) + 1, p_kind, axme._caller(), p_actor_name, p_body,   -- sec
            coalesce(p_details, '{}')
     FROM axme.thread_messages m WHERE m.thread_id = p_thread_id;
 END $$;
 COMMENT ON FUNCTION axme._thread_message(uuid, text, text, text, jsonb) IS
     'Private: append one entry (kind, display name, body, details) to a thread''s timeline; the '
-    'actor recorded is current_user.';
+    'actor recorded is the calling role (axme._caller(), SET ROLE honoured).';
 
 -- Open a thread and record it as a change.  Returns its id.
 CREATE FUNCTION axme._open_thread(i axme.intents, owner_id bigint, owner text, kind text, task jsonb,
@@ -1862,6 +1864,7 @@ CREATE FUNCTION axme.inbox(owner text, status text DEFAULT NULL)
 RETURNS TABLE (thread_id uuid, intent_id uuid, kind text, status text, task_type text, title text,
                from_agent text, created_at timestamptz, due_at timestamptz)
 LANGUAGE sql STABLE AS $$
+    SELECT axme._check_receiver(axme._inbox_owner(inbox.owner, inbox.status), 'inbox');   -- sec: the owner's role
     SELECT t.thread_id, t.intent_id, t.kind, t.status, t.task_type, t.title, t.from_agent,
            t.created_at, t.due_at
     FROM axme.threads t
@@ -1874,8 +1877,9 @@ COMMENT ON FUNCTION axme.inbox(text, text) IS
     'The threads of an inbox owner (a registered agent address), newest first. status: pending, '
     'active, done, or NULL for every open thread (pending and active). Returns thread_id, '
     'intent_id, kind (task | completion), status, task_type, title, from_agent, created_at, due_at '
-    '(the intent''s deadline_at). Page with LIMIT/OFFSET. Errors: 22023 invalid owner or status, '
-    'P0002 owner not registered.';
+    '(the intent''s deadline_at). Page with LIMIT/OFFSET. The owner''s role (option db_role) and '
+    'admins only. Errors: 22023 invalid owner or status, P0002 owner not registered, 42501 not the '
+    'owner''s role.';
 
 -- The thread summary used by inbox_changes.
 CREATE FUNCTION axme._thread_summary(t axme.threads) RETURNS jsonb
@@ -1902,6 +1906,13 @@ BEGIN
         RAISE EXCEPTION 'thread % does not exist', thread_id USING ERRCODE = 'P0002';
     END IF;
     SELECT * INTO i FROM axme.intents WHERE intents.intent_id = t.intent_id;
+    -- sec: the owner's role, the intent's sending or receiving role, admins
+    IF NOT (axme._can_receive(t.owner_id) OR axme._can_read_intent(i.sender_role, i.agent_id)) THEN
+        RAISE EXCEPTION 'permission denied for thread %', t.thread_id
+            USING ERRCODE = '42501',
+                  DETAIL = 'Only the role of its owner (agent option db_role), the sending or receiving '
+                           'role of its intent and members of axme_admin may read a thread.';
+    END IF;
     RETURN axme._thread_summary(t) || jsonb_build_object(
         'task', t.task,
         'outcome', t.outcome,
@@ -1924,7 +1935,9 @@ COMMENT ON FUNCTION axme.inbox_thread(uuid) IS
     'created_at, updated_at, due_at, closed_at, task (the normalised human_task), outcome '
     '(completion threads and closed tasks: status, result, error), intent (status, payload, '
     'result, ...), timeline (the intent''s events) and messages (the thread''s entries: opened, '
-    'reply, delegated, reminder, escalated, decided, closed). Errors: 22023 NULL, P0002 unknown thread.';
+    'reply, delegated, reminder, escalated, decided, closed). Readable by the owner''s role, the '
+    'intent''s sending and receiving roles and admins. Errors: 22023 NULL, P0002 unknown thread, '
+    '42501 not allowed to read it.';
 
 -- Whether a JSON value has a JSON Schema basic type.
 CREATE FUNCTION axme._json_has_type(v jsonb, t text) RETURNS boolean
@@ -1950,8 +1963,18 @@ DECLARE
     types jsonb;
     decision jsonb;
 BEGIN
-    i := axme._lock_intent(intent_id, NULL);
+    -- sec: locked here rather than by _lock_intent, whose check is the intent's agent: a task is
+    -- decided by its thread's current owner (after delegation or escalation, another inbox)
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO i FROM axme.intents x WHERE x.intent_id = decide.intent_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
     IF i.human_task IS NULL THEN
+        PERFORM axme._check_receiver(i.agent_id, 'decide');   -- sec
+
         RAISE EXCEPTION 'intent % is not a human task', i.intent_id USING ERRCODE = '55000';
     END IF;
     IF i.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') THEN
@@ -1960,9 +1983,11 @@ BEGIN
     END IF;
     t := axme._task_thread(i.intent_id);
     IF t.thread_id IS NULL THEN
+        PERFORM axme._check_receiver(i.agent_id, 'decide');   -- sec
         RAISE EXCEPTION 'the task of intent % is not assigned yet (status %)', i.intent_id, i.status
             USING ERRCODE = '55000';
     END IF;
+    PERFORM axme._check_receiver(t.owner_id, 'decide');   -- sec: the thread's current owner
     task := t.task;
     IF outcome IS NULL THEN
         RAISE EXCEPTION 'argument "outcome" must not be null' USING ERRCODE = '22023';
@@ -2015,7 +2040,7 @@ BEGIN
     END IF;
     new_status := axme._task_outcomes(task->>'task_type')->>outcome;
     decision := jsonb_build_object('outcome', outcome, 'comment', comment, 'data', data,
-                                   'actor', current_user::text, 'actor_name', actor,
+                                   'actor', axme._caller(), 'actor_name', actor,   -- sec
                                    'decided_at', clock_timestamp());
     PERFORM axme._thread_message(t.thread_id, 'decided', actor, comment,
         jsonb_build_object('outcome', outcome, 'data', data, 'status', new_status));
@@ -2026,7 +2051,7 @@ BEGIN
     i.waiting_reason := NULL;
     -- the trigger on axme.intents closes the thread (and sends the reply_to completion)
     PERFORM axme._transition(i, new_status, 'intent.' || lower(new_status),
-        jsonb_build_object('outcome', outcome, 'actor', current_user::text, 'actor_name', actor,
+        jsonb_build_object('outcome', outcome, 'actor', axme._caller(), 'actor_name', actor,   -- sec
                            'thread_id', t.thread_id));
 END $$;
 COMMENT ON FUNCTION axme.decide(uuid, text, text, jsonb, text) IS
@@ -2038,8 +2063,9 @@ COMMENT ON FUNCTION axme.decide(uuid, text, text, jsonb, text) IS
     'honoured). The intent takes the status of the outcome (approved/confirmed/assigned/completed/'
     'provided/changes_requested/override_approved -> COMPLETED, rejected/declined -> CANCELED, '
     'failed -> FAILED) with result {outcome, comment, data, actor, actor_name, decided_at}. '
-    'Errors: 22023 NULL or invalid argument, P0002 unknown intent, 55000 not a human task, not '
-    'assigned yet, or already finished (deciding twice).';
+    'Only the role of the task thread''s current owner (option db_role of that inbox) and admins may '
+    'decide. Errors: 22023 NULL or invalid argument, P0002 unknown intent, 42501 not the owner''s '
+    'role, 55000 not a human task, not assigned yet, or already finished (deciding twice).';
 
 -- The thread row locked, or P0002.
 CREATE FUNCTION axme._lock_thread(p_thread_id uuid) RETURNS axme.threads
@@ -2073,6 +2099,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     t := axme._lock_thread(thread_id);
+    PERFORM axme._check_receiver(t.owner_id, 'reply');   -- sec: the thread's owner
     IF t.status = 'done' THEN
         RAISE EXCEPTION 'thread % is done', t.thread_id USING ERRCODE = '55000';
     END IF;
@@ -2082,8 +2109,9 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme.reply(uuid, text, text) IS
     'Add a message (1..10000 characters) to an open thread; the thread becomes active. actor: a '
-    'display name kept beside the recorded role (current_user). Errors: 22023 NULL or invalid '
-    'argument, P0002 unknown thread, 55000 thread done.';
+    'display name kept beside the recorded role (the caller, SET ROLE honoured). The owner''s role '
+    'and admins only. Errors: 22023 NULL or invalid argument, P0002 unknown thread, 42501 not the '
+    'owner''s role, 55000 thread done.';
 
 CREATE FUNCTION axme.delegate(thread_id uuid, to_owner text, note text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -2101,6 +2129,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     t := axme._lock_thread(thread_id);
+    PERFORM axme._check_receiver(t.owner_id, 'delegate');   -- sec: the thread's owner
     IF t.kind <> 'task' THEN
         RAISE EXCEPTION 'thread % is a completion thread: only task threads can be delegated', t.thread_id
             USING ERRCODE = '55000';
@@ -2121,8 +2150,9 @@ END $$;
 COMMENT ON FUNCTION axme.delegate(uuid, text, text) IS
     'Move an open task thread to another inbox (a registered agent of mode inbox); the thread '
     'becomes active and both owners are notified; note (at most 10000 characters) goes into the '
-    'timeline. Errors: 22023 invalid argument, to_owner not an inbox or already the owner, P0002 '
-    'unknown thread or to_owner not registered, 55000 thread done or a completion thread.';
+    'timeline. The current owner''s role and admins only. Errors: 22023 invalid argument, to_owner '
+    'not an inbox or already the owner, P0002 unknown thread or to_owner not registered, 42501 not '
+    'the owner''s role, 55000 thread done or a completion thread.';
 
 CREATE FUNCTION axme.inbox_changes(owner text, cursor text DEFAULT NULL, max_count integer DEFAULT 50)
 RETURNS TABLE (changes jsonb, next_cursor text, has_more boolean)
@@ -2135,6 +2165,7 @@ DECLARE
     last_xid xid8;
     last_seq bigint;
 BEGIN
+    PERFORM axme._check_receiver(o, 'inbox_changes');   -- sec: the owner's role
     IF cursor IS NOT NULL AND cursor <> '' THEN
         IF cursor !~ '^[0-9]{1,19}:[0-9]{1,19}$' THEN
             RAISE EXCEPTION 'argument "cursor" is not a cursor returned by inbox_changes: "%"', left(cursor, 100)
@@ -2182,7 +2213,8 @@ COMMENT ON FUNCTION axme.inbox_changes(text, text, integer) IS
     'last change. Never misses a change, even when transactions commit out of order: a change is '
     'reported once every transaction that was writing when it was made has ended (bounded by '
     'pg_snapshot_xmin), so a long-running writing transaction delays it. '
-    'Errors: 22023 invalid owner, cursor or max_count, P0002 owner not registered.';
+    'The owner''s role and admins only. '
+    'Errors: 22023 invalid owner, cursor or max_count, P0002 owner not registered, 42501 not the owner''s role.';
 
 -- The current owner of an intent's work: its open task thread's owner, else the receiving agent.
 CREATE FUNCTION axme._current_owner(i axme.intents, OUT owner_id bigint, OUT owner text, OUT t axme.threads)
@@ -2208,7 +2240,7 @@ BEGIN
     WHERE intent_id = i.intent_id
     RETURNING event_seq INTO i.event_seq;
     INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
-    VALUES (i.intent_id, i.event_seq, event_type, i.status, current_user, coalesce(details, '{}'));
+    VALUES (i.intent_id, i.event_seq, event_type, i.status, axme._caller(), coalesce(details, '{}'));   -- sec
 END $$;
 COMMENT ON FUNCTION axme._append_event(axme.intents, text, jsonb) IS
     'Private: append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent, with its current status.';
@@ -2573,7 +2605,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     fn regprocedure;
     p record;
-    run_as text := coalesce(db_role, current_user);
+    run_as text := coalesce(db_role, axme._caller());   -- sec: the registering role, not the definer
 BEGIN
     fn := pg_catalog.to_regprocedure(handler || '(jsonb)');
     IF fn IS NULL THEN
@@ -2597,13 +2629,13 @@ BEGIN
                 USING ERRCODE = '42501',
                       HINT = 'Name a role with only the privileges the handler needs.';
         END IF;
-        IF NOT pg_catalog.pg_has_role(current_user, db_role, 'MEMBER') AND NOT axme._is_admin() THEN
-            RAISE EXCEPTION 'option "db_role": role "%" is not a role of %', db_role, current_user
+        IF NOT pg_catalog.pg_has_role(axme._caller(), db_role, 'MEMBER') AND NOT axme._is_admin() THEN   -- sec
+            RAISE EXCEPTION 'option "db_role": role "%" is not a role of %', db_role, axme._caller()   -- sec
                 USING ERRCODE = '42501', HINT = 'Only members of a role (or axme administrators) may run handlers as it.';
         END IF;
     END IF;
     IF p.prosecdef AND p.owner_super AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r
-                                                        WHERE r.rolname = current_user), false) THEN
+                                                        WHERE r.rolname = axme._caller()), false) THEN   -- sec
         RAISE EXCEPTION 'option "handler": % is SECURITY DEFINER owned by a superuser', handler
             USING ERRCODE = '42501', HINT = 'Only a superuser may register a handler that runs as a superuser.';
     END IF;
@@ -2776,6 +2808,7 @@ DECLARE
     step jsonb;
     batch integer := (axme._ops_settings()->>'cleanup_batch_size')::integer;
 BEGIN
+    PERFORM axme._check_admin('cleanup');   -- sec: retention is for admins
     LOOP
         step := axme._cleanup_step(batch);
         total := axme._add_counts(total, step - 'more');
@@ -2790,29 +2823,34 @@ COMMENT ON FUNCTION axme.cleanup() IS
     'than axme.idempotency_ttl, attempt rows older than axme.attempts_retention, alerts older than '
     'axme.retention_dead_letters. Never touches a live intent. Returns the rows deleted per table, '
     'e.g. {"intents": 10, "events": 40, ...}. Runs in batches of axme.cleanup_batch_size rows but in '
-    'one transaction; the worker runs it every axme.cleanup_interval committing after each batch.';
+    'one transaction; the worker runs it every axme.cleanup_interval committing after each batch. '
+    'Admins only. Errors: 42501 not a superuser or axme_admin member.';
 
 -- Agent administration -------------------------------------------------------------------------
 
 CREATE FUNCTION axme.pause_agent(agent text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    a axme.agents := axme._agent(agent, 'agent');
+    a axme.agents;
 BEGIN
+    PERFORM axme._check_admin('pause_agent');   -- sec: agent administration is for admins
+    a := axme._agent(agent, 'agent');
     UPDATE axme.agents SET paused_at = coalesce(paused_at, now()), updated_at = now()
     WHERE agent_id = a.agent_id;
 END $$;
 COMMENT ON FUNCTION axme.pause_agent(text) IS
     'Pause an agent: from the commit on, nothing more is handed out to it (poll returns no rows, '
     'the http and internal workers skip it); its intents wait and are not charged attempts. '
-    'Intents already handed out keep their leases. Idempotent. Errors: 22023 invalid address, '
-    'P0002 agent not registered.';
+    'Intents already handed out keep their leases. Idempotent. Admins only. Errors: 42501 not an '
+    'admin, 22023 invalid address, P0002 agent not registered.';
 
 CREATE FUNCTION axme.resume_agent(agent text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    a axme.agents := axme._agent(agent, 'agent');
+    a axme.agents;
 BEGIN
+    PERFORM axme._check_admin('resume_agent');   -- sec: agent administration is for admins
+    a := axme._agent(agent, 'agent');
     UPDATE axme.agents SET paused_at = NULL, updated_at = now() WHERE agent_id = a.agent_id;
     IF a.paused_at IS NULL THEN
         RETURN;
@@ -2827,16 +2865,19 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme.resume_agent(text) IS
     'Resume a paused agent: its waiting intents are handed out again from the commit on (a stream '
-    'agent gets a wake-up). Idempotent. Errors: 22023 invalid address, P0002 agent not registered.';
+    'agent gets a wake-up). Idempotent. Admins only. Errors: 42501 not an admin, 22023 invalid '
+    'address, P0002 agent not registered.';
 
 CREATE FUNCTION axme.unregister_agent(agent text, force boolean DEFAULT false) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    a axme.agents := axme._agent(agent, 'agent');
+    a axme.agents;
     i axme.intents;
     pending bigint;
     n bigint := 0;
 BEGIN
+    PERFORM axme._check_admin('unregister_agent');   -- sec
+    a := axme._agent(agent, 'agent');
     IF force IS NULL THEN
         RAISE EXCEPTION 'argument "force" must not be null' USING ERRCODE = '22023';
     END IF;
@@ -2870,14 +2911,17 @@ COMMENT ON FUNCTION axme.unregister_agent(text, boolean) IS
     'force, which cancels them first (-> CANCELED, event intent.canceled with reason '
     'agent_unregistered). Terminal intents stay as history. Returns the number of intents '
     'canceled. Takes a SHARE ROW EXCLUSIVE lock on axme.intents until commit (sends wait). '
-    'Errors: 22023 invalid address or NULL force, P0002 agent not registered, 55000 pending intents.';
+    'Admins only. Errors: 42501 not an admin, 22023 invalid address or NULL force, P0002 agent not '
+    'registered, 55000 pending intents.';
 
 CREATE FUNCTION axme.purge_dead_letters(agent text, before timestamptz DEFAULT now()) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    a axme.agents := axme._agent(agent, 'agent');
+    a axme.agents;
     ids uuid[];
 BEGIN
+    PERFORM axme._check_admin('purge_dead_letters');   -- sec
+    a := axme._agent(agent, 'agent');
     IF before IS NULL THEN
         RAISE EXCEPTION 'argument "before" must not be null' USING ERRCODE = '22023';
     END IF;
@@ -2889,8 +2933,8 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme.purge_dead_letters(text, timestamptz) IS
     'Delete the dead letters of an agent dead-lettered before the given time (default: now), with '
-    'their events and attempts. Returns how many. Errors: 22023 invalid address or NULL before, '
-    'P0002 agent not registered.';
+    'their events and attempts. Returns how many. Admins only. Errors: 42501 not an admin, 22023 '
+    'invalid address or NULL before, P0002 agent not registered.';
 
 -- Monitoring -----------------------------------------------------------------------------------
 
@@ -2987,6 +3031,7 @@ COMMENT ON FUNCTION axme._prom_escape(text) IS 'Private: escape a Prometheus lab
 
 CREATE FUNCTION axme.metrics() RETURNS text
 LANGUAGE sql AS $$
+    SELECT axme._check_monitor('metrics');   -- sec: pg_monitor members and admins
     WITH qd AS MATERIALIZED (
         SELECT format('{agent="%s",mode="%s"}', axme._prom_escape(agent), mode) AS l, *,
                extract(epoch FROM oldest_ready_age) AS oldest
@@ -3052,7 +3097,8 @@ $$;
 COMMENT ON FUNCTION axme.metrics() IS
     'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database) '
     'in the Prometheus text exposition format (metric names axme_*, labels agent, mode, window), '
-    'plus axme_notification_queue_usage (pg_notification_queue_usage()).';
+    'plus axme_notification_queue_usage (pg_notification_queue_usage()). For members of pg_monitor '
+    'and axme_admin (42501 otherwise).';
 
 
 -- Alerting -------------------------------------------------------------------------------------
@@ -3198,6 +3244,23 @@ ALTER TABLE axme.agents
     ADD COLUMN db_role text GENERATED ALWAYS AS (options->>'db_role') STORED;
 COMMENT ON COLUMN axme.agents.db_role IS
     'The database role that receives for the agent (option db_role); NULL: admins only.';
+
+-- Idempotency keys are scoped by the sending role as well as by coalesce(from_agent, sender_role):
+-- two roles sending with the same unmapped from_agent label and the same key used to share the key,
+-- so the second got the first's intent_id (and could learn it exists).  Existing keys get the
+-- sending role of their intent; a key whose intent is gone keeps sender as its role, which is right
+-- for keys sent without from_agent (a key of a deleted intent sent with from_agent then matches no
+-- role and is not deduplicated again).
+ALTER TABLE axme.idempotency_keys ADD COLUMN sender_role text;
+UPDATE axme.idempotency_keys k
+SET sender_role = coalesce((SELECT i.sender_role FROM axme.intents i WHERE i.intent_id = k.intent_id), k.sender);
+ALTER TABLE axme.idempotency_keys ALTER COLUMN sender_role SET NOT NULL,
+    DROP CONSTRAINT idempotency_keys_pkey, ADD PRIMARY KEY (sender_role, sender, key);
+COMMENT ON TABLE axme.idempotency_keys IS
+    'Idempotency keys: (sender_role, coalesce(from_agent, sender_role), key) -> the intent it created, '
+    'and a hash of the intent document it was used with.';
+COMMENT ON COLUMN axme.idempotency_keys.sender_role IS
+    'The role that sent with the key (axme.intents.sender_role); keys of different roles never meet.';
 
 -- Authorization helpers.  Each raises 42501 naming the refused operation; the one-line forms for
 -- a function body are:

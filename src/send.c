@@ -61,19 +61,21 @@ prepare_plans(void)
 {
 	if (key_insert_plan == NULL)
 	{
-		Oid			t[4] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID};
+		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID};
 
 		key_insert_plan = axme_keep_plan(
-			"INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash)"
-			" VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", 4, t);
+			"INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash, sender_role)"
+			" VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", 5, t);
 	}
 	if (key_select_plan == NULL)
 	{
-		Oid			t[2] = {TEXTOID, TEXTOID};
+		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID};
 
+		/* the parameters of the insert ($3 and $4 unused) */
 		key_select_plan = axme_keep_plan(
 			"SELECT intent_id, request_hash FROM axme.idempotency_keys"
-			" WHERE sender OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2", 2, t);
+			" WHERE sender_role OPERATOR(pg_catalog.=) $5 AND sender OPERATOR(pg_catalog.=) $1"
+			" AND key OPERATOR(pg_catalog.=) $2", 5, t);
 	}
 	if (store_plan == NULL)
 	{
@@ -417,12 +419,15 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	axme_check_from_agent(from_agent);	/* 42501: a mapped agent's name is its role's */
 	new_uuid(id);
 
-	/* --- idempotency: (coalesce(from_agent, sender_role), key) -> one intent --- */
+	/*
+	 * --- idempotency: (sender_role, coalesce(from_agent, sender_role), key) -> one intent ---
+	 * Scoped by the sending role too: roles sharing an unmapped from_agent label never share keys.
+	 */
 	if (key != NULL)
 	{
 		char	   *doc = JsonbToCString(NULL, &intent->root, VARSIZE(intent));
 		const char *errstr = NULL;
-		Datum		args[4];
+		Datum		args[5];
 
 		if (!pg_md5_hash(doc, strlen(doc), hash, &errstr))
 			elog(ERROR, "could not compute MD5 hash: %s", errstr);
@@ -430,6 +435,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		args[1] = CStringGetTextDatum(key);
 		args[2] = UUIDPGetDatum(id);
 		args[3] = CStringGetTextDatum(hash);
+		args[4] = CStringGetTextDatum(role);
 		if (SPI_execute_plan(key_insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "axme: idempotency key insert failed");
 		if (SPI_processed == 0)

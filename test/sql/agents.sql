@@ -181,17 +181,25 @@ FROM unnest(ARRAY[
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-h', 'internal', NULL, '{"handler": "agents_h.definer", "db_role": null}')$$);
 SELECT options, registered_by = current_user AS by_me FROM axme.agents WHERE address = 'agent://myorg/prod/int-h';
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/poll-h', 'poll', NULL, '{"handler": "agents_h.ok"}')$$);
--- a non-superuser: runs as itself; may not borrow another role, nor a superuser's SECURITY DEFINER handler
+-- a role that is not an admin may not register agents at all (roles and security)
 SET ROLE agents_h_user;
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.ok"}')$$);
-SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.ok", "db_role": "agents_h_other"}')$$);
+RESET ROLE;
+-- a non-superuser admin: the handler runs as the caller (not the functions' owner); may not name a
+-- superuser db_role, nor a superuser's SECURITY DEFINER handler; the run-as role needs EXECUTE
+GRANT axme_admin TO agents_h_user;
+SET ROLE agents_h_user;
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.ok"}')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-o', 'internal', NULL, '{"handler": "agents_h.ok", "db_role": "agents_h_other"}')$$);
+SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-s', 'internal', NULL, '{"handler": "agents_h.ok", "db_role": "agents_h_super"}')$$);
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.definer"}')$$);
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-u', 'internal', NULL, '{"handler": "agents_h.private"}')$$);
 -- re-registering the superuser's agent makes it run as this role from now on
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-h', 'internal', NULL, '{"handler": "agents_h.ok"}')$$);
 RESET ROLE;
-SELECT address, options, registered_by FROM axme.agents WHERE address IN ('agent://myorg/prod/int-u', 'agent://myorg/prod/int-h') ORDER BY address;
-DELETE FROM axme.agents WHERE address IN ('agent://myorg/prod/int-u', 'agent://myorg/prod/int-h');
+REVOKE axme_admin FROM agents_h_user;
+SELECT address, options, registered_by FROM axme.agents WHERE address IN ('agent://myorg/prod/int-u', 'agent://myorg/prod/int-o', 'agent://myorg/prod/int-s', 'agent://myorg/prod/int-h') ORDER BY address;
+DELETE FROM axme.agents WHERE address IN ('agent://myorg/prod/int-u', 'agent://myorg/prod/int-o', 'agent://myorg/prod/int-h');
 REVOKE ALL ON ALL TABLES IN SCHEMA axme FROM agents_h_user;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA axme FROM agents_h_user;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM agents_h_user;

@@ -168,11 +168,10 @@ SELECT status, outcome->>'status' AS outcome_status, closed_at IS NOT NULL AS cl
 FROM axme.threads WHERE intent_id = :'ovr';
 
 -- The recorded actor is the role at call time (SET ROLE honoured); actor is only a display name.
+-- (The role receives for alice's inbox: option db_role, roles and security.)
 CREATE ROLE axme_regress_approver;
-GRANT USAGE ON SCHEMA axme TO axme_regress_approver;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA axme TO axme_regress_approver;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA axme TO axme_regress_approver;
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA axme TO axme_regress_approver;
+GRANT axme_agent TO axme_regress_approver;
+SELECT axme.register_agent('agent://acme/inbox-test/alice', 'inbox', NULL, '{"db_role": "axme_regress_approver"}');
 SELECT axme.send_intent(pg_temp.task('approval')) AS byrole \gset
 SET ROLE axme_regress_approver;
 SELECT axme.decide(:'byrole', 'approved', NULL, '{}', 'postgres');
@@ -181,10 +180,7 @@ SELECT result->>'actor' AS actor, result->>'actor_name' AS actor_name FROM axme.
 SELECT actor, details->>'actor' AS details_actor FROM axme.events WHERE intent_id = :'byrole' AND event_type = 'intent.completed';
 SELECT actor, actor_name FROM axme.thread_messages m JOIN axme.threads t USING (thread_id)
 WHERE t.intent_id = :'byrole' AND m.kind = 'decided';
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM axme_regress_approver;
-REVOKE ALL ON ALL TABLES IN SCHEMA axme FROM axme_regress_approver;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA axme FROM axme_regress_approver;
-REVOKE USAGE ON SCHEMA axme FROM axme_regress_approver;
+SELECT axme.register_agent('agent://acme/inbox-test/alice', 'inbox', NULL, '{"db_role": null}');
 DROP ROLE axme_regress_approver;
 
 -- reply and delegate: the thread becomes active; delegate moves it; errors.
