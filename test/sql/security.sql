@@ -37,7 +37,10 @@ DROP ROLE IF EXISTS sec_alice;
 DROP ROLE IF EXISTS sec_bob;
 DROP ROLE IF EXISTS sec_w1;
 DROP ROLE IF EXISTS sec_w1_member;
+DROP ROLE IF EXISTS sec_w2_member;
 DROP ROLE IF EXISTS sec_w2;
+DROP ROLE IF EXISTS sec_exec;
+DROP ROLE IF EXISTS sec_mon;
 DROP ROLE IF EXISTS sec_admin;
 DROP ROLE IF EXISTS sec_nobody;
 DROP ROLE IF EXISTS sec_legacy;
@@ -238,6 +241,124 @@ SELECT pg_temp.err($$SELECT * FROM axme.poll('agent://secorg/prod/two')$$) AS po
 SELECT count(*) AS intents_seen FROM axme.intents;
 RESET ROLE;
 
+-- Inbox (human tasks): only the role of the thread's current owner (its inbox's db_role) lists,
+-- follows, answers, hands on and decides; the intent's sender and receiver may read the thread.
+CREATE ROLE sec_w2_member IN ROLE sec_w2;
+SELECT axme.register_agent('agent://secorg/prod/inbox-a', 'inbox', NULL, '{"db_role": "sec_w1"}');
+SELECT axme.register_agent('agent://secorg/prod/inbox-b', 'inbox', NULL, '{"db_role": "sec_w2"}');
+SET ROLE sec_alice;
+SELECT axme.send_intent('{"intent_type": "intent.sec.approve.v1", "to_agent": "agent://secorg/prod/inbox-a", "payload": {"card": "task-1"}, "human_task": {"task_type": "approval", "title": "Approve"}}') AS t1 \gset
+RESET ROLE;
+SELECT thread_id AS th1 FROM axme.threads WHERE intent_id = :'t1' \gset
+SET ROLE sec_w2;
+SELECT pg_temp.err($$SELECT count(*) FROM axme.inbox('agent://secorg/prod/inbox-a')$$) AS inbox_other;
+SELECT pg_temp.err($$SELECT * FROM axme.inbox_changes('agent://secorg/prod/inbox-a')$$) AS changes_other;
+SELECT pg_temp.err('SELECT axme.inbox_thread($1)', :'th1') AS thread_other;
+SELECT pg_temp.err('SELECT axme.decide($1, ''approved'')', :'t1') AS decide_other;
+SELECT pg_temp.err('SELECT axme.reply($1, ''mine now'')', :'th1') AS reply_other;
+SELECT pg_temp.err($$SELECT axme.delegate($1, 'agent://secorg/prod/inbox-b')$$, :'th1') AS delegate_other;
+SELECT (SELECT count(*) FROM axme.threads) AS threads_seen, (SELECT count(*) FROM axme.thread_messages) AS messages_seen,
+       (SELECT count(*) FROM axme.inbox_feed) AS feed_seen;
+RESET ROLE;
+SET ROLE sec_bob;
+SELECT pg_temp.err('SELECT axme.inbox_thread($1)', :'th1') AS thread_other_sender;
+SELECT pg_temp.err('SELECT axme.decide($1, ''approved'')', :'t1') AS decide_sender;
+RESET ROLE;
+SET ROLE sec_alice;
+SELECT (axme.inbox_thread(:'th1'))->'intent'->'payload' AS thread_own_sender;
+SELECT count(*) AS threads_seen FROM axme.threads;
+RESET ROLE;
+SET ROLE sec_w1;
+SELECT count(*) AS own_inbox FROM axme.inbox('agent://secorg/prod/inbox-a');
+SELECT jsonb_array_length(changes) AS own_changes FROM axme.inbox_changes('agent://secorg/prod/inbox-a');
+SELECT axme.reply(:'th1', 'looking', 'Wanda');
+SELECT axme.delegate(:'th1', 'agent://secorg/prod/inbox-b', 'yours');
+-- handed on: the old owner may no longer decide, answer or list it as its own
+SELECT pg_temp.err('SELECT axme.decide($1, ''approved'')', :'t1') AS decide_after_delegate;
+SELECT pg_temp.err('SELECT axme.reply($1, ''still me'')', :'th1') AS reply_after_delegate;
+SELECT count(*) AS own_inbox_after FROM axme.inbox('agent://secorg/prod/inbox-a');
+RESET ROLE;
+-- the new owner decides through a member role (SET ROLE): the recorded actor is that role
+SET ROLE sec_w2_member;
+SELECT count(*) AS new_owner_inbox FROM axme.inbox('agent://secorg/prod/inbox-b');
+SELECT axme.decide(:'t1', 'approved', 'fine', '{}', 'Bea');
+RESET ROLE;
+SELECT result->>'actor' AS result_actor, result->>'actor_name' AS actor_name FROM axme.intents WHERE intent_id = :'t1';
+SELECT seq, event_type, actor FROM axme.events WHERE intent_id = :'t1' ORDER BY seq;
+SELECT seq, kind, actor, actor_name FROM axme.thread_messages WHERE thread_id = :'th1' ORDER BY seq;
+
+-- Agent administration and retention are for admins: refused to a receiver, a sender, and a role
+-- holding EXECUTE on every function but none of the axme roles (the functions' own checks).
+CREATE ROLE sec_exec;
+GRANT USAGE ON SCHEMA axme TO sec_exec;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA axme TO sec_exec;
+GRANT axme_agent TO sec_exec;
+SELECT axme.register_agent('agent://secorg/prod/hook', 'http', 'https://user:token@example.com/hook', '{"db_role": "sec_exec"}');
+SET ROLE sec_exec;
+SELECT f AS admin_only, pg_temp.err(q) FROM (VALUES
+    ('enable_agent', $$SELECT axme.enable_agent('agent://secorg/prod/hook')$$),
+    ('pause_agent', $$SELECT axme.pause_agent('agent://secorg/prod/hook')$$),
+    ('resume_agent', $$SELECT axme.resume_agent('agent://secorg/prod/hook')$$),
+    ('unregister_agent', $$SELECT axme.unregister_agent('agent://secorg/prod/hook', true)$$),
+    ('purge_dead_letters', $$SELECT axme.purge_dead_letters('agent://secorg/prod/hook')$$),
+    ('rotate_secret', $$SELECT axme.rotate_secret('agent://secorg/prod/hook')$$),
+    ('cleanup', 'SELECT axme.cleanup()'),
+    ('metrics', 'SELECT axme.metrics()')) v(f, q) ORDER BY 1;
+SELECT pg_temp.err('SELECT count(*) FROM axme.endpoint_health') AS endpoint_health;
+SELECT pg_temp.err('SELECT count(*) FROM axme.worker_status') AS worker_status;
+RESET ROLE;
+SET ROLE sec_alice;
+SELECT pg_temp.err($$SELECT axme.pause_agent('agent://secorg/prod/one')$$) AS pause_sender;
+SELECT pg_temp.err('SELECT axme.cleanup()') AS cleanup_sender;
+SELECT pg_temp.err('SELECT axme.metrics()') AS metrics_sender;
+SELECT pg_temp.err('SELECT count(*) FROM axme.endpoint_health') AS endpoint_health_sender;
+RESET ROLE;
+SELECT paused_at IS NULL AS not_paused, disabled_at IS NULL AS not_disabled FROM axme.agents WHERE address = 'agent://secorg/prod/hook';
+-- an admin member does all of it; pg_monitor reads metrics (not the endpoint view: it shows URLs)
+SET ROLE sec_admin;
+SELECT axme.pause_agent('agent://secorg/prod/hook');
+SELECT axme.resume_agent('agent://secorg/prod/hook');
+SELECT axme.enable_agent('agent://secorg/prod/hook') AS was_disabled;
+SELECT axme.purge_dead_letters('agent://secorg/prod/hook') AS purged;
+SELECT (axme.cleanup()) ? 'intents' AS cleaned;
+SELECT axme.metrics() LIKE '# HELP%' AS metrics;
+SELECT count(*) AS endpoints FROM axme.endpoint_health WHERE agent = 'agent://secorg/prod/hook';
+SELECT axme.unregister_agent('agent://secorg/prod/hook', true) >= 0 AS unregistered;
+RESET ROLE;
+CREATE ROLE sec_mon IN ROLE pg_monitor;
+SET ROLE sec_mon;
+SELECT axme.metrics() LIKE '# HELP%' AS metrics_monitor;
+SELECT pg_temp.err('SELECT count(*) FROM axme.endpoint_health') AS endpoint_health_monitor;
+RESET ROLE;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA axme FROM sec_exec;
+REVOKE ALL ON SCHEMA axme FROM sec_exec;
+DROP ROLE sec_exec;
+DROP ROLE sec_mon;
+
+-- Internal handlers run as the role that registered them (the caller, not the functions' owner).
+CREATE FUNCTION public.sec_handler(intent jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+SET ROLE sec_admin;
+SELECT axme.register_agent('agent://secorg/prod/internal', 'internal', NULL, '{"handler": "public.sec_handler"}');
+RESET ROLE;
+SELECT registered_by, db_role FROM axme.agents WHERE address = 'agent://secorg/prod/internal';
+SELECT axme.unregister_agent('agent://secorg/prod/internal');
+DROP FUNCTION public.sec_handler(jsonb);
+
+-- Idempotency keys are per sending role: two senders using the same unmapped from_agent label
+-- and the same key each get their own intent (not the other's intent_id); each retry returns its own.
+SET ROLE sec_alice;
+SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/shared-label", "payload": {"n": 1}}', 'shared-key-0001') AS ka \gset
+SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/shared-label", "payload": {"n": 1}}', 'shared-key-0001') = :'ka' AS alice_retry_same;
+RESET ROLE;
+SET ROLE sec_bob;
+SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/shared-label", "payload": {"n": 1}}', 'shared-key-0001') AS kb \gset
+SELECT :'kb' <> :'ka' AS bob_got_his_own;
+SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/shared-label", "payload": {"n": 1}}', 'shared-key-0001') = :'kb' AS bob_retry_same;
+-- and a different document under bob's key is bob's conflict, not alice's
+SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/shared-label", "payload": {"n": 2}}', 'shared-key-0001')$$) AS bob_conflict;
+RESET ROLE;
+SELECT sender_role, sender, count(*) FROM axme.idempotency_keys WHERE key = 'shared-key-0001' GROUP BY 1, 2 ORDER BY 1;
+
 -- axme._secure() covers objects added later (by a later upgrade script): a public function
 -- becomes SECURITY DEFINER for admins only, a table gets the policy its columns allow, a view
 -- that reads an admin-only column is for admins only, and its private function gets EXECUTE for
@@ -278,6 +399,7 @@ DROP ROLE sec_alice;
 DROP ROLE sec_bob;
 DROP ROLE sec_w1_member;
 DROP ROLE sec_w1;
+DROP ROLE sec_w2_member;
 DROP ROLE sec_w2;
 DROP ROLE sec_admin;
 DROP ROLE sec_nobody;
