@@ -153,6 +153,9 @@ class UpgradeTest(unittest.TestCase):
     def add_data(self, conn, version, n):
         """Intents in every kind of state, with what the installed version offers."""
         q(conn, "SELECT axme.send_intent(%s, %s)", (intent(POLL, n), "upgrade-key-%04d" % n))
+        # a key scoped by a from_agent label (0.3.0 scopes keys by the sending role as well)
+        q(conn, "SELECT axme.send_intent(%s, %s)",
+          (intent(POLL, n, from_agent="agent://myorg/prod/upgrade-label"), "upgrade-from-%04d" % n))
         ids = [q1(conn, "SELECT axme.send_intent(%s)", (intent(POLL, n + k),)) for k in range(1, 6)]
         q1(conn, "SELECT axme.send_intent(%s)", (intent(POLL, n + 9, max_delivery_attempts=1),))
         got = q(conn, "SELECT intent_id, attempt FROM axme.poll(%s, 4, '1 hour')", (POLL,))
@@ -199,6 +202,12 @@ class UpgradeTest(unittest.TestCase):
         # the updated database works: the old keys still answer, new intents flow
         again = q1(up, "SELECT axme.send_intent(%s, 'upgrade-key-0100')", (intent(POLL, 100),))
         self.assertEqual(again, q1(up, "SELECT intent_id FROM axme.idempotency_keys WHERE key = 'upgrade-key-0100'"))
+        again = q1(up, "SELECT axme.send_intent(%s, 'upgrade-from-0100')",
+                   (intent(POLL, 100, from_agent="agent://myorg/prod/upgrade-label"),))
+        self.assertEqual(again, q1(up, "SELECT intent_id FROM axme.idempotency_keys WHERE key = 'upgrade-from-0100'"))
+        self.assertEqual(q1(up, "SELECT count(*) FROM axme.idempotency_keys WHERE key = 'upgrade-from-0100'"), 1)
+        self.assertEqual(q1(up, "SELECT sender_role FROM axme.idempotency_keys WHERE key = 'upgrade-from-0100'"),
+                         q1(up, "SELECT current_user"))
         iid = q1(up, "SELECT axme.send_intent(%s)", (intent(POLL, 999),))
         self.assertTrue(q(up, "SELECT 1 FROM axme.intents WHERE intent_id = %s", (iid,)))
         self.assertIsInstance(q1(up, "SELECT axme.metrics()"), str)
