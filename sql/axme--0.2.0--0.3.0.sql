@@ -323,8 +323,10 @@ DECLARE
     rated_agents bigint[] := '{}';
     rated_tokens double precision[] := '{}';
 BEGIN
-    -- breakers whose cool-down has run out go half-open (one probe each)
-    IF EXISTS (SELECT FROM axme.endpoint_state es WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
         PERFORM axme._breaker_half_open();
     END IF;
     FOR r IN
@@ -606,6 +608,8 @@ CREATE TABLE axme.endpoint_state (
     last_http_status     integer
 );
 CREATE INDEX endpoint_state_open_idx ON axme.endpoint_state (open_until) WHERE breaker = 'open';
+-- dumped like every axme table: a restored database keeps its breakers and disabled endpoints' state
+SELECT pg_catalog.pg_extension_config_dump('axme.endpoint_state', '');
 COMMENT ON TABLE axme.endpoint_state IS
     'Private state of each http endpoint (one row per agent, created on first need): breaker '
     '(closed | open | half_open), consecutive_failures (distinct intents), failing_since (first '
