@@ -461,6 +461,11 @@ BEGIN
     END IF;
 END $$;
 
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
 -- (helper a) When the worker should look again: the earliest moment an http agent can be handed
 -- something: its first due intent, but not before its breaker's cool-down ends or its token
 -- bucket refills; agents at their concurrency limit or with a probe out are woken by completions.
@@ -493,6 +498,9 @@ BEGIN
     WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
       AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
 END $$;
+
+COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
+    'Private (http worker): when an http agent can next be handed something (NULL: nothing due).';
 
 -- (helper a) Record a batch of finished attempts, then feed the outcomes to each endpoint's
 -- breaker, slow start and health (axme._endpoint_observe).  Otherwise as in 0.2.0.
@@ -548,6 +556,11 @@ BEGIN
     PERFORM axme._endpoint_observe(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
                                    p_classes, p_errors);
 END $$;
+
+COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timestamptz[], double precision[],
+                                            integer[], text[], text[], text[], text[], bigint[]) IS
+    'Private (http worker): record finished attempts and move their intents on, then update the '
+    'endpoints'' breaker, slow start and health (axme._endpoint_observe).';
 
 -- (helper a) Replay every dead letter of an agent; an http agent's re-drives go through the
 -- slow-start ramp with their due times spread (axme._ramp_start).
