@@ -900,13 +900,14 @@ CREATE FUNCTION axme.rotate_secret(agent text, grace interval DEFAULT '24 hours'
 LANGUAGE plpgsql AS $$
 DECLARE
     a axme.agents;
-    new_secret text := axme._random_secret();
+    new_secret text;
     t timestamptz := clock_timestamp();
 BEGIN
     IF NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may rotate secrets'
             USING ERRCODE = '42501';
     END IF;
+    new_secret := axme._random_secret();
     IF grace IS NULL OR grace < interval '0' THEN
         RAISE EXCEPTION 'argument "grace" must be a non-negative interval, got %', coalesce(grace::text, 'NULL')
             USING ERRCODE = '22023';
