@@ -673,8 +673,7 @@ DECLARE
 BEGIN
     SELECT coalesce((a.options->>'max_in_flight')::integer, 16) INTO mif
     FROM axme.agents a WHERE a.agent_id = p_agent_id;
-    INSERT INTO axme.endpoint_state AS es (agent_id, conc_limit) VALUES (p_agent_id, 1)
-    ON CONFLICT (agent_id) DO UPDATE SET conc_limit = 1, ssthresh = NULL;
+    -- intents first, then the endpoint_state row: the worker's claim locks in that order too
     IF spread THEN
         SELECT count(*) INTO n FROM axme.intents i
         WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
@@ -684,6 +683,8 @@ BEGIN
             WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
         END IF;
     END IF;
+    INSERT INTO axme.endpoint_state AS es (agent_id, conc_limit) VALUES (p_agent_id, 1)
+    ON CONFLICT (agent_id) DO UPDATE SET conc_limit = 1, ssthresh = NULL;
 END $$;
 COMMENT ON FUNCTION axme._ramp_start(bigint, boolean) IS
     'Private: start the slow-start ramp of an http agent (concurrency limit 1); spread => also '
@@ -878,16 +879,16 @@ BEGIN
     END IF;
     UPDATE axme.agents SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
     WHERE agent_id = a.agent_id;
+    IF a.delivery_mode = 'http' THEN
+        PERFORM axme._ramp_start(a.agent_id, true);
+        PERFORM axme._wake_http();
+    END IF;
     UPDATE axme.endpoint_state SET breaker = 'closed', consecutive_failures = 0, failing_since = NULL,
            reopen_count = 0, cooldown_ms = NULL, open_until = NULL, probe_at = NULL
     WHERE agent_id = a.agent_id;
     PERFORM axme._alert(a.address, 'endpoint_enabled',
         jsonb_build_object('disabled_at', a.disabled_at, 'disabled_reason', a.disabled_reason,
                            'by', current_user));
-    IF a.delivery_mode = 'http' THEN
-        PERFORM axme._ramp_start(a.agent_id, true);
-        PERFORM axme._wake_http();
-    END IF;
     RETURN true;
 END $$;
 COMMENT ON FUNCTION axme.enable_agent(text) IS
