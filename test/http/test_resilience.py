@@ -139,8 +139,12 @@ def test_one_intent_retries_never_trip(ctx):
 def test_healthy_burst_full_concurrency(ctx):
     """An endpoint without failures gets a burst at its full max_in_flight at once (no ramp)."""
     addr = agent(ctx, "burst", "/burst", {"max_in_flight": 16})
-    ctx.rx.set_default("/burst", {"hang": 1.0, "status": 200})
+    ctx.rx.set_default("/burst", {"hang": 2.0, "status": 200})
     ids = [send(ctx, addr, {"n": i}) for i in range(16)]
+    ctx.rx.wait_requests("/burst", 16, 20)
+    h = health(ctx, addr)
+    check(h["in_flight"] == 16 and h["concurrency_limit"] == 16 and h["breaker_state"] == "closed",
+          "endpoint_health during the burst: %r" % h)
     for iid in ids:
         wait_status(ctx, iid, ("COMPLETED",), timeout=30)
     reqs = ctx.rx.requests("/burst")
