@@ -689,8 +689,10 @@ DECLARE
     rated_agents bigint[] := '{}';
     rated_tokens double precision[] := '{}';
 BEGIN
-    -- breakers whose cool-down has run out go half-open (one probe each)
-    IF EXISTS (SELECT FROM axme.endpoint_state es WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
         PERFORM axme._breaker_half_open();
     END IF;
     FOR r IN
@@ -825,6 +827,11 @@ BEGIN
     END IF;
 END $$;
 
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
 -- (helper a) When the worker should look again: the earliest moment an http agent can be handed
 -- something: its first due intent, but not before its breaker's cool-down ends or its token
 -- bucket refills; agents at their concurrency limit or with a probe out are woken by completions.
@@ -857,6 +864,9 @@ BEGIN
     WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
       AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
 END $$;
+
+COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
+    'Private (http worker): when an http agent can next be handed something (NULL: nothing due).';
 
 -- (helper a) Record a batch of finished attempts, then feed the outcomes to each endpoint's
 -- breaker, slow start and health (axme._endpoint_observe).  Otherwise as in 0.2.0.
@@ -912,6 +922,11 @@ BEGIN
     PERFORM axme._endpoint_observe(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
                                    p_classes, p_errors);
 END $$;
+
+COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timestamptz[], double precision[],
+                                            integer[], text[], text[], text[], text[], bigint[]) IS
+    'Private (http worker): record finished attempts and move their intents on, then update the '
+    'endpoints'' breaker, slow start and health (axme._endpoint_observe).';
 
 -- (helper a) Replay every dead letter of an agent; an http agent's re-drives go through the
 -- slow-start ramp with their due times spread (axme._ramp_start).
@@ -974,6 +989,8 @@ CREATE TABLE axme.endpoint_state (
     last_http_status     integer
 );
 CREATE INDEX endpoint_state_open_idx ON axme.endpoint_state (open_until) WHERE breaker = 'open';
+-- dumped like every axme table: a restored database keeps its breakers and disabled endpoints' state
+SELECT pg_catalog.pg_extension_config_dump('axme.endpoint_state', '');
 COMMENT ON TABLE axme.endpoint_state IS
     'Private state of each http endpoint (one row per agent, created on first need): breaker '
     '(closed | open | half_open), consecutive_failures (distinct intents), failing_since (first '
@@ -1027,8 +1044,7 @@ DECLARE
 BEGIN
     SELECT coalesce((a.options->>'max_in_flight')::integer, 16) INTO mif
     FROM axme.agents a WHERE a.agent_id = p_agent_id;
-    INSERT INTO axme.endpoint_state AS es (agent_id, conc_limit) VALUES (p_agent_id, 1)
-    ON CONFLICT (agent_id) DO UPDATE SET conc_limit = 1, ssthresh = NULL;
+    -- intents first, then the endpoint_state row: the worker's claim locks in that order too
     IF spread THEN
         SELECT count(*) INTO n FROM axme.intents i
         WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
@@ -1038,6 +1054,8 @@ BEGIN
             WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
         END IF;
     END IF;
+    INSERT INTO axme.endpoint_state AS es (agent_id, conc_limit) VALUES (p_agent_id, 1)
+    ON CONFLICT (agent_id) DO UPDATE SET conc_limit = 1, ssthresh = NULL;
 END $$;
 COMMENT ON FUNCTION axme._ramp_start(bigint, boolean) IS
     'Private: start the slow-start ramp of an http agent (concurrency limit 1); spread => also '
@@ -1234,16 +1252,16 @@ BEGIN
     END IF;
     UPDATE axme.agents SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
     WHERE agent_id = a.agent_id;
+    IF a.delivery_mode = 'http' THEN
+        PERFORM axme._ramp_start(a.agent_id, true);
+        PERFORM axme._wake_http();
+    END IF;
     UPDATE axme.endpoint_state SET breaker = 'closed', consecutive_failures = 0, failing_since = NULL,
            reopen_count = 0, cooldown_ms = NULL, open_until = NULL, probe_at = NULL
     WHERE agent_id = a.agent_id;
     PERFORM axme._alert(a.address, 'endpoint_enabled',
         jsonb_build_object('disabled_at', a.disabled_at, 'disabled_reason', a.disabled_reason,
                            'by', axme._caller()));   -- sec: the caller, not the definer
-    IF a.delivery_mode = 'http' THEN
-        PERFORM axme._ramp_start(a.agent_id, true);
-        PERFORM axme._wake_http();
-    END IF;
     RETURN true;
 END $$;
 COMMENT ON FUNCTION axme.enable_agent(text) IS
@@ -1256,13 +1274,14 @@ CREATE FUNCTION axme.rotate_secret(agent text, grace interval DEFAULT '24 hours'
 LANGUAGE plpgsql AS $$
 DECLARE
     a axme.agents;
-    new_secret text := axme._random_secret();
+    new_secret text;
     t timestamptz := clock_timestamp();
 BEGIN
     IF NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may rotate secrets'
             USING ERRCODE = '42501';
     END IF;
+    new_secret := axme._random_secret();
     IF grace IS NULL OR grace < interval '0' THEN
         RAISE EXCEPTION 'argument "grace" must be a non-negative interval, got %', coalesce(grace::text, 'NULL')
             USING ERRCODE = '22023';

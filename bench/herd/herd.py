@@ -26,12 +26,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--down", type=float, default=120, help="seconds the receiver is down")
     ap.add_argument("--intents", type=int, default=50000)
-    ap.add_argument("--cap", type=int, default=20, help="requests the receiver serves at once")
-    ap.add_argument("--service-ms", type=float, default=25, help="time to serve one request")
+    ap.add_argument("--cap", type=int, default=50, help="requests the receiver serves at once")
+    ap.add_argument("--service-ms", type=float, default=100, help="time to serve one request")
     ap.add_argument("--max-in-flight", type=int, default=64, help="the agent's max_in_flight")
     ap.add_argument("--cooldown-ms", type=int, default=2000, help="breaker.cooldown_ms")
     ap.add_argument("--calibrate", type=int, default=10000,
                     help="intents of the calibration run (healthy agent, max_in_flight = cap)")
+    ap.add_argument("--receiver", choices=("nginx", "python"), default="nginx",
+                    help="nginx (limit_conn + echo_sleep, libnginx-mod-http-echo) or receiver.py")
     ap.add_argument("--out", default=HERE)
     args = ap.parse_args()
     bindir = subprocess.run([os.environ.get("PG_CONFIG", "pg_config"), "--bindir"], capture_output=True,
@@ -85,8 +87,11 @@ def main():
         time.sleep(max(0, t0 + args.down - time.time()))
         cur.execute("SELECT count(*) FROM axme.intents WHERE status <> 'COMPLETED'")
         backlog = cur.fetchone()[0]
-        rx = subprocess.Popen([sys.executable, os.path.join(HERE, "receiver.py"), str(rx_port), str(args.cap),
-                               str(args.service_ms), rx_log])
+        if args.receiver == "nginx":
+            rx = start_nginx(cluster.dir, rx_port, args.cap, args.service_ms)
+        else:
+            rx = subprocess.Popen([sys.executable, os.path.join(HERE, "receiver.py"), str(rx_port), str(args.cap),
+                                   str(args.service_ms), rx_log])
         t_up = time.time() - t0
         while True:
             cur.execute("SELECT count(*) FROM axme.intents WHERE status = 'COMPLETED'")
@@ -120,15 +125,20 @@ def main():
         cur.execute("""SELECT count(*) FILTER (WHERE http_status = 429), count(*) FROM axme.delivery_attempts d
                        JOIN axme.agents a USING (agent_id) WHERE a.address = %s""", (addr,))
         db_429, db_attempts = cur.fetchone()
-        rx.send_signal(signal.SIGTERM)
-        rx.wait(60)
+        if args.receiver == "nginx":
+            full = stop_nginx(rx, t0)
+        else:
+            rx.send_signal(signal.SIGTERM)
+            rx.wait(60)
+            with open(rx_log) as f:
+                full = [(a - t0, b - t0, s, c, sv, p) for a, b, s, c, sv, p in json.load(f)]
         rx = None
-        with open(rx_log) as f:
-            full = [(a - t0, b - t0, s, c, sv, p) for a, b, s, c, sv, p in json.load(f)]
         log = [r[:5] for r in full if r[5] == "/hook"]
         cal_log = [r[:5] for r in full if r[5] == "/calibrate"]
     finally:
-        if rx:
+        if rx and args.receiver == "nginx":
+            stop_nginx(rx, t0)
+        elif rx:
             rx.kill()
         cluster.destroy()
 
@@ -164,12 +174,77 @@ def main():
         "drain_ratio_from_up_vs_achievable": round((t_done - t_up) / achievable, 3),
         "attempts_charged": charged, "attempt_rows": db_attempts, "attempt_rows_429": db_429,
         "alerts": [(k, round(t, 2)) for k, t, _ in alerts],
+        "receiver": args.receiver,
         "fsync": "off",
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))
     plot(log, samples, res, os.path.join(args.out, "herd.png"))
+
+
+NGINX_CONF = """
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+worker_processes 1;
+daemon on;
+pid %(d)s/nginx.pid;
+error_log %(d)s/error.log;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path %(d)s/body;
+    proxy_temp_path %(d)s/proxy;
+    fastcgi_temp_path %(d)s/fastcgi;
+    uwsgi_temp_path %(d)s/uwsgi;
+    scgi_temp_path %(d)s/scgi;
+    keepalive_requests 1000000;
+    log_format herd '$msec $request_time $status $uri';
+    access_log %(d)s/access.log herd;
+    limit_conn_zone $server_name zone=cap:1m;
+    server {
+        listen 127.0.0.1:%(port)d;
+        server_name herd;
+        # at most CAP requests served at once, each taking SERVICE_MS; 429 beyond
+        location / { limit_conn cap %(cap)d; limit_conn_status 429; echo_sleep %(sleep)s; echo '{}'; }
+    }
+}
+"""
+
+
+def start_nginx(d, port, cap, service_ms):
+    d = os.path.join(d, "nginx")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF % {"d": d, "port": port, "cap": cap, "sleep": "%.3f" % (service_ms / 1000.0)})
+    subprocess.run(["nginx", "-c", conf], check=True)
+    return conf
+
+
+def stop_nginx(conf, t0):
+    """Stop nginx; its log as (arrival, end, status, open at arrival, served at arrival, path)."""
+    subprocess.run(["nginx", "-c", conf, "-s", "quit"], check=False)
+    time.sleep(1)
+    rows = []
+    with open(os.path.join(os.path.dirname(conf), "access.log")) as f:
+        for line in f:
+            msec, rt, st, uri = line.split()
+            end = float(msec) - t0
+            rows.append([end - float(rt), end, int(st), uri])
+    # concurrency at each arrival (itself included): all open requests, and those being served
+    ev = sorted([(r[0], 1, i) for i, r in enumerate(rows)] + [(r[1], -1, i) for i, r in enumerate(rows)],
+                key=lambda e: (e[0], e[1]))
+    open_n = served = 0
+    out = [None] * len(rows)
+    for t, d, i in ev:
+        ok = rows[i][2] == 200
+        if d == 1:
+            open_n += 1
+            served += ok
+            out[i] = (rows[i][0], rows[i][1], rows[i][2], open_n, served, rows[i][3])
+        else:
+            open_n -= 1
+            served -= ok
+    return out
 
 
 def plot(log, samples, res, path):

@@ -83,8 +83,9 @@ def test_breaker_open_cooldown_probe_close(ctx):
           alerts(ctx, addr, "breaker_half_open"), "breaker state")
     # cool-down: no request, then exactly one probe (it fails: re-open, longer cool-down)
     half = wait_alert(ctx, addr, "breaker_half_open")
-    check(half[2] - opened[2] >= 1.5, "half-open %.3f s after opening (cool-down 1.5 s)" % (half[2] - opened[2]))
-    during = [r for r in ctx.rx.requests("/brk") if opened[2] < r["t"] < half[2]]
+    check(half[2] - opened[2] >= 1.49, "half-open %.3f s after opening (cool-down 1.5 s)" % (half[2] - opened[2]))
+    # (requests sent before the breaker opened may still arrive just after: 0.3 s of grace)
+    during = [r for r in ctx.rx.requests("/brk") if opened[2] + 0.3 < r["t"] < half[2]]
     check(during == [], "%d requests during the cool-down" % len(during))
     reopened = wait_alert(ctx, addr, "breaker_opened", 2)
     check(reopened[3]["reopened"] is True and reopened[3]["cooldown_ms"] == 3000, "re-opened %r" % (reopened,))
@@ -93,7 +94,7 @@ def test_breaker_open_cooldown_probe_close(ctx):
     # the receiver recovers; after the longer cool-down one probe succeeds and closes it
     ctx.rx.set_default("/brk", {"status": 200})
     half2 = wait_alert(ctx, addr, "breaker_half_open", 2)
-    check(half2[2] - reopened[2] >= 3.0, "second cool-down %.3f s (>= 3 s)" % (half2[2] - reopened[2]))
+    check(half2[2] - reopened[2] >= 2.99, "second cool-down %.3f s (>= 3 s)" % (half2[2] - reopened[2]))
     check([r for r in ctx.rx.requests("/brk") if reopened[2] < r["t"] < half2[2]] == [],
           "requests during the second cool-down")
     closed = wait_alert(ctx, addr, "breaker_closed")
@@ -138,8 +139,12 @@ def test_one_intent_retries_never_trip(ctx):
 def test_healthy_burst_full_concurrency(ctx):
     """An endpoint without failures gets a burst at its full max_in_flight at once (no ramp)."""
     addr = agent(ctx, "burst", "/burst", {"max_in_flight": 16})
-    ctx.rx.set_default("/burst", {"hang": 1.0, "status": 200})
+    ctx.rx.set_default("/burst", {"hang": 2.0, "status": 200})
     ids = [send(ctx, addr, {"n": i}) for i in range(16)]
+    ctx.rx.wait_requests("/burst", 16, 20)
+    h = health(ctx, addr)
+    check(h["in_flight"] == 16 and h["concurrency_limit"] == 16 and h["breaker_state"] == "closed",
+          "endpoint_health during the burst: %r" % h)
     for iid in ids:
         wait_status(ctx, iid, ("COMPLETED",), timeout=30)
     reqs = ctx.rx.requests("/burst")
