@@ -12,12 +12,14 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 #include "axme.h"
 
@@ -72,6 +74,23 @@ axme_check_caller_may_send(void)
 }
 
 /*
+ * Whether table axme.<relname> has column colname now.  The library of a newer release may run
+ * against the SQL of an older one until ALTER EXTENSION axme UPDATE; the few statements that read
+ * a column added since check with this (syscache lookups, cheap enough for every call).
+ */
+bool
+axme_schema_has_column(const char *relname, const char *colname)
+{
+	Oid			nsp = get_namespace_oid("axme", true);
+	Oid			rel;
+
+	if (!OidIsValid(nsp))
+		return false;
+	rel = get_relname_relid(relname, nsp);
+	return OidIsValid(rel) && get_attnum(rel, colname) != InvalidAttrNumber;
+}
+
+/*
  * Raise 42501 unless the caller may name from_agent as the intent's sender: when from_agent is a
  * registered agent with a db_role, only roles that receive for it (have that role) and admins may
  * send as it.  An unregistered address, or an agent without db_role, is an unchecked label.
@@ -87,6 +106,8 @@ axme_check_from_agent(const char *from_agent)
 
 	if (from_agent == NULL)
 		return;
+	if (!axme_schema_has_column("agents", "db_role"))
+		return;					/* SQL older than 0.3.0: no agent is mapped to a role */
 	if (plan == NULL)
 	{
 		Oid			argtypes[1] = {TEXTOID};

@@ -39,6 +39,8 @@ static const char *const intent_keys[] = {
 
 static SPIPlanPtr key_insert_plan = NULL;
 static SPIPlanPtr key_select_plan = NULL;
+static SPIPlanPtr key_insert_plan_legacy = NULL;
+static SPIPlanPtr key_select_plan_legacy = NULL;
 static SPIPlanPtr store_plan = NULL;
 static SPIPlanPtr timer_plan = NULL;
 static SPIPlanPtr inbox_plan = NULL;
@@ -57,7 +59,7 @@ enum
  * nothing was inserted (both INSERTs select from the agent lookup).
  */
 static void
-prepare_plans(void)
+prepare_key_plans(void)
 {
 	if (key_insert_plan == NULL)
 	{
@@ -77,6 +79,32 @@ prepare_plans(void)
 			" WHERE sender_role OPERATOR(pg_catalog.=) $5 AND sender OPERATOR(pg_catalog.=) $1"
 			" AND key OPERATOR(pg_catalog.=) $2", 5, t);
 	}
+}
+
+/*
+ * The key plans of SQL older than 0.3.0 (no idempotency_keys.sender_role, until ALTER EXTENSION
+ * UPDATE): keys scoped by coalesce(from_agent, sender_role) only.  The update gives their rows the
+ * sending role of their intent.
+ */
+static void
+prepare_legacy_key_plans(void)
+{
+	if (key_insert_plan_legacy == NULL)
+	{
+		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID};
+
+		key_insert_plan_legacy = axme_keep_plan(
+			"INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash)"
+			" VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", 5, t);
+		key_select_plan_legacy = axme_keep_plan(
+			"SELECT intent_id, request_hash FROM axme.idempotency_keys"
+			" WHERE sender OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2", 5, t);
+	}
+}
+
+static void
+prepare_plans(void)
+{
 	if (store_plan == NULL)
 	{
 		Oid			t[N_STORE_PARAMS] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, UUIDOID,
@@ -428,6 +456,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		char	   *doc = JsonbToCString(NULL, &intent->root, VARSIZE(intent));
 		const char *errstr = NULL;
 		Datum		args[5];
+		SPIPlanPtr	insert_plan,
+					select_plan;
 
 		if (!pg_md5_hash(doc, strlen(doc), hash, &errstr))
 			elog(ERROR, "could not compute MD5 hash: %s", errstr);
@@ -436,14 +466,26 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		args[2] = UUIDPGetDatum(id);
 		args[3] = CStringGetTextDatum(hash);
 		args[4] = CStringGetTextDatum(role);
-		if (SPI_execute_plan(key_insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		if (axme_schema_has_column("idempotency_keys", "sender_role"))
+		{
+			prepare_key_plans();
+			insert_plan = key_insert_plan;
+			select_plan = key_select_plan;
+		}
+		else
+		{
+			prepare_legacy_key_plans();
+			insert_plan = key_insert_plan_legacy;
+			select_plan = key_select_plan_legacy;
+		}
+		if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "axme: idempotency key insert failed");
 		if (SPI_processed == 0)
 		{
 			char	   *old_hash;
 			Datum		old_id;
 
-			if (SPI_execute_plan(key_select_plan, args, NULL, false, 1) != SPI_OK_SELECT ||
+			if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT ||
 				SPI_processed != 1)
 				elog(ERROR, "axme: idempotency key lookup failed");
 			old_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

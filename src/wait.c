@@ -31,6 +31,7 @@ PG_FUNCTION_INFO_V1(axme_wait_for);
 #define FALLBACK_RECHECK_MS 50L
 
 static SPIPlanPtr status_plan = NULL;
+static SPIPlanPtr status_plan_legacy = NULL;
 static SPIPlanPtr document_plan = NULL;
 
 /*
@@ -66,7 +67,18 @@ check_intent(Datum id, bool *mine)
 	TransactionId xmin;
 	bool		terminal;
 
-	if (SPI_execute_plan(status_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+	/* SQL older than 0.3.0 (before ALTER EXTENSION UPDATE) has no read checks to make */
+	bool		secured = axme_schema_has_column("agents", "db_role");
+	Oid			argtypes[1] = {UUIDOID};
+
+	if (secured && status_plan == NULL)
+		status_plan = axme_keep_plan("SELECT status, xmin, axme._can_read_intent(sender_role, agent_id)"
+									 " FROM axme.intents WHERE intent_id = $1",
+									 1, argtypes);
+	if (!secured && status_plan_legacy == NULL)
+		status_plan_legacy = axme_keep_plan("SELECT status, xmin FROM axme.intents WHERE intent_id = $1",
+											1, argtypes);
+	if (SPI_execute_plan(secured ? status_plan : status_plan_legacy, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "axme: status query failed");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -74,7 +86,7 @@ check_intent(Datum id, bool *mine)
 				 errmsg("intent %s does not exist",
 						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
 	/* read access: the sending role, the receiver's role, admins (42501, as get_intent) */
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+	if (secured && !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for intent %s",
@@ -128,13 +140,10 @@ axme_wait_for(PG_FUNCTION_ARGS)
 		cv = &shared->waiters[axme_wait_bucket(DatumGetUUIDP(id))];
 
 	SPI_connect();
-	if (status_plan == NULL)
+	if (document_plan == NULL)
 	{
 		Oid			argtypes[1] = {UUIDOID};
 
-		status_plan = axme_keep_plan("SELECT status, xmin, axme._can_read_intent(sender_role, agent_id)"
-									 " FROM axme.intents WHERE intent_id = $1",
-									 1, argtypes);
 		document_plan = axme_keep_plan("SELECT axme._document(i) FROM axme.intents i WHERE i.intent_id = $1",
 									   1, argtypes);
 	}
