@@ -21,7 +21,11 @@ ROLES = {
     "sec_py_spy": ("LOGIN", ["axme_sender", "axme_agent"]),
     "sec_py_login": ("LOGIN NOINHERIT", []),  # may SET ROLE sec_py_app, holds nothing itself
     "sec_py_noinherit": ("LOGIN NOINHERIT", ["axme_sender"]),
+    "sec_py_admin": ("LOGIN", ["axme_admin"]),
+    "sec_py_approver": ("LOGIN NOINHERIT", ["sec_py_worker"]),  # must SET ROLE sec_py_worker
 }
+INBOX = "agent://secorg/prod/py-inbox"
+INTERNAL = "agent://secorg/prod/py-internal"
 
 
 def drop_roles(cur):
@@ -49,6 +53,11 @@ class SecurityTest(AxmeTestCase):
                         (STREAM, json.dumps({"db_role": "sec_py_worker"})))
             cur.execute("SELECT axme.register_agent(%s, 'poll', NULL, %s)",
                         (OTHER, json.dumps({"db_role": "sec_py_spy"})))
+            cur.execute("SELECT axme.register_agent(%s, 'inbox', NULL, %s)",
+                        (INBOX, json.dumps({"db_role": "sec_py_worker"})))
+            cur.execute("""CREATE FUNCTION public.sec_py_whoami(intent jsonb) RETURNS jsonb LANGUAGE sql
+                           AS $$ SELECT jsonb_build_object('user', current_user::text,
+                                                           'session', session_user::text) $$""")
         conn.close()
 
     @classmethod
@@ -172,6 +181,44 @@ class SecurityTest(AxmeTestCase):
         self.assertEqual(self.status(iid), "COMPLETED")
         self.assertEqual(self.q1("SELECT axme.agent_secret(%s)", (OTHER,)), None)   # a poll agent: none
         self.assertIsNotNone(self.q1("SELECT count(*) FROM axme.agent_secrets"))
+
+
+    def test_internal_handler_runs_as_the_registering_role(self):
+        """A non-superuser admin registers an internal agent without db_role: the worker runs the
+        handler as that admin (the caller of register_agent), not as the functions' owner."""
+        admin = self.login("sec_py_admin")
+        self.q("SELECT axme.register_agent(%s, 'internal', NULL, %s)",
+               (INTERNAL, json.dumps({"handler": "public.sec_py_whoami"})), conn=admin)
+        self.assertEqual(self.q1("SELECT registered_by FROM axme.agents WHERE address = %s", (INTERNAL,)),
+                         "sec_py_admin")
+        iid = self.q1("SELECT axme.send_intent(%s)", (json.dumps(
+            {"intent_type": "intent.whoami.v1", "to_agent": INTERNAL, "payload": {}}),))
+        doc = self.q1("SELECT axme.wait_for(%s, '60 seconds')", (iid,))
+        self.assertIsNotNone(doc, "the internal worker did not run the handler within 60 s")
+        self.assertEqual(doc["status"], "COMPLETED", doc)
+        self.assertEqual(doc["result"]["user"], "sec_py_admin")
+        # a superuser db_role is refused to this admin (a superuser is not a role to run code as)
+        self.assertSQLState("42501", "SELECT axme.register_agent(%s, 'internal', NULL, %s)",
+                            (INTERNAL, json.dumps({"db_role": "postgres"})), conn=admin)
+
+    def test_decide_records_the_role_after_set_role(self):
+        """A NOINHERIT login member of the inbox's role may decide only after SET ROLE, and the
+        recorded actor is the role set, not the login role."""
+        app = self.login("sec_py_app")
+        iid = self.q1("SELECT axme.send_intent(%s)", (json.dumps(
+            {"intent_type": "intent.approve.v1", "to_agent": INBOX, "payload": {},
+             "human_task": {"task_type": "approval", "title": "Approve"}}),), app)
+        approver = self.login("sec_py_approver")
+        self.assertSQLState("42501", "SELECT axme.decide(%s, 'approved')", (iid,), conn=approver)
+        self.assertSQLState("42501", "SELECT axme.decide(%s, 'approved')", (iid,), conn=app)
+        self.q("SET ROLE sec_py_worker", conn=approver)
+        self.q("SELECT axme.decide(%s, 'approved', NULL, '{}', 'Ann')", (iid,), conn=approver)
+        doc = self.doc(iid)
+        self.assertEqual(doc["status"], "COMPLETED")
+        self.assertEqual((doc["result"]["actor"], doc["result"]["actor_name"]), ("sec_py_worker", "Ann"))
+        self.assertEqual(self.q1("SELECT actor FROM axme.events WHERE intent_id = %s ORDER BY seq DESC LIMIT 1",
+                                 (iid,)), "sec_py_worker")
+        self.assertEqual(self.q1("SELECT session_user", conn=approver), "sec_py_approver")
 
 
 if __name__ == "__main__":
