@@ -946,9 +946,11 @@ BEGIN
                 ELSE
                     es.reopen_count := 0;
                 END IF;
-                -- cool-down: doubles with every re-open, capped at max(cooldown_ms, 10 min);
-                -- jitter only lengthens it (up to +20 %)
-                es.cooldown_ms := least(base_ms * (2 ^ least(es.reopen_count, 30))::bigint, greatest(base_ms, 600000));
+                -- cool-down: doubles with every re-open, capped at 8 x cooldown_ms (and at 10 min
+                -- unless cooldown_ms itself is longer), so an endpoint that comes back is probed
+                -- within a bounded time of the first cool-down; jitter only lengthens it (+0-20 %)
+                es.cooldown_ms := least(base_ms * (2 ^ least(es.reopen_count, 30))::bigint,
+                                        greatest(base_ms, least(base_ms * 8, 600000)));
                 es.open_until := clock_timestamp() + es.cooldown_ms * (1 + 0.2 * random()) * interval '1 millisecond';
                 es.breaker := 'open';
                 es.probe_at := NULL;
