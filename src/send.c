@@ -10,6 +10,7 @@
 
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/md5.h"
 #include "executor/spi.h"
@@ -19,6 +20,7 @@
 #include "port.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -297,6 +299,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	bool		is_stream;
 	char	   *mode;
 	bool		is_internal;
+	bool		is_inbox;
 	bool		isnull;
 
 	/* --- validation, before any write --- */
@@ -488,9 +491,15 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	is_stream = strcmp(mode, "stream") == 0;
 	is_internal = strcmp(mode, "internal") == 0;
+	is_inbox = strcmp(mode, "inbox") == 0;
 
-	/* --- the timer rows (only when asked for: the plain send path does nothing more) --- */
-	if (has_deadline || remind_after >= 0)
+	/*
+	 * --- the timer rows (only when asked for: the plain send path does nothing more); not in a
+	 * database still at axme 0.2.0 with this library installed (no axme.timers before ALTER
+	 * EXTENSION UPDATE: poll and the http claim enforce deadlines there) ---
+	 */
+	if ((has_deadline || remind_after >= 0) &&
+		OidIsValid(get_relname_relid("timers", get_namespace_oid("axme", false))))
 	{
 		Datum		targs[3];
 		char		tnulls[4] = "   ";
@@ -518,6 +527,10 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	SPI_finish();
 	if (is_internal)
 		axme_internal_note_due();
+	/* a delayed stream wake-up or inbox task: the worker looks again then (timers.c) */
+	else if (has_not_before && not_before > GetCurrentTransactionStartTimestamp() &&
+			 (is_stream || is_inbox))
+		axme_timers_note_due(not_before);
 
 	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
 	if (is_stream && !(has_not_before && not_before > GetCurrentTransactionStartTimestamp()))
