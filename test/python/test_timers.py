@@ -229,8 +229,9 @@ class TimersTest(AxmeTestCase):
     def test_ten_thousand_timers_fire_in_order(self):
         self.q("""SELECT axme.send_intent(jsonb_build_object(
                       'intent_type', 'intent.test.many.v1', 'to_agent', %s, 'payload', jsonb_build_object('n', g),
-                      'deadline_at', clock_timestamp() + interval '3 seconds' + g * interval '100 microseconds'))
-                  FROM generate_series(1, 10000) g""", (INBOX,))
+                      'deadline_at', clock_timestamp() + interval '3 seconds' + g * interval '100 microseconds',
+                      'human_task', %s::jsonb))
+                  FROM generate_series(1, 10000) g""", (INBOX, json.dumps(TASK)))
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120:
             left = self.q1("SELECT count(*) FROM axme.intents WHERE intent_type = 'intent.test.many.v1' AND status <> 'TIMED_OUT'")
