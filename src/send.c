@@ -493,18 +493,20 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	is_internal = strcmp(mode, "internal") == 0;
 	is_inbox = strcmp(mode, "inbox") == 0;
 
-	/*
-	 * --- the timer rows (only when asked for: the plain send path does nothing more); not in a
-	 * database still at axme 0.2.0 with this library installed (no axme.timers before ALTER
-	 * EXTENSION UPDATE: poll and the http claim enforce deadlines there) ---
-	 */
-	if ((has_deadline || remind_after >= 0) &&
-		OidIsValid(get_relname_relid("timers", get_namespace_oid("axme", false))))
+	/* --- the timer rows (only when asked for: the plain send path does nothing more) --- */
+	if (has_deadline || remind_after >= 0)
 	{
 		Datum		targs[3];
 		char		tnulls[4] = "   ";
 
-		if (timer_plan == NULL)
+		/*
+		 * None in a database still at axme 0.2.0 with this library installed (no axme.timers
+		 * before ALTER EXTENSION UPDATE: poll and the http claim enforce deadlines there).
+		 */
+		bool		have_table = OidIsValid(get_relname_relid("timers",
+															  get_namespace_oid("axme", false)));
+
+		if (have_table && timer_plan == NULL)
 		{
 			Oid			t[3] = {UUIDOID, TIMESTAMPTZOID, INT4OID};
 
@@ -521,7 +523,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		targs[2] = Int32GetDatum(remind_after);
 		tnulls[2] = remind_after >= 0 ? ' ' : 'n';
 		/* the trigger on axme.timers tells the worker at commit (timers.c) */
-		if (SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
+		if (have_table &&
+			SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "axme: timer insert failed");
 	}
 	SPI_finish();
