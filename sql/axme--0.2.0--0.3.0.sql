@@ -1194,9 +1194,11 @@ BEGIN
                 ELSE
                     es.reopen_count := 0;
                 END IF;
-                -- cool-down: doubles with every re-open, capped at max(cooldown_ms, 10 min);
-                -- jitter only lengthens it (up to +20 %)
-                es.cooldown_ms := least(base_ms * (2 ^ least(es.reopen_count, 30))::bigint, greatest(base_ms, 600000));
+                -- cool-down: doubles with every re-open, capped at 8 x cooldown_ms (and at 10 min
+                -- unless cooldown_ms itself is longer), so an endpoint that comes back is probed
+                -- within a bounded time of the first cool-down; jitter only lengthens it (+0-20 %)
+                es.cooldown_ms := least(base_ms * (2 ^ least(es.reopen_count, 30))::bigint,
+                                        greatest(base_ms, least(base_ms * 8, 600000)));
                 es.open_until := clock_timestamp() + es.cooldown_ms * (1 + 0.2 * random()) * interval '1 millisecond';
                 es.breaker := 'open';
                 es.probe_at := NULL;
@@ -2386,6 +2388,13 @@ COMMENT ON FUNCTION axme._timers_wake_trigger() IS
 CREATE TRIGGER timers_wake AFTER INSERT OR UPDATE OF due_at ON axme.timers
     FOR EACH ROW EXECUTE FUNCTION axme._timers_wake_trigger();
 
+-- Intents sent before 0.3.0 with a deadline get their timer row (their reminders, which 0.2.0
+-- did not send, start with the next intents sent).
+INSERT INTO axme.timers (intent_id, kind, due_at)
+SELECT i.intent_id, 'deadline', i.deadline_at FROM axme.intents i
+WHERE i.deadline_at IS NOT NULL AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+ON CONFLICT DO NOTHING;
+
 CREATE FUNCTION axme._wake_internal() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_internal_sql';
 COMMENT ON FUNCTION axme._wake_internal() IS
@@ -2502,6 +2511,35 @@ END $$;
 COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
     'Private: NOTIFY each stream agent whose delayed, backed-off or lease-expired intents became '
     'due in (since, upto]; returns the next such due time.';
+
+-- One turn of the worker's time-driven steps besides firing timers (src/timers.c): stream
+-- wake-ups, delayed inbox tasks whose not_before came (axme._inbox_assign_due, when the inbox
+-- feature is installed), and when to look next: the earliest timer, delayed stream or inbox
+-- intent; within a second while stream agents exist (their leases and backoffs end unannounced).
+-- internal_agents: whether the internal worker is needed.
+CREATE FUNCTION axme._timers_turn(since timestamptz, upto timestamptz,
+                                  OUT next_due timestamptz, OUT internal_agents boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    next_due := least(axme._wake_streams(since, upto), (SELECT min(t.due_at) FROM axme.timers t));
+    IF pg_catalog.to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL THEN
+        IF axme._inbox_assign_due(1000) >= 1000 THEN
+            next_due := upto;       -- more to assign: at once
+        END IF;
+        next_due := least(next_due,
+            (SELECT min(f.due_at) FROM axme.agents a
+             CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
+                                 WHERE i.agent_id = a.agent_id AND i.due_at > upto
+                                 ORDER BY i.due_at LIMIT 1) f
+             WHERE a.delivery_mode = 'inbox'));
+    END IF;
+    IF EXISTS (SELECT FROM axme.agents a WHERE a.delivery_mode = 'stream') THEN
+        next_due := least(next_due, upto + interval '1 second');
+    END IF;
+    internal_agents := EXISTS (SELECT FROM axme.agents a WHERE a.delivery_mode = 'internal');
+END $$;
+COMMENT ON FUNCTION axme._timers_turn(timestamptz, timestamptz) IS
+    'Private: stream wake-ups, due inbox tasks, and the next due time of the worker''s timer loop.';
 
 -- Internal delivery: handlers run by the internal worker of each database (src/internal.c), one
 -- intent at a time: claim (this function, its own transaction: DELIVERED, lease timeout_ms + 30 s),

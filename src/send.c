@@ -10,6 +10,7 @@
 
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/md5.h"
 #include "executor/spi.h"
@@ -19,6 +20,7 @@
 #include "port.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -332,6 +334,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	bool		is_stream;
 	char	   *mode;
 	bool		is_internal;
+	bool		is_inbox;
 	bool		isnull;
 
 	/*
@@ -549,6 +552,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	is_stream = strcmp(mode, "stream") == 0;
 	is_internal = strcmp(mode, "internal") == 0;
+	is_inbox = strcmp(mode, "inbox") == 0;
 
 	/*
 	 * Human tasks, reply_to and escalate_to are checked, and a task assigned, by
@@ -575,7 +579,14 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		Datum		targs[3];
 		char		tnulls[4] = "   ";
 
-		if (timer_plan == NULL)
+		/*
+		 * None in a database still at axme 0.2.0 with this library installed (no axme.timers
+		 * before ALTER EXTENSION UPDATE: poll and the http claim enforce deadlines there).
+		 */
+		bool		have_table = OidIsValid(get_relname_relid("timers",
+															  get_namespace_oid("axme", false)));
+
+		if (have_table && timer_plan == NULL)
 		{
 			Oid			t[3] = {UUIDOID, TIMESTAMPTZOID, INT4OID};
 
@@ -592,12 +603,17 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		targs[2] = Int32GetDatum(remind_after);
 		tnulls[2] = remind_after >= 0 ? ' ' : 'n';
 		/* the trigger on axme.timers tells the worker at commit (timers.c) */
-		if (SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
+		if (have_table &&
+			SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "axme: timer insert failed");
 	}
 	SPI_finish();
 	if (is_internal)
 		axme_internal_note_due();
+	/* a delayed stream wake-up or inbox task: the worker looks again then (timers.c) */
+	else if (has_not_before && not_before > GetCurrentTransactionStartTimestamp() &&
+			 (is_stream || is_inbox))
+		axme_timers_note_due(not_before);
 
 	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
 	if (is_stream && !(has_not_before && not_before > GetCurrentTransactionStartTimestamp()))

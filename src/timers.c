@@ -47,7 +47,6 @@
 #define TIMER_BATCH 50			/* timers per transaction (keeps subtransactions under 64) */
 #define TICK_BUDGET_MS 200		/* then back to the http loop, and again at once */
 #define IDLE_MS 60000
-#define STREAM_RECHECK_MS 1000	/* with stream agents: leases and backoffs end unannounced */
 #define STREAM_OVERLAP_MS 250
 #define MISSING_RECHECK_MS 5000 /* axme 0.3.0 not installed (yet) in this database */
 #define WAKE_UNKNOWN PG_UINT64_MAX
@@ -425,34 +424,24 @@ run_tick(void)
 			return 0;			/* more due: back at once, after the http loop's turn */
 	}
 
-	/* stream wake-ups, the next due time, whether internal agents exist */
+	/* stream wake-ups, due inbox tasks, the next due time, whether internal agents exist */
 	begin_tx("axme: stream wake-ups");
 	{
 		TimestampTz upto = GetCurrentTimestamp();
 
 		args[0] = TimestampTzGetDatum(stream_since);
 		args[1] = TimestampTzGetDatum(upto);
-		if (SPI_execute_with_args(
-				"SELECT axme._wake_streams($1, $2),"
-				" (SELECT min(due_at) FROM axme.timers),"
-				" EXISTS (SELECT FROM axme.agents WHERE delivery_mode = 'internal'),"
-				" EXISTS (SELECT FROM axme.agents WHERE delivery_mode = 'stream')",
-				2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "axme._wake_streams failed");
-		next = Min(get_ts(1, DT_NOEND), get_ts(2, DT_NOEND));
+		if (SPI_execute_with_args("SELECT next_due, internal_agents FROM axme._timers_turn($1, $2)",
+								  2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "axme._timers_turn failed");
+		next = get_ts(1, DT_NOEND);
 		{
 			bool		isnull;
 
 			want_internal = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-													   SPI_tuptable->tupdesc, 3, &isnull));
-
-			/*
-			 * Leases taken and retries scheduled after this scan tell nobody: with stream agents
-			 * around, look again within a second (one cheap index probe per stream agent).
-			 */
-			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)))
-				next = Min(next, TimestampTzPlusMilliseconds(upto, STREAM_RECHECK_MS));
+													   SPI_tuptable->tupdesc, 2, &isnull));
 		}
+
 		/*
 		 * A transaction that committed a due time just behind `upto` is caught next time (the
 		 * windows overlap by STREAM_OVERLAP_MS; an agent may then hear twice of one intent).

@@ -299,6 +299,18 @@ class TimersTest(AxmeTestCase):
         self.assertGreaterEqual(self.q1("""SELECT extract(epoch FROM (result->>'at')::timestamptz - not_before)::float8
                                            FROM axme.intents WHERE intent_id = %s""", (iid,)), 0.0)
 
+    def test_not_before_inbox(self):
+        if not self.q1("SELECT to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL"):
+            self.skipTest("the inbox feature (axme._inbox_assign_due) is not installed")
+        iid = self.send_at(INBOX, not_before=2.0, human_task=TASK)
+        time.sleep(1.0)
+        self.assertEqual(self.status(iid), "SUBMITTED")
+        self.assertTrue(self.wait_status(iid, "WAITING"), self.doc(iid))
+        self.assertGreaterEqual(self.q1("""SELECT extract(epoch FROM e.at - i.not_before)::float8 FROM axme.intents i
+                                           JOIN axme.events e USING (intent_id)
+                                           WHERE intent_id = %s AND e.status = 'WAITING'
+                                           ORDER BY e.seq LIMIT 1""", (iid,)), 0.0)
+
     # -- stream wake-ups ------------------------------------------------------------------------
 
     def test_stream_wakeup_after_lost_lease(self):
@@ -331,6 +343,34 @@ class TimersTest(AxmeTestCase):
         self.assertEqual(json.loads(notes[0].payload)["intent_id"], iid)
         self.assertEqual(self.poll_until(STREAM), [(iid, 2)])
         self.q("SELECT axme.complete(%s, '{}', 2)", (iid,))
+
+    # -- upgrade --------------------------------------------------------------------------------
+
+    def test_upgrade_from_0_2_0_gives_pending_deadlines_a_timer(self):
+        admin = connect("postgres")
+        db = self.dbname + "_up"
+        with admin.cursor() as cur:
+            cur.execute('DROP DATABASE IF EXISTS "%s"' % db)
+            cur.execute('CREATE DATABASE "%s"' % db)
+        try:
+            c = connect(db)
+            with c.cursor() as cur:
+                cur.execute("CREATE EXTENSION axme VERSION '0.2.0'")
+                cur.execute("SELECT axme.register_agent(%s, 'poll')", (POLL,))
+                cur.execute("""SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.job.v1',
+                                   'to_agent', %s, 'payload', '{}'::jsonb,
+                                   'deadline_at', clock_timestamp() + interval '3 seconds'))""", (POLL,))
+                iid = cur.fetchone()[0]
+                cur.execute("ALTER EXTENSION axme UPDATE TO '0.3.0'")
+                cur.execute("SELECT kind FROM axme.timers WHERE intent_id = %s", (iid,))
+                self.assertEqual(cur.fetchall(), [("deadline",)])
+                cur.execute("SELECT axme.wait_for(%s, '20 seconds')->>'status'", (iid,))
+                self.assertEqual(cur.fetchone()[0], "TIMED_OUT")
+            c.close()
+        finally:
+            with admin.cursor() as cur:
+                cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % db)
+            admin.close()
 
     # -- crash ----------------------------------------------------------------------------------
 

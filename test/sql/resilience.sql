@@ -107,5 +107,34 @@ SELECT pg_temp.err($$SELECT axme.enable_agent('agent://resil/tests/nobody')$$);
 SELECT pg_temp.err($$SELECT axme.enable_agent('bad')$$);
 SELECT pg_temp.err($$SELECT axme.enable_agent(NULL)$$);
 
+-- The cool-down doubles on every re-open but stops at 8 x cooldown_ms: an endpoint that comes back
+-- after a long outage is probed within 8 cool-downs, not 10 minutes later.
+SELECT axme.register_agent('agent://resil/tests/capped', 'http', 'http://127.0.0.1:9/capped',
+                           '{"breaker": {"failure_threshold": 10, "cooldown_ms": 1000}}');
+CREATE FUNCTION pg_temp.fail_capped(n integer) RETURNS void LANGUAGE sql AS $$
+    SELECT axme._endpoint_observe(array_agg(gen_random_uuid()), array_fill(1, ARRAY[n]),
+                                  array_fill((SELECT agent_id FROM axme.agents WHERE address = 'agent://resil/tests/capped'), ARRAY[n]),
+                                  array_fill(now(), ARRAY[n]), array_fill(5.0::float8, ARRAY[n]),
+                                  array_fill(NULL::integer, ARRAY[n]), array_fill('connect'::text, ARRAY[n]),
+                                  array_fill('refused'::text, ARRAY[n]))
+    FROM generate_series(1, n)
+$$;
+CREATE TEMP TABLE capped_cooldowns (reopen integer, cooldown_ms bigint);
+SELECT pg_temp.fail_capped(10);
+DO $$
+BEGIN
+    FOR n IN 1..6 LOOP
+        UPDATE axme.endpoint_state SET open_until = now() - interval '1 second'
+        WHERE agent_id = (SELECT agent_id FROM axme.agents WHERE address = 'agent://resil/tests/capped');
+        PERFORM axme._breaker_half_open();
+        PERFORM pg_temp.fail_capped(1);
+        INSERT INTO capped_cooldowns
+        SELECT n, es.cooldown_ms FROM axme.endpoint_state es
+        WHERE es.agent_id = (SELECT agent_id FROM axme.agents WHERE address = 'agent://resil/tests/capped');
+    END LOOP;
+END $$;
+SELECT reopen, cooldown_ms FROM capped_cooldowns ORDER BY reopen;   -- 2000, 4000, 8000, 8000 ...
+SELECT axme.unregister_agent('agent://resil/tests/capped', true) IS NOT NULL AS unregistered;
+
 DELETE FROM axme.alerts WHERE agent LIKE 'agent://resil/%';
 DELETE FROM axme.agents WHERE address LIKE 'agent://resil/%';
