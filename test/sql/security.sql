@@ -31,6 +31,13 @@ ORDER BY p.proname;
 SELECT c.oid::regclass AS view_not_security_invoker FROM pg_class c
 WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind = 'v'
   AND NOT coalesce('security_invoker=true' = ANY (c.reloptions), false);
+-- who may read each view: the monitoring views show each reader its own rows; endpoint_health
+-- (endpoint URLs) and worker_status (private function) are for admins only
+SELECT c.relname AS view, has_table_privilege('axme_sender', c.oid, 'SELECT') AS sender,
+       has_table_privilege('axme_agent', c.oid, 'SELECT') AS agent,
+       has_table_privilege('axme_admin', c.oid, 'SELECT') AS admin,
+       has_table_privilege('pg_monitor', c.oid, 'SELECT') AS monitor
+FROM pg_class c WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind = 'v' ORDER BY 1;
 
 SET client_min_messages = warning;
 DROP ROLE IF EXISTS sec_alice;
