@@ -427,11 +427,673 @@ COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
     'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
     'Errors: 22023 invalid argument, P0002 agent not registered, 55000 agent of another mode.';
 
+-- (helper a, http resilience) The http claim: skips paused and disabled agents and agents whose
+-- breaker is open; a half-open breaker lets exactly one probe through; slow start
+-- (axme.endpoint_state.conc_limit) and the token bucket (rate_limit_per_second) cap what each
+-- agent gets.  Returns the client certificate for mTLS as well, hence DROP + CREATE.
+DROP FUNCTION axme._http_claim(integer, bigint[], integer[]);
+CREATE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    -- breakers whose cool-down has run out go half-open (one probe each)
+    IF EXISTS (SELECT FROM axme.endpoint_state es WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, current_user,
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+
+-- (helper a) When the worker should look again: the earliest moment an http agent can be handed
+-- something: its first due intent, but not before its breaker's cool-down ends or its token
+-- bucket refills; agents at their concurrency limit or with a probe out are woken by completions.
+CREATE OR REPLACE FUNCTION axme._http_next_due(busy_agents bigint[], busy_counts integer[]) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+    SELECT min(CASE
+                 WHEN es.breaker = 'open' THEN greatest(d.due_at, es.open_until)
+                 WHEN es.breaker = 'half_open' AND es.probe_at IS NOT NULL THEN
+                     greatest(d.due_at, es.probe_at + (coalesce((ag.options->>'timeout_ms')::integer, 15000) + 60000)
+                                                      * interval '1 millisecond')
+                 WHEN es.breaker = 'half_open' AND coalesce(b.n, 0) > 0 THEN NULL
+                 WHEN coalesce(b.n, 0) >= least(coalesce((ag.options->>'max_in_flight')::integer, 16),
+                                                coalesce(floor(es.conc_limit)::integer, 2147483647)) THEN NULL
+                 WHEN ag.options ? 'rate_limit_per_second' AND es.tokens_at IS NOT NULL THEN
+                     greatest(d.due_at,
+                              es.tokens_at + (least(greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.1),
+                                                    greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.02))
+                                              - es.tokens)
+                                             / (ag.options->>'rate_limit_per_second')::float8 * interval '1 second')
+                 ELSE d.due_at END)
+    FROM axme.agents ag
+    LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+    LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+               GROUP BY x.id) b ON b.id = ag.agent_id
+    CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
+                        WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL
+                        ORDER BY i.due_at LIMIT 1) d
+    WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+      AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
+END $$;
+
+-- (helper a) Record a batch of finished attempts, then feed the outcomes to each endpoint's
+-- breaker, slow start and health (axme._endpoint_observe).  Otherwise as in 0.2.0.
+CREATE OR REPLACE FUNCTION axme._http_record_batch(p_ids uuid[], p_attempts integer[], p_agents bigint[],
+                                        p_started timestamptz[], p_durations double precision[],
+                                        p_statuses integer[], p_classes text[], p_errors text[],
+                                        p_excerpts text[], p_responses text[], p_retry_after bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    done uuid[];
+    r record;
+BEGIN
+    -- The worker passes the outcomes sorted by intent_id, so rows are usually locked in that
+    -- order (a deadlock with another session is still possible: the worker then retries).
+    WITH o AS (
+        SELECT x.id, x.att, x.agent, x.started, x.dur, x.st, x.excerpt, x.resp::jsonb AS body
+        FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses, p_classes,
+                    p_excerpts, p_responses)
+             AS x(id, att, agent, started, dur, st, cls, excerpt, resp)
+        WHERE x.cls IS NULL
+    ), u AS (
+        UPDATE axme.intents i SET
+            status = 'COMPLETED', result = o.body, due_at = NULL, lease_until = NULL,
+            updated_at = now(), event_seq = i.event_seq + 1
+        FROM o, axme.agents a
+        WHERE i.intent_id = o.id AND i.attempt = o.att AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')
+          AND i.lease_until IS NOT NULL
+          AND a.agent_id = i.agent_id AND coalesce(a.options->>'completion', 'on_2xx') <> 'explicit'
+          AND NOT coalesce(jsonb_typeof(o.body) = 'object' AND o.body->>'status' IN ('COMPLETED', 'FAILED'), false)
+        RETURNING i.intent_id, i.event_seq, i.attempt, o.agent, o.started, o.dur, o.st, o.excerpt
+    ), e AS (
+        INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', current_user,
+               jsonb_build_object('attempt', u.attempt, 'http_status', u.st)
+        FROM u
+    ), da AS (
+        INSERT INTO axme.delivery_attempts (intent_id, attempt, agent_id, started_at, duration_ms,
+                                            http_status, response_excerpt)
+        SELECT u.intent_id, u.attempt, u.agent, u.started, u.dur, u.st, u.excerpt FROM u
+        ON CONFLICT DO NOTHING
+    )
+    SELECT array_agg(u.intent_id) INTO done FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+
+    FOR r IN
+        SELECT x.* FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                               p_classes, p_errors, p_excerpts, p_responses, p_retry_after)
+                        AS x(id, att, agent, started, dur, st, cls, err, excerpt, resp, ra)
+        WHERE done IS NULL OR NOT (x.id = ANY (done))
+    LOOP
+        PERFORM axme._http_record(r.id, r.att, r.agent, r.started, r.dur, r.st, r.cls, r.err,
+                                  r.excerpt, r.resp, r.ra);
+    END LOOP;
+    PERFORM axme._endpoint_observe(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                                   p_classes, p_errors);
+END $$;
+
+-- (helper a) Replay every dead letter of an agent; an http agent's re-drives go through the
+-- slow-start ramp with their due times spread (axme._ramp_start).
+CREATE OR REPLACE FUNCTION axme.replay_dead_letters(agent text, since timestamptz DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    n bigint := 0;
+    r record;
+BEGIN
+    FOR r IN
+        SELECT i.intent_id FROM axme.intents i
+        WHERE i.agent_id = a.agent_id AND i.status = 'FAILED' AND i.dead_letter_reason IS NOT NULL
+          AND (since IS NULL OR i.dead_lettered_at >= since)
+        ORDER BY i.dead_lettered_at
+    LOOP
+        PERFORM axme.replay(r.intent_id);
+        n := n + 1;
+    END LOOP;
+    IF n > 0 AND a.delivery_mode = 'http' THEN
+        PERFORM axme._ramp_start(a.agent_id, true);
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz) IS
+    'Replay every dead letter of an agent (dead-lettered at or after since, when given) with a fresh '
+    'attempt budget. For an http agent they go out through the slow-start ramp (1, 2, 4 ... '
+    'max_in_flight in flight) with their due times spread by jitter. Returns how many. '
+    'Errors: 22023 invalid address, P0002 agent not registered.';
+
 -- <<< end of section 0 overrides
 
 -------------------------------------------------------------------------------------------------
 -- Section 1: http resilience (issue 4)
 -------------------------------------------------------------------------------------------------
+
+-- Per-agent endpoint state of http agents: the circuit breaker, the slow-start limit, the token
+-- bucket and what endpoint_health shows.  One small row per agent, written by the worker (claim
+-- and record) and by enable_agent / replay_dead_letters; no row = closed, healthy, unlimited.
+CREATE TABLE axme.endpoint_state (
+    agent_id             bigint PRIMARY KEY REFERENCES axme.agents ON DELETE CASCADE,
+    breaker              text NOT NULL DEFAULT 'closed' CHECK (breaker IN ('closed', 'open', 'half_open')),
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    failing_since        timestamptz,
+    reopen_count         integer NOT NULL DEFAULT 0,
+    cooldown_ms          bigint,
+    open_until           timestamptz,
+    probe_at             timestamptz,
+    conc_limit           double precision,
+    ssthresh             double precision,
+    halved_at            timestamptz,
+    tokens               double precision,
+    tokens_at            timestamptz,
+    last_success_at      timestamptz,
+    last_failure_at      timestamptz,
+    last_error           text,
+    last_error_class     text,
+    last_http_status     integer
+);
+CREATE INDEX endpoint_state_open_idx ON axme.endpoint_state (open_until) WHERE breaker = 'open';
+COMMENT ON TABLE axme.endpoint_state IS
+    'Private state of each http endpoint (one row per agent, created on first need): breaker '
+    '(closed | open | half_open), consecutive_failures (distinct intents), failing_since (first '
+    'failure with no success since), reopen_count and cooldown_ms / open_until (the current '
+    'cool-down), probe_at (half-open probe handed out), conc_limit / ssthresh / halved_at (slow '
+    'start; NULL = max_in_flight), tokens / tokens_at (rate limit bucket), last success, failure and error. '
+    'Read it through axme.endpoint_health.';
+-- Dumped like every other table: a restored database keeps each endpoint's breaker and its
+-- failing_since (which axme.disable_after counts from).
+SELECT pg_catalog.pg_extension_config_dump('axme.endpoint_state', '');
+
+-- Whether an attempt's outcome counts as a failure of the endpoint for its breaker: no answer
+-- (dns, connect, tls, timeout, network) or a server error (408, 5xx).  4xx answers (the endpoint is
+-- up), 429 (it asks us to slow down: halves concurrency instead) and local refusals do not.
+CREATE FUNCTION axme._breaker_failure(error_class text, http_status integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT error_class IN ('dns', 'connect', 'tls', 'timeout', 'network')
+        OR (error_class = 'http' AND (http_status = 408 OR http_status >= 500))
+$$;
+COMMENT ON FUNCTION axme._breaker_failure(text, integer) IS
+    'Private: true when an attempt outcome (error_class, http_status) counts toward the breaker.';
+
+-- Open breakers whose cool-down ran out go half-open; one alert each.  Called by the claim.
+CREATE FUNCTION axme._breaker_half_open() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        UPDATE axme.endpoint_state es SET breaker = 'half_open', probe_at = NULL
+        FROM axme.agents ag
+        WHERE es.breaker = 'open' AND es.open_until <= now() AND ag.agent_id = es.agent_id
+        RETURNING ag.address, es.consecutive_failures, es.cooldown_ms
+    LOOP
+        PERFORM axme._alert(r.address, 'breaker_half_open',
+            jsonb_build_object('consecutive_failures', r.consecutive_failures, 'cooldown_ms', r.cooldown_ms));
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._breaker_half_open() IS
+    'Private: move open breakers whose cool-down ended to half_open (alert breaker_half_open).';
+
+-- Start the slow-start ramp of an http agent (concurrency 1, doubling per round trip up to
+-- max_in_flight).  spread: also spread the due times of its intents due now over a short window
+-- with jitter (at most 5 s, about 10 rounds of max_in_flight per second).
+CREATE FUNCTION axme._ramp_start(p_agent_id bigint, spread boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    mif integer;
+    n bigint;
+    window_ms double precision;
+BEGIN
+    SELECT coalesce((a.options->>'max_in_flight')::integer, 16) INTO mif
+    FROM axme.agents a WHERE a.agent_id = p_agent_id;
+    INSERT INTO axme.endpoint_state AS es (agent_id, conc_limit) VALUES (p_agent_id, 1)
+    ON CONFLICT (agent_id) DO UPDATE SET conc_limit = 1, ssthresh = NULL;
+    IF spread THEN
+        SELECT count(*) INTO n FROM axme.intents i
+        WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
+        window_ms := least(5000, greatest(0, n - mif) * 1000.0 / (mif * 10));
+        IF window_ms > 0 THEN
+            UPDATE axme.intents i SET due_at = now() + random() * window_ms * interval '1 millisecond'
+            WHERE i.agent_id = p_agent_id AND i.due_at <= now() AND i.status = 'SUBMITTED';
+        END IF;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._ramp_start(bigint, boolean) IS
+    'Private: start the slow-start ramp of an http agent (concurrency limit 1); spread => also '
+    'spread the due times of its backlog with jitter over up to 5 s.';
+
+-- Feed a batch of attempt outcomes to the endpoints' state: breaker, slow start, health, 410 and
+-- axme.disable_after.  Agents whose outcomes are all 2xx and whose state is plain cost one lookup.
+CREATE FUNCTION axme._endpoint_observe(p_ids uuid[], p_attempts integer[], p_agents bigint[],
+                                       p_started timestamptz[], p_durations double precision[],
+                                       p_statuses integer[], p_classes text[], p_errors text[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+    o record;
+    es axme.endpoint_state;
+    ag axme.agents;
+    mif integer;
+    threshold integer;
+    base_ms bigint;
+    halved boolean;
+    spread boolean;
+    disable_after interval;
+BEGIN
+    FOR g IN
+        SELECT x.agent, count(*) FILTER (WHERE x.cls IS NOT NULL) AS n_bad
+        FROM unnest(p_agents, p_classes) AS x(agent, cls) GROUP BY x.agent ORDER BY x.agent
+    LOOP
+        SELECT * INTO es FROM axme.endpoint_state s WHERE s.agent_id = g.agent FOR UPDATE;
+        IF g.n_bad = 0 AND (NOT FOUND OR (es.breaker = 'closed' AND es.consecutive_failures = 0
+                                          AND es.conc_limit IS NULL AND es.failing_since IS NULL)) THEN
+            -- healthy: only keep last_success_at current (to the second)
+            IF NOT FOUND THEN
+                INSERT INTO axme.endpoint_state (agent_id, last_success_at) VALUES (g.agent, now())
+                ON CONFLICT (agent_id) DO NOTHING;
+            ELSIF es.last_success_at IS NULL OR es.last_success_at < now() - interval '1 second' THEN
+                UPDATE axme.endpoint_state SET last_success_at = now() WHERE agent_id = g.agent;
+            END IF;
+            CONTINUE;
+        END IF;
+        SELECT * INTO ag FROM axme.agents a WHERE a.agent_id = g.agent;
+        IF NOT FOUND THEN
+            CONTINUE;
+        END IF;
+        IF es.agent_id IS NULL THEN
+            INSERT INTO axme.endpoint_state (agent_id) VALUES (g.agent) ON CONFLICT (agent_id) DO NOTHING;
+            SELECT * INTO es FROM axme.endpoint_state s WHERE s.agent_id = g.agent FOR UPDATE;
+        END IF;
+        mif := coalesce((ag.options->>'max_in_flight')::integer, 16);
+        threshold := coalesce((ag.options->'breaker'->>'failure_threshold')::integer, 10);
+        base_ms := coalesce((ag.options->'breaker'->>'cooldown_ms')::bigint, 30000);
+        halved := false;
+        spread := false;
+        FOR o IN
+            SELECT x.* FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                                   p_classes, p_errors)
+                            AS x(id, att, agent, started, dur, st, cls, err)
+            WHERE x.agent = g.agent
+            ORDER BY x.started + x.dur * interval '1 millisecond'
+        LOOP
+            IF o.cls IS NULL THEN
+                -- a success: closes the breaker, ends the failure streak, grows the ramp
+                IF es.breaker <> 'closed' THEN
+                    PERFORM axme._alert(ag.address, 'breaker_closed',
+                        jsonb_build_object('intent_id', o.id, 'attempt', o.att,
+                                           'failing_since', es.failing_since));
+                    es.breaker := 'closed';
+                    es.reopen_count := 0;
+                    es.cooldown_ms := NULL;
+                    es.open_until := NULL;
+                    es.probe_at := NULL;
+                    es.conc_limit := 1;
+                    es.ssthresh := NULL;
+                    spread := true;
+                ELSIF es.consecutive_failures >= 3 AND coalesce(es.conc_limit, mif) > 1 THEN
+                    -- a backlog built up while the endpoint was failing: ramp up from 1
+                    es.conc_limit := 1;
+                    es.ssthresh := NULL;
+                ELSIF es.conc_limit IS NOT NULL THEN
+                    IF es.ssthresh IS NULL OR es.conc_limit < es.ssthresh THEN
+                        es.conc_limit := es.conc_limit + 1;            -- slow start: doubles per round trip
+                    ELSE
+                        es.conc_limit := es.conc_limit + 1 / es.conc_limit;  -- then +1 per round trip
+                    END IF;
+                    IF es.conc_limit >= mif THEN
+                        es.conc_limit := NULL;
+                        es.ssthresh := NULL;
+                    END IF;
+                END IF;
+                es.consecutive_failures := 0;
+                es.failing_since := NULL;
+                es.last_success_at := now();
+                CONTINUE;
+            END IF;
+            es.last_failure_at := now();
+            es.last_error := o.err;
+            es.last_error_class := o.cls;
+            es.last_http_status := o.st;
+            IF o.cls = 'http' AND o.st = 410 THEN
+                IF ag.disabled_at IS NULL THEN
+                    UPDATE axme.agents SET disabled_at = now(), disabled_reason = 'gone: the endpoint answered HTTP 410 Gone'
+                    WHERE agent_id = ag.agent_id RETURNING * INTO ag;
+                    PERFORM axme._alert(ag.address, 'endpoint_disabled',
+                        jsonb_build_object('reason', 'gone', 'http_status', 410, 'intent_id', o.id));
+                END IF;
+                CONTINUE;
+            END IF;
+            IF o.st IN (429, 503) OR axme._breaker_failure(o.cls, o.st) THEN
+                -- slow down: halve the concurrency limit, once per batch and only for requests
+                -- sent after the last halving (one reaction per round trip, as TCP does)
+                -- After a 429 / 503 the limit climbs back by doubling only to 7/8 of where the
+                -- receiver pushed back, then by one per round trip (ssthresh).
+                IF NOT halved AND (es.halved_at IS NULL OR o.started >= es.halved_at) THEN
+                    IF o.st IN (429, 503) THEN
+                        es.ssthresh := greatest(1, 0.875 * least(coalesce(es.conc_limit, mif), mif));
+                    END IF;
+                    es.conc_limit := greatest(1, floor(least(coalesce(es.conc_limit, mif), mif) / 2));
+                    es.halved_at := now();
+                    halved := true;
+                END IF;
+            END IF;
+            IF NOT axme._breaker_failure(o.cls, o.st) THEN
+                CONTINUE;
+            END IF;
+            IF es.failing_since IS NULL THEN
+                es.failing_since := o.started;
+            END IF;
+            -- distinct intents: an intent's own earlier failures in this streak were counted already
+            IF NOT EXISTS (SELECT FROM axme.delivery_attempts da
+                           WHERE da.intent_id = o.id AND da.attempt < o.att
+                             AND da.started_at >= es.failing_since AND da.error_class IS NOT NULL) THEN
+                es.consecutive_failures := es.consecutive_failures + 1;
+            END IF;
+            IF es.breaker = 'half_open' OR (es.breaker = 'closed' AND es.consecutive_failures >= threshold) THEN
+                IF es.breaker = 'half_open' THEN
+                    es.reopen_count := es.reopen_count + 1;
+                ELSE
+                    es.reopen_count := 0;
+                END IF;
+                -- cool-down: doubles with every re-open, capped at max(cooldown_ms, 10 min);
+                -- jitter only lengthens it (up to +20 %)
+                es.cooldown_ms := least(base_ms * (2 ^ least(es.reopen_count, 30))::bigint, greatest(base_ms, 600000));
+                es.open_until := clock_timestamp() + es.cooldown_ms * (1 + 0.2 * random()) * interval '1 millisecond';
+                es.breaker := 'open';
+                es.probe_at := NULL;
+                PERFORM axme._alert(ag.address, 'breaker_opened',
+                    jsonb_build_object('consecutive_failures', es.consecutive_failures,
+                                       'cooldown_ms', es.cooldown_ms, 'open_until', es.open_until,
+                                       'reopened', es.reopen_count > 0,
+                                       'error_class', o.cls, 'http_status', o.st, 'error', o.err));
+            END IF;
+            -- failing without a single success for axme.disable_after: disabled
+            disable_after := coalesce(nullif(current_setting('axme.disable_after', true), ''), '5d')::interval;
+            IF ag.disabled_at IS NULL AND es.failing_since <= now() - disable_after THEN
+                UPDATE axme.agents SET disabled_at = now(),
+                       disabled_reason = format('failing: no successful delivery since %s (axme.disable_after = %s)',
+                                                es.failing_since, disable_after)
+                WHERE agent_id = ag.agent_id RETURNING * INTO ag;
+                PERFORM axme._alert(ag.address, 'endpoint_disabled',
+                    jsonb_build_object('reason', 'failing', 'failing_since', es.failing_since,
+                                       'disable_after', disable_after::text));
+            END IF;
+        END LOOP;
+        UPDATE axme.endpoint_state s SET
+            breaker = es.breaker, consecutive_failures = es.consecutive_failures,
+            failing_since = es.failing_since, reopen_count = es.reopen_count,
+            cooldown_ms = es.cooldown_ms, open_until = es.open_until, probe_at = es.probe_at,
+            conc_limit = es.conc_limit, ssthresh = es.ssthresh, halved_at = es.halved_at,
+            last_success_at = es.last_success_at, last_failure_at = es.last_failure_at,
+            last_error = es.last_error, last_error_class = es.last_error_class,
+            last_http_status = es.last_http_status
+        WHERE s.agent_id = g.agent;
+        IF spread THEN
+            PERFORM axme._ramp_start(g.agent, true);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._endpoint_observe(uuid[], integer[], bigint[], timestamptz[], double precision[],
+                                           integer[], text[], text[]) IS
+    'Private: update each endpoint''s breaker, slow start and health from a batch of attempt '
+    'outcomes; disable it on 410 Gone or after failing for axme.disable_after.';
+
+CREATE FUNCTION axme.enable_agent(agent text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    was_disabled boolean;
+BEGIN
+    SELECT ag.disabled_at IS NOT NULL INTO was_disabled FROM axme.agents ag
+    WHERE ag.agent_id = a.agent_id FOR UPDATE;
+    IF NOT was_disabled THEN
+        RETURN false;
+    END IF;
+    UPDATE axme.agents SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
+    WHERE agent_id = a.agent_id;
+    UPDATE axme.endpoint_state SET breaker = 'closed', consecutive_failures = 0, failing_since = NULL,
+           reopen_count = 0, cooldown_ms = NULL, open_until = NULL, probe_at = NULL
+    WHERE agent_id = a.agent_id;
+    PERFORM axme._alert(a.address, 'endpoint_enabled',
+        jsonb_build_object('disabled_at', a.disabled_at, 'disabled_reason', a.disabled_reason,
+                           'by', current_user));
+    IF a.delivery_mode = 'http' THEN
+        PERFORM axme._ramp_start(a.agent_id, true);
+        PERFORM axme._wake_http();
+    END IF;
+    RETURN true;
+END $$;
+COMMENT ON FUNCTION axme.enable_agent(text) IS
+    'Turn a disabled agent (410 Gone, failing for axme.disable_after) back on: its waiting intents '
+    'are re-driven through the slow-start ramp with their due times spread. Returns true when it '
+    'was disabled, false when it was not (nothing changes). Alert endpoint_enabled. '
+    'Errors: 22023 invalid address, P0002 agent not registered.';
+
+CREATE FUNCTION axme.rotate_secret(agent text, grace interval DEFAULT '24 hours') RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    new_secret text := axme._random_secret();
+    t timestamptz := clock_timestamp();
+BEGIN
+    IF NOT axme._is_admin() THEN
+        RAISE EXCEPTION 'only superusers and members of axme_admin may rotate secrets'
+            USING ERRCODE = '42501';
+    END IF;
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'argument "grace" must be a non-negative interval, got %', coalesce(grace::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    a := axme._agent(agent, 'agent');
+    IF a.delivery_mode <> 'http' THEN
+        RAISE EXCEPTION 'agent "%" is not an http agent (delivery mode %)', agent, a.delivery_mode
+            USING ERRCODE = '22023', HINT = 'Only http agents have signing secrets.';
+    END IF;
+    PERFORM FROM axme.agents ag WHERE ag.agent_id = a.agent_id FOR UPDATE;  -- one rotation at a time
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND (s.expires_at <= t OR grace = interval '0');
+    -- the secrets valid now keep signing until the end of the grace period (or their own, if earlier)
+    UPDATE axme.agent_secrets s SET expires_at = least(coalesce(s.expires_at, 'infinity'), t + grace)
+    WHERE s.agent_id = a.agent_id;
+    INSERT INTO axme.agent_secrets (agent_id, secret, created_at) VALUES (a.agent_id, new_secret, t);
+    -- at most 5 valid secrets: the oldest go
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND s.secret IN (
+        SELECT s2.secret FROM axme.agent_secrets s2 WHERE s2.agent_id = a.agent_id
+        ORDER BY s2.created_at DESC OFFSET 5);
+    RETURN new_secret;
+END $$;
+COMMENT ON FUNCTION axme.rotate_secret(text, interval) IS
+    'Give an http agent a new signing secret (whsec_ + base64 of 32 random bytes) and return it. '
+    'The new secret signs from the next request on; the secrets valid before keep signing beside '
+    'it (one v1 entry each in webhook-signature) until grace has passed (or until their own earlier '
+    'expiry); at most 5 secrets are valid at once (the oldest are dropped). grace = 0 drops the old '
+    'ones now. Admins only. Errors: 42501 not a superuser or axme_admin member, 22023 invalid '
+    'address, negative or NULL grace, not an http agent, P0002 agent not registered.';
+
+CREATE VIEW axme.endpoint_health AS
+SELECT ag.address AS agent,
+       ag.endpoint_url,
+       coalesce(es.breaker, 'closed') AS breaker_state,
+       coalesce(es.consecutive_failures, 0) AS consecutive_failures,
+       st.success_rate_5m,
+       coalesce(st.attempts_5m, 0) AS attempts_5m,
+       es.last_success_at,
+       es.last_failure_at,
+       es.last_error,
+       es.last_error_class,
+       es.last_http_status,
+       coalesce(fl.n, 0) AS in_flight,
+       CASE WHEN ag.disabled_at IS NOT NULL OR ag.paused_at IS NOT NULL OR es.breaker = 'open' THEN 0
+            WHEN es.breaker = 'half_open' THEN 1
+            ELSE least(coalesce((ag.options->>'max_in_flight')::integer, 16),
+                       coalesce(floor(es.conc_limit)::integer, 2147483647)) END AS concurrency_limit,
+       coalesce((ag.options->>'max_in_flight')::integer, 16) AS max_in_flight,
+       (ag.options->>'rate_limit_per_second')::double precision AS rate_limit_per_second,
+       es.cooldown_ms AS breaker_cooldown_ms,
+       CASE WHEN es.breaker = 'open' THEN es.open_until END AS breaker_open_until,
+       CASE WHEN ag.disabled_at IS NULL AND ag.paused_at IS NULL THEN
+            CASE WHEN es.breaker = 'open' THEN greatest(nd.due_at, es.open_until) ELSE nd.due_at END
+       END AS next_attempt_at,
+       coalesce(nd.waiting, 0) AS waiting,
+       ag.paused_at,
+       ag.disabled_at,
+       ag.disabled_reason
+FROM axme.agents ag
+LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+LEFT JOIN (SELECT da.agent_id, count(*) AS attempts_5m,
+                  round(count(*) FILTER (WHERE da.error_class IS NULL)::numeric / count(*), 4) AS success_rate_5m
+           FROM axme.delivery_attempts da
+           WHERE da.started_at >= now() - interval '5 minutes'
+           GROUP BY da.agent_id) st ON st.agent_id = ag.agent_id
+LEFT JOIN LATERAL (SELECT count(*) AS n FROM axme.intents i
+                   WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL AND i.lease_until IS NOT NULL
+                     AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')) fl ON true
+LEFT JOIN LATERAL (SELECT min(i.due_at) AS due_at, count(*) AS waiting FROM axme.intents i
+                   WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL AND i.status = 'SUBMITTED') nd ON true
+WHERE ag.delivery_mode = 'http';
+COMMENT ON VIEW axme.endpoint_health IS
+    'Health of each http endpoint: breaker_state (closed | open | half_open), consecutive_failures '
+    '(distinct intents since the last success), success_rate_5m (0..1 over the attempts of the last '
+    '5 minutes, NULL without any) and attempts_5m, last_success_at, last_failure_at, last_error, '
+    'last_error_class, last_http_status, in_flight (requests out now), concurrency_limit (current '
+    'slow-start limit; 0 while open, paused or disabled), max_in_flight, rate_limit_per_second, '
+    'breaker_cooldown_ms and breaker_open_until (current cool-down), next_attempt_at (when the next '
+    'request may go out), waiting (intents waiting to be sent), paused_at, disabled_at, disabled_reason.';
+REVOKE ALL ON axme.endpoint_state, axme.endpoint_health FROM PUBLIC;
 
 -- <<< end of section 1
 
@@ -1413,8 +2075,17 @@ REVOKE ALL ON axme.threads, axme.thread_messages, axme.inbox_feed, axme.inbox_ch
 CREATE FUNCTION axme._wake_timers() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_timers_sql';
 COMMENT ON FUNCTION axme._wake_timers() IS
-    'Private: at commit, wake the worker that fires timers (call after inserting a timer row due '
-    'sooner than any other).';
+    'Private: at commit, wake the worker that fires timers to look at the queue now (writes to '
+    'axme.timers do this by themselves, through the trigger timers_wake).';
+
+CREATE FUNCTION axme._timers_wake_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'axme_timers_wake_trigger';
+COMMENT ON FUNCTION axme._timers_wake_trigger() IS
+    'Private: row trigger on axme.timers: at commit, wake the worker when a timer is due sooner '
+    'than it planned to look.';
+-- Whoever writes a timer row (send, reminders, escalations), the worker hears of it at commit.
+CREATE TRIGGER timers_wake AFTER INSERT OR UPDATE OF due_at ON axme.timers
+    FOR EACH ROW EXECUTE FUNCTION axme._timers_wake_trigger();
 
 CREATE FUNCTION axme._wake_internal() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_internal_sql';
@@ -1440,12 +2111,15 @@ DECLARE
     n integer := 0;
     msg text;
     st text;
+    -- a value, not clock_timestamp() in the query: a volatile bound is no index condition, and
+    -- the scan would then walk every pending timer when none is due
+    v_now timestamptz := clock_timestamp();
 BEGIN
     FOR t IN
         WITH c AS (
             SELECT tm.intent_id, tm.kind
             FROM axme.timers tm
-            WHERE tm.due_at <= clock_timestamp()
+            WHERE tm.due_at <= v_now
             ORDER BY tm.due_at
             LIMIT max_count
             FOR UPDATE SKIP LOCKED
@@ -1785,6 +2459,8 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(jsonb_object_agg(k, coalesce((a->>k)::bigint, 0) + coalesce((b->>k)::bigint, 0)), '{}')
     FROM (SELECT jsonb_object_keys(a) UNION SELECT jsonb_object_keys(b)) s(k)
 $$;
+COMMENT ON FUNCTION axme._add_counts(jsonb, jsonb) IS
+    'Private: add two {"table": count} objects key by key.';
 
 -- One bounded batch of cleanup (at most batch_size rows of each kind), for the worker, which
 -- commits after each.  Returns the rows deleted per table and "more": whether any kind filled

@@ -18,6 +18,7 @@
 /* GUCs (worker.c, ssrf.c) */
 extern int	axme_max_in_flight;
 extern int	axme_max_database_workers;
+extern int	axme_disable_after;
 extern char *axme_http_allowed_networks;
 
 /*
@@ -37,6 +38,8 @@ typedef struct AxmeDelivery
 	List	   *headers;		/* of char * ("name: value") */
 	int			timeout_ms;
 	char	   *ca_file;
+	char	   *client_cert;	/* mTLS (client_cert_file / client_key_file options), or NULL */
+	char	   *client_key;
 
 	/* request */
 	void	   *easy;			/* CURL * */

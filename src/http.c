@@ -228,6 +228,13 @@ axme_http_start(AxmeDelivery *d)
 	ECHECK(curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L));
 	if (d->ca_file)
 		ECHECK(curl_easy_setopt(easy, CURLOPT_CAINFO, d->ca_file));
+	if (d->client_cert && d->client_key)
+	{
+		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLCERT, d->client_cert));
+		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLCERTTYPE, "PEM"));
+		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLKEY, d->client_key));
+		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLKEYTYPE, "PEM"));
+	}
 	ECHECK(curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, axme_ssrf_opensocket));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, d));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, prereq_cb));
@@ -551,5 +558,9 @@ axme_http_free(AxmeDelivery *d)
 	pfree(d->body);
 	if (d->ca_file)
 		pfree(d->ca_file);
+	if (d->client_cert)
+		pfree(d->client_cert);
+	if (d->client_key)
+		pfree(d->client_key);
 	pfree(d);
 }

@@ -52,9 +52,9 @@ static bool cleanup_more = false;
 static TimestampTz
 next_cleanup(void)
 {
-	if (last_cleanup == 0)		/* first turn: clean up 5 s after the worker started */
+	if (last_cleanup == 0)		/* first turn: clean up 30 s after the worker started */
 		last_cleanup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												   5000 - (int64) axme_cleanup_interval * 1000);
+												   30000 - (int64) axme_cleanup_interval * 1000);
 	return TimestampTzPlusMilliseconds(last_cleanup, (int64) axme_cleanup_interval * 1000);
 }
 
@@ -206,6 +206,13 @@ run_step(const char *sql, const char *what)
 		pgstat_report_activity(STATE_RUNNING, sql);
 		if (axme_lock_extension())
 		{
+			/*
+			 * These steps read many tables: give way to DDL (DROP EXTENSION, DROP TABLE ...)
+			 * rather than deadlock with it: a lock wait longer than this fails the step, which
+			 * is tried again later; the DDL's own deadlock check (deadlock_timeout) comes later.
+			 */
+			if (SPI_execute("SELECT pg_catalog.set_config('lock_timeout', '200ms', true)", false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "setting lock_timeout failed");
 			if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 				elog(ERROR, "%s failed", what);
 			if (SPI_processed == 1)
@@ -230,8 +237,11 @@ run_step(const char *sql, const char *what)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(caller);
-		ereport(WARNING, (errmsg("axme: %s failed, will retry: %s", what, edata->message)));
-		axme_status_error(edata->message);
+		/* giving way to DDL is expected: not worth a WARNING */
+		ereport(edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ? DEBUG1 : WARNING,
+				(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			axme_status_error(edata->message);
 		FreeErrorData(edata);
 		result = NULL;
 	}
@@ -250,6 +260,8 @@ axme_ops_tick(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
+	if (next_alert_check == 0)	/* first turn: the first check a period after the start */
+		next_alert_check = TimestampTzPlusMilliseconds(now, ALERT_CHECK_MS);
 	if (now >= next_alert_check)
 	{
 		axme_status_state("checking alerts");

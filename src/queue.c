@@ -236,6 +236,13 @@ claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 		d->timeout_ms = DatumGetInt32(SPI_getbinval(t, td, 8, &isnull));
 		due = SPI_getbinval(t, td, 9, &isnull);
 		d->ca_file = isnull ? NULL : text_copy(due, delivery_context);
+		if (td->natts >= 11)	/* 0.3.0: client certificate for mTLS */
+		{
+			due = SPI_getbinval(t, td, 10, &isnull);
+			d->client_cert = isnull ? NULL : text_copy(due, delivery_context);
+			due = SPI_getbinval(t, td, 11, &isnull);
+			d->client_key = isnull ? NULL : text_copy(due, delivery_context);
+		}
 		old = MemoryContextSwitchTo(caller);
 		claimed = lappend(claimed, d);
 		MemoryContextSwitchTo(old);

@@ -516,7 +516,6 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	{
 		Datum		targs[3];
 		char		tnulls[4] = "   ";
-		TimestampTz first = has_deadline ? deadline : DT_NOEND;
 
 		if (timer_plan == NULL)
 		{
@@ -534,12 +533,9 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		tnulls[1] = has_deadline ? ' ' : 'n';
 		targs[2] = Int32GetDatum(remind_after);
 		tnulls[2] = remind_after >= 0 ? ' ' : 'n';
+		/* the trigger on axme.timers tells the worker at commit (timers.c) */
 		if (SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "axme: timer insert failed");
-		if (remind_after >= 0)
-			first = Min(first, GetCurrentTransactionStartTimestamp() +
-						(TimestampTz) remind_after * USECS_PER_SEC);
-		axme_timers_note_due(first);
 	}
 	SPI_finish();
 	if (is_internal)

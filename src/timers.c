@@ -17,8 +17,10 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -46,12 +48,14 @@
 #define TICK_BUDGET_MS 200		/* then back to the http loop, and again at once */
 #define IDLE_MS 60000
 #define STREAM_RECHECK_MS 1000	/* with stream agents: leases and backoffs end unannounced */
+#define STREAM_OVERLAP_MS 250
 #define MISSING_RECHECK_MS 5000 /* axme 0.3.0 not installed (yet) in this database */
 #define WAKE_UNKNOWN PG_UINT64_MAX
 
 PG_FUNCTION_INFO_V1(axme_wake_timers_sql);
 PG_FUNCTION_INFO_V1(axme_wake_internal_sql);
 PG_FUNCTION_INFO_V1(axme_notify_agent_n);
+PG_FUNCTION_INFO_V1(axme_timers_wake_trigger);
 
 static TimerShared *ts = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -244,6 +248,31 @@ axme_wake_internal_sql(PG_FUNCTION_ARGS)
 }
 
 /*
+ * AFTER INSERT OR UPDATE OF due_at row trigger on axme.timers: whoever writes a timer row (send,
+ * the reminder and escalation functions, an operator), the worker hears of it at commit when it
+ * is due sooner than the worker planned to look.  No SPI, no catalog access: a few comparisons.
+ */
+Datum
+axme_timers_wake_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	HeapTuple	tup;
+	bool		isnull;
+	Datum		due;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("axme._timers_wake_trigger() must be called as a trigger")));
+	if (ts == NULL)
+		return PointerGetDatum(NULL);
+	tup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+	due = heap_getattr(tup, 3, td->tg_relation->rd_att, &isnull);	/* (intent_id, kind, due_at) */
+	axme_timers_note_due(isnull ? 0 : DatumGetTimestampTz(due));
+	return PointerGetDatum(NULL);
+}
+
+/*
  * axme._notify_agent_n(agent_id bigint, intent_id uuid, n bigint): queue the stream wake-up of
  * an agent counting n intents (one NOTIFY per agent at commit, see wakeup.c).
  */
@@ -270,6 +299,7 @@ static TimestampTz stream_since = DT_NOBEGIN;
 static bool want_internal = false;
 static BackgroundWorkerHandle *internal_handle = NULL;
 static TimestampTz internal_started = 0;
+static bool warned_no_slot = false;
 static MemoryContext tick_caller = NULL;
 
 static void
@@ -423,8 +453,11 @@ run_tick(void)
 			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)))
 				next = Min(next, TimestampTzPlusMilliseconds(upto, STREAM_RECHECK_MS));
 		}
-		/* a transaction that committed late with a due time just behind us is caught next time */
-		stream_since = TimestampTzPlusMilliseconds(upto, -1000);
+		/*
+		 * A transaction that committed a due time just behind `upto` is caught next time (the
+		 * windows overlap by STREAM_OVERLAP_MS; an agent may then hear twice of one intent).
+		 */
+		stream_since = TimestampTzPlusMilliseconds(upto, -STREAM_OVERLAP_MS);
 	}
 	end_tx();
 	return Min(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), IDLE_MS));
@@ -466,9 +499,12 @@ supervise_internal(void)
 		memcpy(w.bgw_extra, &MyDatabaseId, sizeof(Oid));
 		w.bgw_notify_pid = MyProcPid;
 		internal_started = GetCurrentTimestamp();
-		if (!RegisterDynamicBackgroundWorker(&w, &internal_handle))
+		if (RegisterDynamicBackgroundWorker(&w, &internal_handle))
+			warned_no_slot = false;
+		else if (!warned_no_slot)
 		{
 			internal_handle = NULL;
+			warned_no_slot = true;
 			ereport(WARNING,
 					(errmsg("axme: no background worker slot free for the internal worker of database %u",
 							MyDatabaseId),

@@ -51,6 +51,7 @@
 
 int			axme_max_in_flight = 256;
 int			axme_max_database_workers = 8;
+int			axme_disable_after = 5 * 86400;	/* seconds; read by axme._endpoint_observe */
 bool		axme_is_http_worker = false;
 
 typedef enum SlotState
@@ -835,6 +836,13 @@ axme_delivery_init(void)
 							NULL, NULL, NULL);
 	axme_ssrf_define_guc();
 	axme_ops_init();			/* operations GUCs; with preload the worker status (ops.c) */
+	DefineCustomIntVariable("axme.disable_after",
+							"An http endpoint failing without a single success for this long is disabled.",
+							"axme.enable_agent() turns it back on.",
+							&axme_disable_after,
+							5 * 86400, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

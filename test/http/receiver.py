@@ -5,7 +5,9 @@ Each path has a script: a list of responses used in order, then a default.  A re
   {"hang": 30}                                       wait that many seconds before answering 200
   {"drop": True}                                     close the connection without an answer
   {"raw": "text"}                                    send those bytes (no HTTP response), then close
-Every request is logged (path, headers, raw body, arrival time).
+Every request is logged (path, headers, raw body, arrival time t, end time t_end, and conc: the
+requests of that path in progress at its arrival, itself included).
+tls=(cert, key) serves https; client_ca=path also demands a client certificate signed by that CA.
 """
 import http.server
 import json
@@ -15,8 +17,9 @@ import time
 
 
 class Receiver:
-    def __init__(self, host="127.0.0.1", port=0, tls=None):
+    def __init__(self, host="127.0.0.1", port=0, tls=None, client_ca=None):
         self.lock = threading.Lock()
+        self.active = {}
         self.scripts = {}
         self.defaults = {}
         self.by_attempt = {}
@@ -30,12 +33,24 @@ class Receiver:
                 pass
 
             def do_POST(self):
+                entry = None
+                try:
+                    entry = self._post()
+                finally:
+                    with receiver.lock:
+                        if entry is not None:
+                            receiver.active[entry["path"]] -= 1
+                            entry["t_end"] = time.time()
+
+            def _post(self):
                 n = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(n)
                 path = self.path
                 entry = {"path": path, "headers": {k.lower(): v for k, v in self.headers.items()},
                          "body": body, "t": time.time()}
                 with receiver.lock:
+                    receiver.active[path] = receiver.active.get(path, 0) + 1
+                    entry["conc"] = receiver.active[path]
                     receiver.log.append(entry)
                     script = receiver.scripts.get(path)
                     if path in receiver.by_attempt:
@@ -54,7 +69,7 @@ class Receiver:
                         self.connection.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
-                    return
+                    return entry
                 if resp.get("raw") is not None:
                     # bytes that are no HTTP response (e.g. HTTP/0.9), then close
                     self.close_connection = True
@@ -62,7 +77,7 @@ class Receiver:
                         self.wfile.write(resp["raw"].encode())
                     except OSError:
                         pass
-                    return
+                    return entry
                 if resp.get("hang"):
                     time.sleep(resp["hang"])
                 out = resp.get("body", "")
@@ -79,6 +94,7 @@ class Receiver:
                     self.wfile.write(out)
                 except OSError:
                     pass
+                return entry
 
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
@@ -91,6 +107,9 @@ class Receiver:
             import ssl
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(*tls)
+            if client_ca:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(client_ca)
             self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
             self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -98,6 +117,10 @@ class Receiver:
 
     def url(self, path):
         return "%s://127.0.0.1:%d%s" % (self.scheme, self.port, path)
+
+    def set_default(self, path, response):
+        with self.lock:
+            self.defaults[path] = response
 
     def script(self, path, responses, default=None):
         with self.lock:

@@ -566,7 +566,9 @@ def test_worker_memory_stable(ctx):
     addr = "agent://acme/tests/refused"
     q(ctx.db, "SELECT axme.register_agent(%s, 'http', 'http://127.0.0.1:9/x', %s)",
       (addr, json.dumps({"max_in_flight": 64, "retry": {"max_attempts": 1000, "base_delay_ms": 50,
-                                                         "max_delay_ms": 100}})))
+                                                         "max_delay_ms": 100},
+                         # keep attempts flowing: the breaker would stop them (test_resilience.py)
+                         "breaker": {"failure_threshold": 100000}})))
     ids = [r[0] for r in q(ctx.db, """SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.deliver.v1',
                                           'to_agent', %s, 'payload', '{}'::jsonb)) FROM generate_series(1, 300)""",
                               (addr,))]
@@ -863,7 +865,9 @@ def free_port_pair():
     raise RuntimeError("no free port pair")
 
 
-def main():
+def main(tests=None):
+    """Run tests (default: this file's) in one throwaway cluster; prints "N passed, M failed"."""
+    tests = TESTS if tests is None else tests
     ap = argparse.ArgumentParser()
     ap.add_argument("--bindir", required=True)
     ap.add_argument("--port", type=int, default=int(os.environ.get("AXME_HTTP_TEST_PORT", "0")),
@@ -881,7 +885,7 @@ def main():
         q(ctx.admin, "CREATE DATABASE axt")
         ctx.db = ctx.cluster.connect("axt")
         q(ctx.db, "CREATE EXTENSION axme")
-        for fn in TESTS:
+        for fn in tests:
             if args.k and not any(k in fn.__name__ for k in args.k.split(",")):
                 continue
             t0 = time.time()

@@ -189,6 +189,38 @@ class InternalTest(AxmeTestCase):
         self.q("SELECT axme._wake_internal()")
         self.assertEqual(self.wait_terminal(iid)["status"], "COMPLETED")
 
+    def test_slow_handler_does_not_delay_webhooks(self):
+        from test_timers import Receiver
+        rcv = Receiver(hang=False)
+        rcv.start()
+        conn = connect(self.dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("ALTER SYSTEM SET axme.http_allowed_networks = '127.0.0.0/8'")
+                cur.execute("SELECT pg_reload_conf()")
+            time.sleep(0.3)
+            self.q("SELECT axme.register_agent(%s, 'http', %s, '{}')",
+                   ("agent://myorg/prod/int-hook", "http://127.0.0.1:%d/hook" % rcv.port))
+            self.q("SELECT axme.register_agent(%s, 'internal', NULL, %s)",
+                   ("agent://myorg/prod/int-slow6", json.dumps({"handler": "ih.slow", "timeout_ms": 8000,
+                                                                "retry": {"max_attempts": 1}})))
+            slow = self.send("agent://myorg/prod/int-slow6", payload={"sleep": 30})
+            t0 = time.monotonic()
+            while self.status(slow) != "DELIVERED" and time.monotonic() - t0 < 15:
+                time.sleep(0.05)
+            self.assertEqual(self.status(slow), "DELIVERED", "the slow handler did not start")
+            hook = self.send("agent://myorg/prod/int-hook")
+            doc = self.wait_terminal(hook, 10)
+            self.assertEqual(doc["status"], "COMPLETED", doc)
+            self.assertEqual(self.status(slow), "DELIVERED", "the webhook waited for the handler")
+            self.wait_terminal(slow)
+        finally:
+            rcv.close()
+            with conn.cursor() as cur:
+                cur.execute("ALTER SYSTEM RESET axme.http_allowed_networks")
+                cur.execute("SELECT pg_reload_conf()")
+            conn.close()
+
     def test_slow_handler_does_not_delay_timers(self):
         slow = self.send(SLOW, payload={"sleep": 30})   # times out after 0.5 s, then dead-lettered
         self.q("SELECT axme.register_agent(%s, 'internal', NULL, %s)",

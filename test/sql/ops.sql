@@ -132,3 +132,22 @@ WHERE i.to_agent = 'agent://acme/ops/other' AND i.status NOT IN ('COMPLETED', 'F
 SELECT axme.unregister_agent('agent://acme/ops/other') AS canceled;
 SELECT axme.register_agent('agent://acme/ops/worker', 'poll');
 SELECT agent, ready, leased, dead_lettered FROM axme.queue_depth WHERE agent LIKE 'agent://acme/ops/%' ORDER BY agent;
+
+-- docs/operations.md: forwarding alerts to a chat webhook through an http agent (verbatim)
+SELECT axme.register_agent('agent://ops/alerts/chat', 'http', 'https://chat.example.com/hooks/axme');
+CREATE FUNCTION public.forward_axme_alert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM axme.send_intent(jsonb_build_object('intent_type', 'intent.ops.alert.v1',
+        'to_agent', 'agent://ops/alerts/chat', 'payload', jsonb_build_object('text',
+        format('axme %s: %s %s', NEW.kind, coalesce(NEW.agent, '-'), NEW.details))), 'axme-alert-' || NEW.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER forward AFTER INSERT ON axme.alerts FOR EACH ROW
+    WHEN (NEW.agent IS DISTINCT FROM 'agent://ops/alerts/chat') EXECUTE FUNCTION public.forward_axme_alert();
+-- an alert becomes one intent to the chat agent; one about the chat agent itself does not
+SELECT axme._alert('agent://acme/ops/worker', 'dead_letter_threshold', '{"dead_letters": 3}') > 0 AS raised;
+SELECT axme._alert('agent://ops/alerts/chat', 'dead_letter_threshold', '{"dead_letters": 3}') > 0 AS raised;
+SELECT i.payload->>'text' AS text FROM axme.intents i WHERE i.to_agent = 'agent://ops/alerts/chat';
+DROP TRIGGER forward ON axme.alerts;
+DROP FUNCTION public.forward_axme_alert();
+SELECT axme.unregister_agent('agent://ops/alerts/chat', force => true) AS canceled;
