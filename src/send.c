@@ -28,6 +28,16 @@
 #include "axme.h"
 #include "timers.h"
 
+/*
+ * Whether schema axme has a table of this name: a feature that came with a later SQL version than
+ * the database's (the library is newer until ALTER EXTENSION axme UPDATE runs).
+ */
+static bool
+schema_has_table(const char *name)
+{
+	return OidIsValid(get_relname_relid(name, get_namespace_oid("axme", false)));
+}
+
 PG_FUNCTION_INFO_V1(axme_send_intent);
 
 /* Every key an intent document may have; anything else is refused (22023). */
@@ -557,9 +567,11 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	/*
 	 * Human tasks, reply_to and escalate_to are checked, and a task assigned, by
 	 * axme._inbox_on_send() (sql, section 2), after the store: an ERROR there undoes the send
-	 * with the statement.  Plain intents skip it.
+	 * with the statement.  Plain intents skip it, and so does a database still at axme 0.2.0
+	 * with this library installed (no inbox before ALTER EXTENSION axme UPDATE).
 	 */
-	if (human_task != NULL || reply_to != NULL || escalate_to != NULL || strcmp(mode, "inbox") == 0)
+	if ((human_task != NULL || reply_to != NULL || escalate_to != NULL || strcmp(mode, "inbox") == 0)
+		&& schema_has_table("threads"))
 	{
 		Datum		arg = UUIDPGetDatum(id);
 
@@ -583,8 +595,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		 * None in a database still at axme 0.2.0 with this library installed (no axme.timers
 		 * before ALTER EXTENSION UPDATE: poll and the http claim enforce deadlines there).
 		 */
-		bool		have_table = OidIsValid(get_relname_relid("timers",
-															  get_namespace_oid("axme", false)));
+		bool		have_table = schema_has_table("timers");
 
 		if (have_table && timer_plan == NULL)
 		{

@@ -426,6 +426,12 @@ run_tick(void)
 
 	/* stream wake-ups, due inbox tasks, the next due time, whether internal agents exist */
 	begin_tx("axme: stream wake-ups");
+	if (!axme_lock_extension())
+	{
+		end_tx();				/* dropped meanwhile */
+		want_internal = false;
+		return TimestampTzPlusMilliseconds(start, MISSING_RECHECK_MS);
+	}
 	{
 		TimestampTz upto = GetCurrentTimestamp();
 

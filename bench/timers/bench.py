@@ -1,7 +1,7 @@
 """Timer queue benchmark: throughput and precision of the worker's timer loop.
 
-    /work/notes/devpg.sh c /usr/bin/python3 bench/timers/bench.py          (any preloaded cluster
-    with PG* set; the cluster should be a throwaway one: it creates a database and roles nothing)
+    pg_virtualenv -t -o shared_preload_libraries=axme /usr/bin/python3 bench/timers/bench.py
+    (or any preloaded cluster with PG* set; the cluster should be a throwaway one: it creates a database and roles nothing)
 
 Runs, each in a fresh database:
   1. deadline   N intents (default 100,000) with deadline_at spread evenly over one minute that

@@ -372,6 +372,33 @@ class TimersTest(AxmeTestCase):
                 cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % db)
             admin.close()
 
+    def test_0_3_0_library_on_0_2_0_sql_sends_to_an_inbox(self):
+        """With the 0.3.0 library installed, a database still at 0.2.0 keeps accepting intents
+        for an inbox agent (with a human_task and a reply_to): the inbox checks come with the
+        0.3.0 SQL, and send_intent must not call functions that are not there yet."""
+        admin = connect("postgres")
+        db = self.dbname + "_old"
+        with admin.cursor() as cur:
+            cur.execute('DROP DATABASE IF EXISTS "%s"' % db)
+            cur.execute('CREATE DATABASE "%s"' % db)
+        try:
+            c = connect(db)
+            with c.cursor() as cur:
+                cur.execute("CREATE EXTENSION axme VERSION '0.2.0'")
+                cur.execute("SELECT axme.register_agent('agent://myorg/prod/old-inbox', 'inbox')")
+                cur.execute("""SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.job.v1',
+                                   'to_agent', 'agent://myorg/prod/old-inbox', 'payload', '{}'::jsonb,
+                                   'reply_to', 'agent://myorg/prod/old-inbox',
+                                   'human_task', jsonb_build_object('task_type', 'approval', 'title', 't')))""")
+                iid = cur.fetchone()[0]
+                cur.execute("SELECT status FROM axme.intents WHERE intent_id = %s", (iid,))
+                self.assertEqual(cur.fetchone()[0], "SUBMITTED")
+            c.close()
+        finally:
+            with admin.cursor() as cur:
+                cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % db)
+            admin.close()
+
     # -- crash ----------------------------------------------------------------------------------
 
     def test_worker_crash_with_timers_due_fires_each_once(self):

@@ -333,6 +333,14 @@ SELECT status FROM axme.intents WHERE intent_id = :'rm';
 SELECT axme._timer_remind(:'rm'), axme._timer_escalate(:'rm');
 SELECT count(*) AS events FROM axme.intent_events(:'rm');
 
+-- A reminder goes to the current owner: after a delegation, the new one.
+SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"remind_after_seconds": 100, "max_reminders": 2}')) AS rd \gset
+SELECT axme.delegate(thread_id, 'agent://acme/inbox-test/bob') FROM axme.threads WHERE intent_id = :'rd';
+SELECT pg_temp.fire(:'rd', 'remind') AS next_timer;
+SELECT details->>'owner' AS reminded FROM axme.events WHERE intent_id = :'rd' AND event_type = 'intent.reminder';
+SELECT m.kind, t.owner FROM axme.thread_messages m JOIN axme.threads t USING (thread_id)
+WHERE t.intent_id = :'rd' ORDER BY m.seq;
+
 -- max_reminders 0 with escalate_to: no reminder, the escalation due at once (remind_after_seconds);
 -- no max_reminders: one reminder and, without escalate_to, nothing more.
 SELECT axme.send_intent(pg_temp.task('approval', '{}', '{"remind_after_seconds": 100, "remind_interval_seconds": 50, "max_reminders": 0, "escalate_to": "agent://acme/inbox-test/boss"}')) AS rm0 \gset
