@@ -1879,17 +1879,33 @@ END $$;
 COMMENT ON FUNCTION axme._inbox_owner(text, text) IS
     'Private: the agent_id of an inbox owner; 22023 invalid address or status, P0002 not registered.';
 
+-- sec: the owner of axme.inbox after the caller check (42501 unless the caller receives for it).
+-- SECURITY DEFINER (set by axme._secure(), which grants it to axme_agent) so that axme.inbox
+-- itself can stay SECURITY INVOKER and inlinable; row-level security on axme.threads then binds
+-- what axme.inbox reads as well.
+CREATE FUNCTION axme._inbox_reader(owner text, status text) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    o bigint := axme._inbox_owner(owner, status);
+BEGIN
+    PERFORM axme._check_receiver(o, 'inbox');
+    RETURN o;
+END $$;
+COMMENT ON FUNCTION axme._inbox_reader(text, text) IS
+    'Private: the agent_id of an inbox owner the caller receives for; 22023 invalid address or '
+    'status, P0002 not registered, 42501 not the owner''s role (db_role) nor an admin.';
+
 -- A plain SQL function so the planner inlines it: SELECT ... FROM axme.inbox(o) LIMIT 50 reads
--- 50 index entries, however many threads the owner has.
+-- 50 index entries, however many threads the owner has.  (sec: hence SECURITY INVOKER, unlike
+-- the other public functions; the check is in axme._inbox_reader, evaluated once.)
 CREATE FUNCTION axme.inbox(owner text, status text DEFAULT NULL)
 RETURNS TABLE (thread_id uuid, intent_id uuid, kind text, status text, task_type text, title text,
                from_agent text, created_at timestamptz, due_at timestamptz)
 LANGUAGE sql STABLE AS $$
-    SELECT axme._check_receiver(axme._inbox_owner(inbox.owner, inbox.status), 'inbox');   -- sec: the owner's role
     SELECT t.thread_id, t.intent_id, t.kind, t.status, t.task_type, t.title, t.from_agent,
            t.created_at, t.due_at
     FROM axme.threads t
-    WHERE t.owner_id = axme._inbox_owner(inbox.owner, inbox.status)
+    WHERE t.owner_id = axme._inbox_reader(inbox.owner, inbox.status)   -- sec: the owner's role
       AND t.open = (inbox.status IS DISTINCT FROM 'done')
       AND (inbox.status IS NULL OR t.status = inbox.status)
     ORDER BY t.created_at DESC, t.thread_id DESC
@@ -3483,6 +3499,13 @@ DECLARE
                               'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
     -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor
     monitor_fns text[] := ARRAY['metrics'];
+    -- public functions that stay SECURITY INVOKER so that the planner can inline them (it never
+    -- inlines a SECURITY DEFINER function or one with SET): their caller check is a private
+    -- SECURITY DEFINER helper below, and row-level security binds what they read
+    invoker_fns text[] := ARRAY['inbox'];
+    -- private helpers those call: SECURITY DEFINER with the pinned search_path, EXECUTE for the
+    -- roles that may call the public function
+    definer_private_fns text[] := ARRAY['_inbox_reader'];
     roles text := 'axme_admin, axme_sender, axme_agent';
     f record;
     t record;
@@ -3499,10 +3522,18 @@ BEGIN
         WHERE p.pronamespace = 'axme'::regnamespace AND p.prokind IN ('f', 'p')
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, pg_monitor, %s', f.sig, roles);
+        IF f.proname = ANY (definer_private_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin, axme_agent', f.sig);
+        END IF;
         CONTINUE WHEN left(f.proname, 1) = '_';
         CONTINUE WHEN (SELECT p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)
                        FROM pg_catalog.pg_proc p WHERE p.oid = f.sig);
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+        IF f.proname = ANY (invoker_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY INVOKER RESET ALL', f.sig);
+        ELSE
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+        END IF;
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
         IF f.proname = ANY (sender_fns) THEN
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_sender', f.sig);
@@ -3562,8 +3593,10 @@ BEGIN
                 what := what || ' of the threads the reader may read,';
             END IF;
             IF t.agent_col IS NOT NULL THEN
-                pol := pol || pg_catalog.format(' OR %s.%I IN (SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))',
-                                                t.rel, t.agent_col);
+                -- first after the admin test: OR stops at the first true part, and this one is a
+                -- small hashed list of agents (a receiver listing its inbox never probes intents)
+                pol := pg_catalog.format(' OR %s.%I IN (SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))',
+                                         t.rel, t.agent_col) || pol;
                 what := what || pg_catalog.format(' of the agents (%s) whose db_role the reader has,', t.agent_col);
             END IF;
             IF pol = '' THEN
