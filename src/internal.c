@@ -45,6 +45,7 @@
 
 #include "axme.h"
 #include "timers.h"
+#include "worker_tx.h"
 
 #define IDLE_RECHECK_MS 5000L
 #define ERROR_TEXT_CAP 2000		/* bytes of a handler's error message kept */
@@ -83,13 +84,8 @@ internal_detach(int code, Datum arg)
 static void
 report_and_abort(MemoryContext cxt, const char *what)
 {
-	ErrorData  *edata;
+	ErrorData  *edata = axme_tx_abort(cxt);
 
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	FlushErrorState();
-	AbortCurrentTransaction();
-	MemoryContextSwitchTo(cxt);
 	if (edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE)
 		ereport(LOG,
 				(errmsg("axme: %s: %s", what, edata->message),
@@ -97,7 +93,6 @@ report_and_abort(MemoryContext cxt, const char *what)
 	else
 		ereport(WARNING, (errmsg("axme: %s failed: %s", what, edata->message)));
 	FreeErrorData(edata);
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -114,12 +109,7 @@ claim(Claim *c, TimestampTz *next_due, MemoryContext cxt)
 		bool		isnull;
 		bool		ready;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "axme: claiming for internal handlers");
+		axme_tx_begin("axme: claiming for internal handlers");	/* in cxt */
 		ready = axme_lock_extension();
 		if (ready)
 		{
@@ -130,9 +120,7 @@ claim(Claim *c, TimestampTz *next_due, MemoryContext cxt)
 		}
 		if (!ready)
 		{
-			SPI_finish();
-			PopActiveSnapshot();
-			CommitTransactionCommand();
+			axme_tx_commit();
 			proc_exit(0);		/* no axme 0.3.0 here: the http worker starts us when needed */
 		}
 		if (SPI_execute("SELECT intent_id, attempt, handler, run_as, run_as_checked, timeout_ms,"
@@ -164,11 +152,7 @@ claim(Claim *c, TimestampTz *next_due, MemoryContext cxt)
 				got = true;
 			}
 		}
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(cxt);
-		pgstat_report_activity(STATE_IDLE, NULL);
+		axme_tx_commit();		/* back in cxt */
 	}
 	PG_CATCH();
 	{

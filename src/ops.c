@@ -30,6 +30,7 @@
 
 #include "axme.h"
 #include "ops.h"
+#include "worker_tx.h"
 
 #define ALERT_CHECK_MS 10000
 
@@ -157,14 +158,8 @@ int
 axme_ops_check_version(char *installed, size_t len)
 {
 	int			result = -1;
-	MemoryContext caller = CurrentMemoryContext;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "axme: checking the extension version");
+	axme_tx_begin("axme: checking the extension version");
 	strlcpy(axme_ops_dbname, get_database_name(MyDatabaseId) ? get_database_name(MyDatabaseId) : "?",
 			sizeof(axme_ops_dbname));
 	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'axme'",
@@ -177,11 +172,7 @@ axme_ops_check_version(char *installed, size_t len)
 		strlcpy(installed, v ? v : "", len);
 		result = version_number(installed) >= version_number(AXME_VERSION) ? 1 : 0;
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	axme_tx_commit();
 	return result;
 }
 
@@ -198,12 +189,7 @@ run_step(const char *sql, const char *what)
 
 	PG_TRY();
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, sql);
+		axme_tx_begin(sql);
 		if (axme_lock_extension())
 		{
 			/*
@@ -223,20 +209,12 @@ run_step(const char *sql, const char *what)
 					result = MemoryContextStrdup(caller, v);
 			}
 		}
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(caller);
+		axme_tx_commit();
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = axme_tx_abort(caller);
 
-		MemoryContextSwitchTo(caller);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(caller);
 		/* giving way to DDL is expected: not worth a WARNING */
 		ereport(edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ? DEBUG1 : WARNING,
 				(errmsg("axme: %s failed, will retry: %s", what, edata->message)));

@@ -26,41 +26,13 @@
 
 #include "axme.h"
 #include "delivery.h"
+#include "worker_tx.h"
 #include "ops.h"
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 static MemoryContext delivery_context = NULL;
-static MemoryContext caller_context = NULL;
-
-/*
- * Start a transaction with SPI and a snapshot.  end_tx() commits and returns to the memory
- * context current before begin_tx() (CommitTransactionCommand leaves TopMemoryContext current,
- * where the worker's per-iteration allocations would otherwise pile up).
- */
-static void
-begin_tx(const char *activity)
-{
-	caller_context = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-static void
-end_tx(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller_context);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
 
 /*
  * After an error in one of the worker's transactions (a deadlock with a session updating the
@@ -70,18 +42,12 @@ end_tx(void)
 static void
 recover_from_error(MemoryContext cxt, const char *what)
 {
-	ErrorData  *edata;
+	ErrorData  *edata = axme_tx_abort(cxt);
 
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	FlushErrorState();
-	AbortCurrentTransaction();
-	MemoryContextSwitchTo(cxt);
 	ereport(WARNING,
 			(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
 	axme_status_error(edata->message);	/* shown in axme.worker_status */
 	FreeErrorData(edata);
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 static bool
@@ -99,7 +65,7 @@ axme_queue_ready(bool full_check)
 {
 	bool		ok;
 
-	begin_tx("axme: checking the extension");
+	axme_tx_begin("axme: checking the extension");
 	ok = extension_exists();
 	if (ok && full_check)
 	{
@@ -110,7 +76,7 @@ axme_queue_ready(bool full_check)
 			elog(ERROR, "checking for axme._http_claim failed");
 		ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	}
-	end_tx();
+	axme_tx_commit();
 	return ok;
 }
 
@@ -192,10 +158,10 @@ claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 		delivery_context = AllocSetContextCreate(TopMemoryContext, "axme deliveries",
 												 ALLOCSET_DEFAULT_SIZES);
 	caller = CurrentMemoryContext;
-	begin_tx("axme: claiming deliveries");
+	axme_tx_begin("axme: claiming deliveries");
 	if (!extension_exists())
 	{
-		end_tx();
+		axme_tx_commit();
 		*ext_gone = true;
 		return NIL;
 	}
@@ -257,7 +223,7 @@ claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		*next_due = DatumGetTimestampTz(due);
-	end_tx();
+	axme_tx_commit();
 	return claimed;
 }
 
@@ -357,10 +323,10 @@ record_tx(List *done)
 		return true;
 	/* in intent_id order, the order in which other sessions had better lock many intents too */
 	list_sort(done, by_intent_id);
-	begin_tx("axme: recording deliveries");
+	axme_tx_begin("axme: recording deliveries");
 	if (!extension_exists())
 	{
-		end_tx();
+		axme_tx_commit();
 		return false;
 	}
 	if (record_plan == NULL)
@@ -420,7 +386,7 @@ record_tx(List *done)
 	args[10] = make_array(v[10], nl[10], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 	if (SPI_execute_plan(record_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "axme._http_record_batch failed");
-	end_tx();
+	axme_tx_commit();
 	foreach(lc, done)
 		axme_http_free(lfirst(lc));
 	list_free(done);

@@ -42,6 +42,7 @@
 #include "axme.h"
 #include "delivery.h"
 #include "timers.h"
+#include "worker_tx.h"
 
 #define TIMER_SLOTS 256
 #define TIMER_BATCH 50			/* timers per transaction (keeps subtransactions under 64) */
@@ -299,7 +300,6 @@ static bool want_internal = false;
 static BackgroundWorkerHandle *internal_handle = NULL;
 static TimestampTz internal_started = 0;
 static bool warned_no_slot = false;
-static MemoryContext tick_caller = NULL;
 
 static void
 tick_detach(int code, Datum arg)
@@ -346,28 +346,6 @@ attach_slot(void)
 	return true;
 }
 
-static void
-begin_tx(const char *activity)
-{
-	tick_caller = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-static void
-end_tx(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(tick_caller);
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
-
 static bool
 timers_installed(void)
 {
@@ -406,11 +384,11 @@ run_tick(void)
 	{
 		bool		isnull;
 
-		begin_tx("axme: firing timers");
+		axme_tx_begin("axme: firing timers");
 		installed = timers_installed();
 		if (!installed)
 		{
-			end_tx();
+			axme_tx_commit();
 			want_internal = false;
 			return TimestampTzPlusMilliseconds(start, MISSING_RECHECK_MS);
 		}
@@ -418,17 +396,17 @@ run_tick(void)
 			!= SPI_OK_SELECT)
 			elog(ERROR, "axme._fire_timers failed");
 		fired = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		end_tx();
+		axme_tx_commit();
 		if (fired == TIMER_BATCH &&
 			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), TICK_BUDGET_MS))
 			return 0;			/* more due: back at once, after the http loop's turn */
 	}
 
 	/* stream wake-ups, due inbox tasks, the next due time, whether internal agents exist */
-	begin_tx("axme: stream wake-ups");
+	axme_tx_begin("axme: stream wake-ups");
 	if (!axme_lock_extension())
 	{
-		end_tx();				/* dropped meanwhile */
+		axme_tx_commit();				/* dropped meanwhile */
 		want_internal = false;
 		return TimestampTzPlusMilliseconds(start, MISSING_RECHECK_MS);
 	}
@@ -454,7 +432,7 @@ run_tick(void)
 		 */
 		stream_since = TimestampTzPlusMilliseconds(upto, -STREAM_OVERLAP_MS);
 	}
-	end_tx();
+	axme_tx_commit();
 	return Min(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), IDLE_MS));
 }
 
@@ -539,18 +517,11 @@ axme_timers_tick(void)
 	}
 	PG_CATCH();
 	{
-		MemoryContext cxt = tick_caller ? tick_caller : TopMemoryContext;
-		ErrorData  *edata;
+		ErrorData  *edata = axme_tx_abort(axme_tx_caller());
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(cxt);
 		ereport(WARNING,
 				(errmsg("axme: timer loop failed, will retry: %s", edata->message)));
 		FreeErrorData(edata);
-		pgstat_report_activity(STATE_IDLE, NULL);
 		next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 	}
 	PG_END_TRY();
