@@ -422,16 +422,22 @@ class TimersTest(AxmeTestCase):
             except Exception:
                 pass
         self._conns = []
+        # Back only when the postmaster has restarted everything: a connection made right after the
+        # kill can still be cut by the restart, so wait for a new worker (another pid).
         t0 = time.monotonic()
         while True:
             try:
                 self.db = self.connect()
-                self.q1("SELECT 1")
-                break
+                new_pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' "
+                                  "AND datname = current_database()")
+                if new_pid is not None and new_pid != pid:
+                    break
+                self.db.close()
             except psycopg2.Error:
-                if time.monotonic() - t0 > 60:
-                    raise
-                time.sleep(0.2)
+                pass
+            if time.monotonic() - t0 > 60:
+                self.fail("no new axme worker within 60 s of the kill")
+            time.sleep(0.2)
         while time.monotonic() - t0 < 120:
             left = self.q1("SELECT count(*) FROM axme.intents WHERE intent_type = 'intent.test.crash.v1' AND status <> 'TIMED_OUT'")
             if left == 0:
