@@ -137,12 +137,8 @@ def run_remind(name):
     have = q(c, "SELECT to_regprocedure('axme._timer_remind(uuid)') IS NOT NULL")[0][0]
     q(c, "CREATE TABLE public.bench_fired (intent_id uuid, at timestamptz DEFAULT clock_timestamp())")
     if have:
-        # helper b's function needs intents with remind_* fields and schedules the next row
-        # itself: measured there, not by this stub run
-        print("SKIP remind run: axme._timer_remind exists (measure it with intents that carry "
-              "remind_after_seconds)", file=sys.stderr)
         c.close()
-        return None
+        return run_remind_real(name)
     # helper b's function is not here yet: a stub with the same signature that only records when
     # it ran (b's does more per reminder: an event, a NOTIFY, the next timer row), so this run
     # measures the loop and the dispatch (one subtransaction per reminder), not b's function
@@ -165,6 +161,35 @@ def run_remind(name):
         print("WARNING: not all fired", file=sys.stderr)
     rows = q(c, """SELECT extract(epoch FROM f.at - d.due_at)::float8 * 1000, extract(epoch FROM f.at)::float8
                    FROM public.bench_due d JOIN public.bench_fired f USING (intent_id)""")
+    c.close()
+    return summary(name, [r[0] for r in rows], start, max(r[1] for r in rows), extra)
+
+
+def run_remind_real(name):
+    """N intents sent in one statement with remind_after_seconds spread over SPREAD seconds (whole
+    seconds: about N / SPREAD reminders fall due at each second), fired by the real
+    axme._timer_remind (an intent.reminder event, a NOTIFY, the next timer row).  Lateness =
+    the intent.reminder event's time - (created_at + remind_after_seconds)."""
+    c = fresh_db("bench_timers")
+    lead = int(30 + N / 2000)
+    t0 = time.monotonic()
+    q(c, """SELECT count(axme.send_intent(jsonb_build_object(
+                'intent_type', 'intent.bench.remind.v1', 'to_agent', %s, 'payload', jsonb_build_object('n', g),
+                'remind_after_seconds', %s + (g %% %s), 'remind_interval_seconds', 86400,
+                'max_reminders', 1)))
+            FROM generate_series(1, %s) g""", (AGENT, lead, int(SPREAD), N))
+    extra = {"reminder_function": "axme._timer_remind", "send_s": round(time.monotonic() - t0, 1),
+             "granularity": "1 s (remind_after_seconds is whole seconds)"}
+    start = q(c, "SELECT extract(epoch FROM min(created_at + remind_after_seconds * interval '1 second'))::float8 "
+                 "FROM axme.intents")[0][0]
+    now = q(c, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
+    if not wait_until(c, "SELECT (SELECT count(*) FROM axme.events WHERE event_type = 'intent.reminder') >= %d" % N,
+                      (start - now) + SPREAD + 600):
+        print("WARNING: not all fired", file=sys.stderr)
+    rows = q(c, """SELECT extract(epoch FROM e.at - (i.created_at + i.remind_after_seconds * interval '1 second'))::float8 * 1000,
+                          extract(epoch FROM e.at)::float8
+                   FROM axme.intents i JOIN axme.events e USING (intent_id)
+                   WHERE e.event_type = 'intent.reminder'""")
     c.close()
     return summary(name, [r[0] for r in rows], start, max(r[1] for r in rows), extra)
 
