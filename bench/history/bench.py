@@ -276,7 +276,7 @@ def setup_db(admin, db):
 
 def main():
     admin = connect("postgres")
-    settings = {r[0]: r[1] for r in q(admin, """SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN
+    settings = {r[0]: r[1] for r in q(admin, """SELECT name, current_setting(name) FROM pg_settings WHERE name IN
         ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'axme.retention_terminal',
          'axme.cleanup_interval', 'server_version')""")}
     # Two databases in one cluster, measured alternately (empty, history, empty, history, ...):
