@@ -8,6 +8,7 @@
  */
 #include "postgres.h"
 
+#include <sys/time.h>
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -289,6 +290,65 @@ new_uuid(pg_uuid_t *id)
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
 }
 
+/*
+ * new_uuid_v7: fill *id with a time-ordered UUID, version 7 (RFC 9562 section 5.7), for intent ids.
+ *
+ * Layout (big-endian, the byte order PostgreSQL compares uuids in):
+ *   bytes 0..5   unix_ts_ms: milliseconds since 1970-01-01 UTC from the wall clock;
+ *   byte  6      version 7 in the high nibble, then the top 4 bits of a 12-bit counter (rand_a);
+ *   byte  7      the low 8 bits of the counter;
+ *   byte  8      variant 10 in the top two bits, then random;
+ *   bytes 9..15  random (rand_b: 62 random bits in all, from pg_strong_random).
+ *
+ * Why: random (v4) intent ids put every send's insert into the intents primary key and the
+ * events primary key (intent_id, seq) at a random leaf; with millions of intents of history
+ * those leaves are not in shared buffers and each first touch after a checkpoint writes a
+ * full-page image.  v7 ids land at the right edge of both indexes (bench/history).
+ *
+ * Monotonic within a backend (RFC 9562 section 6.2, method 1: fixed-length dedicated counter):
+ * when the clock has moved past the last timestamp used, the counter restarts at a random value
+ * below 2048 (so at least 2048 ids fit in one millisecond); otherwise (same millisecond, or the
+ * clock went back) the previous timestamp is kept and the counter incremented, and when the
+ * counter passes 4095 the timestamp is advanced by one millisecond ahead of the clock.  So the
+ * ids one backend makes are strictly increasing; ids of different backends in the same
+ * millisecond are not ordered among themselves (nothing relies on that: they are only keys).
+ * Assumes the wall clock is roughly right; the timestamp is informational, never trusted for
+ * ordering intents (created_at is).  State is per process (static), no shared memory.
+ * Errors: ERRCODE_INTERNAL_ERROR if pg_strong_random fails.
+ */
+static void
+new_uuid_v7(pg_uuid_t *id)
+{
+	static uint64 last_ms = 0;
+	static uint32 counter = 0;
+	struct timeval tv;
+	uint64		ms;
+	int			i;
+
+	if (!pg_strong_random(id->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	gettimeofday(&tv, NULL);
+	ms = (uint64) tv.tv_sec * 1000 + (uint64) tv.tv_usec / 1000;
+	if (ms > last_ms)
+	{
+		last_ms = ms;
+		/* random start in 0..2047, from two of the random bytes about to be overwritten */
+		counter = (((uint32) id->data[6] << 8) | id->data[7]) & 0x7ff;
+	}
+	else if (++counter > 0xfff)
+	{
+		last_ms++;
+		counter = (((uint32) id->data[6] << 8) | id->data[7]) & 0x7ff;
+	}
+	for (i = 0; i < 6; i++)
+		id->data[i] = (uint8) (last_ms >> (8 * (5 - i)));
+	id->data[6] = 0x70 | (uint8) (counter >> 8);	/* version 7, counter high bits */
+	id->data[7] = (uint8) (counter & 0xff);
+	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* RFC 9562 variant 10 */
+}
+
 static Datum
 text_or_null(const char *s, char *nulls, int i)
 {
@@ -458,7 +518,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	SPI_connect();
 	prepare_plans();
 	axme_check_from_agent(from_agent);	/* 42501: a mapped agent's name is its role's */
-	new_uuid(id);
+	new_uuid_v7(id);			/* time-ordered: keeps primary key inserts at the right edge */
 
 	/*
 	 * --- idempotency: (sender_role, coalesce(from_agent, sender_role), key) -> one intent ---

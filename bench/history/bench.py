@@ -5,7 +5,9 @@ throwaway cluster (see run.sh); writes RESULTS.md and results.json next to this 
 
 Environment: HIST_ROWS (default 10000000), HIST_SECONDS (pgbench send run, default 15),
 HIST_POLL_N (intents drained by poll+complete, default 30000), HIST_HTTP_N (http deliveries,
-default 4000), HIST_ROUNDS (default 4; empty and history alternate)."""
+default 4000), HIST_ROUNDS (default 4; empty and history alternate), HIST_IDS (v7, the default:
+historical intent ids are UUIDv7 of their created_at, as send_intent makes them since 0.3.0; v4:
+random ids, as before), HIST_OUT (results file name without extension, default RESULTS)."""
 import json
 import os
 import re
@@ -26,6 +28,13 @@ SECONDS = int(os.environ.get("HIST_SECONDS", 15))
 POLL_N = int(os.environ.get("HIST_POLL_N", 30000))
 HTTP_N = int(os.environ.get("HIST_HTTP_N", 4000))
 ROUNDS = int(os.environ.get("HIST_ROUNDS", 4))
+IDS = os.environ.get("HIST_IDS", "v7")
+OUT = os.environ.get("HIST_OUT", "RESULTS")
+assert IDS in ("v7", "v4"), "HIST_IDS must be v7 or v4"
+# UUIDv7 of s.created (48-bit unix ms, version 7) with the rest from a random v4 id (variant kept)
+V7_SQL = """encode(set_byte(overlay(uuid_send(gen_random_uuid()) PLACING
+               substring(int8send((extract(epoch FROM created) * 1000)::bigint) FROM 3) FROM 1 FOR 6),
+               6, 112 + get_byte(uuid_send(gen_random_uuid()), 6) %% 16), 'hex')::uuid"""
 DB = "axme_history"
 DB_EMPTY = "axme_empty"
 POLL = "agent://bench/hist/poll"
@@ -206,9 +215,11 @@ def load_history(c):
         # created 1 to 8 days ago, in order; 1 % dead letters, 1 % failed, 1 % canceled, the rest completed
         q(c, """
         WITH src AS (
-            SELECT g, gen_random_uuid() AS id, (%(ids)s::bigint[])[1 + g %% %(na)s] AS agent_id,
-                   now() - interval '8 days' + (%(chunk)s + g) * (interval '7 days' / %(rows)s) AS created
-            FROM generate_series(1, %(n)s) g
+            SELECT g, CASE WHEN %(v7)s THEN """ + V7_SQL + """ ELSE gen_random_uuid() END AS id,
+                   agent_id, created
+            FROM (SELECT g, (%(ids)s::bigint[])[1 + g %% %(na)s] AS agent_id,
+                         now() - interval '8 days' + (%(chunk)s + g) * (interval '7 days' / %(rows)s) AS created
+                  FROM generate_series(1, %(n)s) g) s0
         ), ins AS (
             INSERT INTO axme.intents (intent_id, agent_id, intent_type, to_agent, sender_role, correlation_id,
                                       payload, status, attempt, max_delivery_attempts, result, error,
@@ -234,12 +245,13 @@ def load_history(c):
         ), keys AS (
             INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash, created_at)
             SELECT 'bench', 'hist-' || ins.intent_id, ins.intent_id, 'x', ins.created_at FROM ins
-            WHERE get_byte(uuid_send(ins.intent_id), 0) < 26
+            WHERE get_byte(uuid_send(ins.intent_id), 14) < 26
         )
         INSERT INTO axme.delivery_attempts (intent_id, attempt, agent_id, started_at, duration_ms, http_status)
         SELECT ins.intent_id, 1, ins.agent_id, ins.created_at + interval '1 second', 12.5, 204 FROM ins
-        WHERE get_byte(uuid_send(ins.intent_id), 1) < 26
-        """, {"ids": ids, "na": HIST_AGENTS, "chunk": chunk, "rows": ROWS, "n": n})
+        WHERE get_byte(uuid_send(ins.intent_id), 15) < 26
+        """, {"ids": ids, "na": HIST_AGENTS, "chunk": chunk, "rows": ROWS, "n": n,
+                "v7": IDS == "v7"})
         log("history: %d rows loaded (%.0f s)" % (chunk + n, time.monotonic() - t0))
     log("history loaded in %.0f s; VACUUM ANALYZE" % (time.monotonic() - t_all))
     t0 = time.monotonic()
@@ -264,7 +276,7 @@ def setup_db(admin, db):
 
 def main():
     admin = connect("postgres")
-    settings = {r[0]: r[1] for r in q(admin, """SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN
+    settings = {r[0]: r[1] for r in q(admin, """SELECT name, current_setting(name) FROM pg_settings WHERE name IN
         ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'axme.retention_terminal',
          'axme.cleanup_interval', 'server_version')""")}
     # Two databases in one cluster, measured alternately (empty, history, empty, history, ...):
@@ -289,9 +301,9 @@ def main():
         full["ops_ms"], full["plans"] = measure_ops(ch)
     finally:
         nginx(False)
-    res = {"commit": os.environ.get("BENCH_COMMIT", "unknown"), "settings": settings, "rows": ROWS,
+    res = {"commit": os.environ.get("BENCH_COMMIT", "unknown"), "settings": settings, "rows": ROWS, "history_ids": IDS,
            "intents_after_load": count, "load_seconds": load_s, "sizes": sizes, "empty": empty, "history": full}
-    with open(os.path.join(HERE, "results.json"), "w") as f:
+    with open(os.path.join(HERE, ("results" if OUT == "RESULTS" else OUT) + ".json"), "w") as f:
         json.dump(res, f, indent=1, default=str)
     write_md(res)
     log("done")
@@ -306,8 +318,10 @@ def write_md(r):
                  r["settings"].get("fsync")), "",
              "History: %d intents (%d in the table after loading, with the runs' own), 3 events each, about 10 %% "
              "with an idempotency key and 10 %% with an http attempt row; created 1 to 8 days ago; 1 %% dead "
-             "letters, 1 %% FAILED, 1 %% CANCELED, the rest COMPLETED. Loaded in %.0f s." % (
-                 r["rows"], r["intents_after_load"], r["load_seconds"]), "",
+             "letters, 1 %% FAILED, 1 %% CANCELED, the rest COMPLETED; historical intent ids %s. Loaded in %.0f s." % (
+                 r["rows"], r["intents_after_load"],
+                 "UUIDv7 of their created_at" if r.get("history_ids") == "v7" else "random (v4)",
+                 r["load_seconds"]), "",
              "Empty and history databases live in the same cluster and are measured alternately (empty first in odd rounds, history first in even ones).", "",
              "| workload | empty (median) | history (median) | change | empty (best) | history (best) | change |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -330,7 +344,7 @@ def write_md(r):
     lines += ["", "## Plans with history", ""]
     for k, p in r["history"]["plans"].items():
         lines += ["### " + k, "", "```", p, "```", ""]
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+    with open(os.path.join(HERE, OUT + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
