@@ -2746,7 +2746,7 @@ COMMENT ON FUNCTION axme._worker_status() IS
     'Private: one row per running axme worker of the cluster, read from shared memory.';
 
 -- Indexes of the operations queries, each partial so that it costs nothing on the hot path
--- except where its rows are (see docs/operations.md for the plans):
+-- except where its rows are (see README "Operations" for the plans):
 -- terminal intents by the time they ended (cleanup, the 5-minute success rate);
 CREATE INDEX intents_terminal_idx ON axme.intents (updated_at)
     WHERE status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') AND dead_letter_reason IS NULL;

@@ -133,7 +133,7 @@ SELECT axme.unregister_agent('agent://acme/ops/other') AS canceled;
 SELECT axme.register_agent('agent://acme/ops/worker', 'poll');
 SELECT agent, ready, leased, dead_lettered FROM axme.queue_depth WHERE agent LIKE 'agent://acme/ops/%' ORDER BY agent;
 
--- docs/operations.md: forwarding alerts to a chat webhook through an http agent (verbatim)
+-- README (Operations, Alerting): forwarding alerts to a chat webhook through an http agent (verbatim)
 SELECT axme.register_agent('agent://ops/alerts/chat', 'http', 'https://chat.example.com/hooks/axme');
 CREATE FUNCTION public.forward_axme_alert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
