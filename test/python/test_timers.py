@@ -2,6 +2,7 @@
 becomes due by itself, and a worker crash with timers due.  Needs shared_preload_libraries=axme
 (the worker fires timers); skipped without it.
 Timing rule of the house: lower bounds strict, upper bounds generous."""
+import contextlib
 import json
 import os
 import signal
@@ -346,9 +347,12 @@ class TimersTest(AxmeTestCase):
 
     # -- upgrade --------------------------------------------------------------------------------
 
-    def test_upgrade_from_0_2_0_gives_pending_deadlines_a_timer(self):
+    @contextlib.contextmanager
+    def database_at_0_2_0(self, suffix):
+        """A database of its own with axme created at version 0.2.0 (this library is 0.3.0);
+        yields an autocommit cursor and drops the database afterwards."""
         admin = connect("postgres")
-        db = self.dbname + "_up"
+        db = self.dbname + suffix
         with admin.cursor() as cur:
             cur.execute('DROP DATABASE IF EXISTS "%s"' % db)
             cur.execute('CREATE DATABASE "%s"' % db)
@@ -356,48 +360,39 @@ class TimersTest(AxmeTestCase):
             c = connect(db)
             with c.cursor() as cur:
                 cur.execute("CREATE EXTENSION axme VERSION '0.2.0'")
-                cur.execute("SELECT axme.register_agent(%s, 'poll')", (POLL,))
-                cur.execute("""SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.job.v1',
-                                   'to_agent', %s, 'payload', '{}'::jsonb,
-                                   'deadline_at', clock_timestamp() + interval '3 seconds'))""", (POLL,))
-                iid = cur.fetchone()[0]
-                cur.execute("ALTER EXTENSION axme UPDATE TO '0.3.0'")
-                cur.execute("SELECT kind FROM axme.timers WHERE intent_id = %s", (iid,))
-                self.assertEqual(cur.fetchall(), [("deadline",)])
-                cur.execute("SELECT axme.wait_for(%s, '20 seconds')->>'status'", (iid,))
-                self.assertEqual(cur.fetchone()[0], "TIMED_OUT")
+                yield cur
             c.close()
         finally:
             with admin.cursor() as cur:
                 cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % db)
             admin.close()
 
+    def test_upgrade_from_0_2_0_gives_pending_deadlines_a_timer(self):
+        with self.database_at_0_2_0("_up") as cur:
+            cur.execute("SELECT axme.register_agent(%s, 'poll')", (POLL,))
+            cur.execute("""SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.job.v1',
+                               'to_agent', %s, 'payload', '{}'::jsonb,
+                               'deadline_at', clock_timestamp() + interval '3 seconds'))""", (POLL,))
+            iid = cur.fetchone()[0]
+            cur.execute("ALTER EXTENSION axme UPDATE TO '0.3.0'")
+            cur.execute("SELECT kind FROM axme.timers WHERE intent_id = %s", (iid,))
+            self.assertEqual(cur.fetchall(), [("deadline",)])
+            cur.execute("SELECT axme.wait_for(%s, '20 seconds')->>'status'", (iid,))
+            self.assertEqual(cur.fetchone()[0], "TIMED_OUT")
+
     def test_0_3_0_library_on_0_2_0_sql_sends_to_an_inbox(self):
         """With the 0.3.0 library installed, a database still at 0.2.0 keeps accepting intents
         for an inbox agent (with a human_task and a reply_to): the inbox checks come with the
         0.3.0 SQL, and send_intent must not call functions that are not there yet."""
-        admin = connect("postgres")
-        db = self.dbname + "_old"
-        with admin.cursor() as cur:
-            cur.execute('DROP DATABASE IF EXISTS "%s"' % db)
-            cur.execute('CREATE DATABASE "%s"' % db)
-        try:
-            c = connect(db)
-            with c.cursor() as cur:
-                cur.execute("CREATE EXTENSION axme VERSION '0.2.0'")
-                cur.execute("SELECT axme.register_agent('agent://myorg/prod/old-inbox', 'inbox')")
-                cur.execute("""SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.job.v1',
-                                   'to_agent', 'agent://myorg/prod/old-inbox', 'payload', '{}'::jsonb,
-                                   'reply_to', 'agent://myorg/prod/old-inbox',
-                                   'human_task', jsonb_build_object('task_type', 'approval', 'title', 't')))""")
-                iid = cur.fetchone()[0]
-                cur.execute("SELECT status FROM axme.intents WHERE intent_id = %s", (iid,))
-                self.assertEqual(cur.fetchone()[0], "SUBMITTED")
-            c.close()
-        finally:
-            with admin.cursor() as cur:
-                cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % db)
-            admin.close()
+        with self.database_at_0_2_0("_old") as cur:
+            cur.execute("SELECT axme.register_agent('agent://myorg/prod/old-inbox', 'inbox')")
+            cur.execute("""SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.test.job.v1',
+                               'to_agent', 'agent://myorg/prod/old-inbox', 'payload', '{}'::jsonb,
+                               'reply_to', 'agent://myorg/prod/old-inbox',
+                               'human_task', jsonb_build_object('task_type', 'approval', 'title', 't')))""")
+            iid = cur.fetchone()[0]
+            cur.execute("SELECT status FROM axme.intents WHERE intent_id = %s", (iid,))
+            self.assertEqual(cur.fetchone()[0], "SUBMITTED")
 
     # -- crash ----------------------------------------------------------------------------------
 
