@@ -673,7 +673,7 @@ COMMENT ON FUNCTION axme.agent_secret(text) IS
     'axme_admin members only. Errors: 22023 invalid address, P0002 not registered, 42501 not allowed.';
 
 
--- (helper a, http resilience) The http claim: skips paused and disabled agents and agents whose
+-- The http claim: skips paused and disabled agents and agents whose
 -- breaker is open; a half-open breaker lets exactly one probe through; slow start
 -- (axme.endpoint_state.conc_limit) and the token bucket (rate_limit_per_second) cap what each
 -- agent gets.  Returns the client certificate for mTLS as well, hence DROP + CREATE.
@@ -832,7 +832,7 @@ COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
     'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
     'what to send. Moves half-open breakers and spends rate-limit tokens.';
 
--- (helper a) When the worker should look again: the earliest moment an http agent can be handed
+-- When the worker should look again: the earliest moment an http agent can be handed
 -- something: its first due intent, but not before its breaker's cool-down ends or its token
 -- bucket refills; agents at their concurrency limit or with a probe out are woken by completions.
 CREATE OR REPLACE FUNCTION axme._http_next_due(busy_agents bigint[], busy_counts integer[]) RETURNS timestamptz
@@ -868,7 +868,7 @@ END $$;
 COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
     'Private (http worker): when an http agent can next be handed something (NULL: nothing due).';
 
--- (helper a) Record a batch of finished attempts, then feed the outcomes to each endpoint's
+-- Record a batch of finished attempts, then feed the outcomes to each endpoint's
 -- breaker, slow start and health (axme._endpoint_observe).  Otherwise as in 0.2.0.
 CREATE OR REPLACE FUNCTION axme._http_record_batch(p_ids uuid[], p_attempts integer[], p_agents bigint[],
                                         p_started timestamptz[], p_durations double precision[],
@@ -928,7 +928,7 @@ COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timesta
     'Private (http worker): record finished attempts and move their intents on, then update the '
     'endpoints'' breaker, slow start and health (axme._endpoint_observe).';
 
--- (helper a) Replay every dead letter of an agent; an http agent's re-drives go through the
+-- Replay every dead letter of an agent; an http agent's re-drives go through the
 -- slow-start ramp with their due times spread (axme._ramp_start).
 CREATE OR REPLACE FUNCTION axme.replay_dead_letters(agent text, since timestamptz DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql AS $$

@@ -7,7 +7,7 @@ Runs, each in a fresh database:
   1. deadline   N intents (default 100,000) with deadline_at spread evenly over one minute that
                 starts once they are all sent; lateness = intent.timed_out event time - deadline_at.
   2. remind     N rows of kind 'remind' spread the same way, fired through axme._timer_remind;
-                when that function does not exist (helper b's part not merged), a stub that only
+                when that function does not exist (an older build), a stub that only
                 records the time is installed and the report says so.
                 lateness = time recorded by the function - the row's due_at.
   3. deadline with 1,000,000 pending timers (due in a day) in the queue beside them.
@@ -139,8 +139,8 @@ def run_remind(name):
     if have:
         c.close()
         return run_remind_real(name)
-    # helper b's function is not here yet: a stub with the same signature that only records when
-    # it ran (b's does more per reminder: an event, a NOTIFY, the next timer row), so this run
+    # the real function is not here: a stub with the same signature that only records when
+    # it ran (the real one does more per reminder: an event, a NOTIFY, the next timer row), so this run
     # measures the loop and the dispatch (one subtransaction per reminder), not b's function
     q(c, """CREATE FUNCTION axme._timer_remind(intent_id uuid) RETURNS void LANGUAGE sql AS
             $$ INSERT INTO public.bench_fired (intent_id) VALUES ($1) $$""")
