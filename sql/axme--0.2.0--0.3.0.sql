@@ -3346,50 +3346,40 @@ COMMENT ON COLUMN axme.idempotency_keys.sender_role IS
 --   PERFORM axme._check_any_role('what');                any of the three roles or a superuser
 --   PERFORM axme._check_monitor('what');                 pg_monitor members and admins
 
-CREATE FUNCTION axme._check_admin(what text) RETURNS void
+-- The one role check the four below share: 42501 unless the caller is an admin or has the
+-- privileges of one of roles; the message names what was refused and the roles that would do.
+CREATE FUNCTION axme._check_member(what text, roles text[]) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF NOT axme._is_admin() THEN
-        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of axme_admin', what, axme._caller()
+    IF NOT (axme._is_admin() OR EXISTS (SELECT FROM unnest(roles) r WHERE axme._caller_has(r))) THEN
+        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of %', what, axme._caller(),
+                        CASE WHEN cardinality(roles) = 0 THEN 'axme_admin'
+                             ELSE array_to_string(roles, ', ') || ' or axme_admin' END
             USING ERRCODE = '42501';
     END IF;
 END $$;
+COMMENT ON FUNCTION axme._check_member(text, text[]) IS
+    'Private: 42501 unless the caller is a superuser, has the privileges of axme_admin, or of one of roles.';
+
+CREATE FUNCTION axme._check_admin(what text) RETURNS void
+LANGUAGE sql STABLE AS $$ SELECT axme._check_member(what, '{}') $$;
 COMMENT ON FUNCTION axme._check_admin(text) IS
     'Private: 42501 unless the caller is a superuser or has the privileges of axme_admin.';
 
 CREATE FUNCTION axme._check_sender(what text) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF NOT (axme._caller_has('axme_sender') OR axme._is_admin()) THEN
-        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of axme_sender', what, axme._caller()
-            USING ERRCODE = '42501';
-    END IF;
-END $$;
+LANGUAGE sql STABLE AS $$ SELECT axme._check_member(what, '{axme_sender}') $$;
 COMMENT ON FUNCTION axme._check_sender(text) IS
     'Private: 42501 unless the caller has the privileges of axme_sender or axme_admin.';
 
 CREATE FUNCTION axme._check_any_role(what text) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF NOT (axme._caller_has('axme_sender') OR axme._caller_has('axme_agent') OR axme._is_admin()) THEN
-        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of axme_sender, axme_agent or axme_admin',
-                        what, axme._caller()
-            USING ERRCODE = '42501';
-    END IF;
-END $$;
+LANGUAGE sql STABLE AS $$ SELECT axme._check_member(what, '{axme_sender,axme_agent}') $$;
 COMMENT ON FUNCTION axme._check_any_role(text) IS
     'Private: 42501 unless the caller has the privileges of axme_sender, axme_agent or axme_admin.';
 
 -- Monitoring (metrics, worker status): admins and members of pg_monitor (an exporter's role
 -- needs no access to payloads or secrets).
 CREATE FUNCTION axme._check_monitor(what text) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF NOT (axme._caller_has('pg_monitor') OR axme._is_admin()) THEN
-        RAISE EXCEPTION 'permission denied for %: role "%" is not a member of pg_monitor or axme_admin', what, axme._caller()
-            USING ERRCODE = '42501';
-    END IF;
-END $$;
+LANGUAGE sql STABLE AS $$ SELECT axme._check_member(what, '{pg_monitor}') $$;
 COMMENT ON FUNCTION axme._check_monitor(text) IS
     'Private: 42501 unless the caller has the privileges of pg_monitor or axme_admin.';
 

@@ -42,7 +42,7 @@ extern char *axme_caller_name(void);
 extern bool axme_caller_has(const char *role);
 extern void axme_check_caller_may_send(void);
 extern void axme_check_from_agent(const char *from_agent);
-extern bool axme_schema_has_column(const char *relname, const char *colname);
+extern bool axme_schema_has(const char *relname, const char *colname);
 
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);

@@ -74,12 +74,13 @@ axme_check_caller_may_send(void)
 }
 
 /*
- * Whether table axme.<relname> has column colname now.  The library of a newer release may run
- * against the SQL of an older one until ALTER EXTENSION axme UPDATE; the few statements that read
- * a column added since check with this (syscache lookups, cheap enough for every call).
+ * Whether table axme.<relname> exists now, and when colname is not NULL, whether it has that
+ * column.  The library of a newer release may run against the SQL of an older one until ALTER
+ * EXTENSION axme UPDATE; the few statements that need a table or column added since check with
+ * this (syscache lookups, cheap enough for every call).
  */
 bool
-axme_schema_has_column(const char *relname, const char *colname)
+axme_schema_has(const char *relname, const char *colname)
 {
 	Oid			nsp = get_namespace_oid("axme", true);
 	Oid			rel;
@@ -87,7 +88,7 @@ axme_schema_has_column(const char *relname, const char *colname)
 	if (!OidIsValid(nsp))
 		return false;
 	rel = get_relname_relid(relname, nsp);
-	return OidIsValid(rel) && get_attnum(rel, colname) != InvalidAttrNumber;
+	return OidIsValid(rel) && (colname == NULL || get_attnum(rel, colname) != InvalidAttrNumber);
 }
 
 /*
@@ -106,7 +107,7 @@ axme_check_from_agent(const char *from_agent)
 
 	if (from_agent == NULL)
 		return;
-	if (!axme_schema_has_column("agents", "db_role"))
+	if (!axme_schema_has("agents", "db_role"))
 		return;					/* SQL older than 0.3.0: no agent is mapped to a role */
 	if (plan == NULL)
 	{

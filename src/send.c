@@ -29,16 +29,6 @@
 #include "axme.h"
 #include "timers.h"
 
-/*
- * Whether schema axme has a table of this name: a feature that came with a later SQL version than
- * the database's (the library is newer until ALTER EXTENSION axme UPDATE runs).
- */
-static bool
-schema_has_table(const char *name)
-{
-	return OidIsValid(get_relname_relid(name, get_namespace_oid("axme", false)));
-}
-
 PG_FUNCTION_INFO_V1(axme_send_intent);
 
 /* Every key an intent document may have; anything else is refused (22023). */
@@ -539,7 +529,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		args[2] = UUIDPGetDatum(id);
 		args[3] = CStringGetTextDatum(hash);
 		args[4] = CStringGetTextDatum(role);
-		if (axme_schema_has_column("idempotency_keys", "sender_role"))
+		if (axme_schema_has("idempotency_keys", "sender_role"))
 		{
 			prepare_key_plans();
 			insert_plan = key_insert_plan;
@@ -631,7 +621,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	 * with this library installed (no inbox before ALTER EXTENSION axme UPDATE).
 	 */
 	if ((human_task != NULL || reply_to != NULL || escalate_to != NULL || strcmp(mode, "inbox") == 0)
-		&& schema_has_table("threads"))
+		&& axme_schema_has("threads", NULL))
 	{
 		Datum		arg = UUIDPGetDatum(id);
 
@@ -655,7 +645,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		 * None in a database still at axme 0.2.0 with this library installed (no axme.timers
 		 * before ALTER EXTENSION UPDATE: poll and the http claim enforce deadlines there).
 		 */
-		bool		have_table = schema_has_table("timers");
+		bool		have_table = axme_schema_has("timers", NULL);
 
 		if (have_table && timer_plan == NULL)
 		{

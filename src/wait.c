@@ -68,7 +68,7 @@ check_intent(Datum id, bool *mine)
 	bool		terminal;
 
 	/* SQL older than 0.3.0 (before ALTER EXTENSION UPDATE) has no read checks to make */
-	bool		secured = axme_schema_has_column("agents", "db_role");
+	bool		secured = axme_schema_has("agents", "db_role");
 	Oid			argtypes[1] = {UUIDOID};
 
 	if (secured && status_plan == NULL)
