@@ -27,3 +27,11 @@ include $(PGXS)
 # PGXS tracks no header dependencies: rebuild every object when a header changes (a stale object
 # with an old struct layout reads the wrong fields).
 $(OBJS): $(wildcard src/*.h)
+
+# axme-gateway (gateway/): a PGXS PROGRAM with its own Makefile, built and installed with axme.
+all: gateway-all
+install: gateway-install
+clean: gateway-clean
+gateway-all gateway-install gateway-clean:
+	$(MAKE) -C gateway $(patsubst gateway-%,%,$@) PG_CONFIG=$(PG_CONFIG)
+.PHONY: gateway-all gateway-install gateway-clean
