@@ -137,7 +137,7 @@ send_db_error(Ctx *c, DbResult *r, Hide hide, const char *id)
 		const char *params[1] = {id};
 		const char *sql = hide == HIDE_INTENT
 			? "SELECT EXISTS (SELECT FROM axme.intents i WHERE i.intent_id = $1::uuid)"
-			: "SELECT EXISTS (SELECT FROM axme.threads t WHERE t.thread_id = $1::uuid)";
+			: "SELECT EXISTS (SELECT FROM axme.threads t WHERE t.thread_id = $1::uuid OR t.intent_id = $1::uuid)";
 
 		if (db_exec(c->auth.role, sql, 1, params, &p) && PQgetvalue(p.res, 0, 0)[0] == 'f')
 		{
@@ -425,6 +425,20 @@ session_delete(Ctx *c)
 	return ret;
 }
 
+/* An integer lo..hi, else -1. */
+static long
+parse_int_in(const char *v, long lo, long hi)
+{
+	char	   *end;
+
+	errno = 0;
+	long		n = strtol(v, &end, 10);
+
+	if (errno || *end || end == v || n < lo || n > hi)
+		return -1;
+	return n;
+}
+
 /* wait_seconds: 1..60 (default 30); -1 when invalid. */
 static int
 parse_wait(const char *v, int dflt)
@@ -580,6 +594,11 @@ intent_route(Ctx *c, const char *id, const char *rest)
 						"SELECT pg_catalog.jsonb_build_object('ok', true, 'lease_until',"
 						" axme.extend_lease($1::uuid, pg_catalog.make_interval(secs => coalesce((x.b->>'lease_seconds')::int, 30)),"
 						" (x.b->>'attempt')::int))::text FROM (SELECT $2::jsonb AS b) x", 2, p, HIDE_INTENT, id);
+	if (strcmp(rest, "/progress") == 0)
+		return run_void(c,
+						"SELECT axme.progress($1::uuid, coalesce(x.b->'details', '{}'), (x.b->>'attempt')::int)"
+						" FROM (SELECT $2::jsonb AS b) x", 2, p, HIDE_INTENT, id,
+						"{\"ok\": true, \"status\": \"IN_PROGRESS\"}");
 	if (strcmp(rest, "/replay") == 0)
 		return run_void(c, "SELECT axme.replay($1::uuid)", 1, p, HIDE_INTENT, id,
 						"{\"ok\": true, \"status\": \"SUBMITTED\"}");
@@ -703,7 +722,7 @@ static const char *inbox_list_sql =
 "  SELECT a.address FROM axme.agents a"
 "  WHERE $1::text IS NULL AND a.delivery_mode = 'inbox'"
 "    AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = a.db_role AND pg_catalog.pg_has_role(r.oid, 'USAGE'))"
-"  UNION SELECT $1 WHERE $1 IS NOT NULL)"
+"  UNION SELECT $1 WHERE $1 IS NOT NULL AND axme._inbox_reader($1, $2) IS NOT NULL)"
 "SELECT pg_catalog.jsonb_build_object('ok', true, 'threads', coalesce(pg_catalog.jsonb_agg(t.j ORDER BY t.created_at DESC, t.thread_id DESC), '[]'))::text"
 " FROM (SELECT x.created_at, x.thread_id, pg_catalog.to_jsonb(x) || pg_catalog.jsonb_build_object('owner_agent', o.address,"
 "         'reminders', (SELECT count(*) FROM axme.thread_messages m WHERE m.thread_id = x.thread_id AND m.kind = 'reminder'))"
@@ -732,10 +751,10 @@ decide_on(Ctx *c, const char *thread_expr, const char *id, const char *kind, con
 	{
 		p[2] = strcmp(kind, "approve") == 0 ? approve_outcomes : reject_outcomes;
 		snprintf(sql, sizeof sql, decide_sql_fmt, thread_expr, PICK_OUTCOME);
-		return run_json(c, sql, 3, p, HIDE_THREAD, NULL);
+		return run_json(c, sql, 3, p, HIDE_THREAD, id);
 	}
 	snprintf(sql, sizeof sql, decide_sql_fmt, thread_expr, "x.b->>'outcome'");
-	return run_json(c, sql, 2, p, HIDE_THREAD, NULL);
+	return run_json(c, sql, 2, p, HIDE_THREAD, id);
 }
 
 static enum MHD_Result
@@ -746,6 +765,11 @@ inbox_route(Ctx *c, const char *rest)
 	if ((rest[0] == '\0' || strcmp(rest, "/") == 0) && get)
 	{
 		const char *p[4] = {arg(c, "owner"), arg(c, "status"), arg(c, "limit"), arg(c, "offset")};
+
+		if ((p[2] && parse_int_in(p[2], 1, 1000) < 0) || (p[3] && parse_int_in(p[3], 0, 1000000000) < 0))
+			return send_error(c, 400, "invalid_request", "limit must be 1..1000 and offset 0 or more", false);
+		if (p[1] && strcmp(p[1], "pending") != 0 && strcmp(p[1], "active") != 0 && strcmp(p[1], "done") != 0)
+			return send_error(c, 400, "invalid_request", "status must be pending, active or done", false);
 
 		return run_json(c, inbox_list_sql, 4, p, HIDE_NONE, NULL);
 	}
