@@ -328,7 +328,7 @@ stream_work(Stream *s)
 		int			status = http_status_of_sqlstate(err.sqlstate, &code, &retryable);
 
 		pthread_mutex_lock(&S);
-		if (!retryable && status < 500)
+		if (!retryable && status < 500 && !s->finished)
 		{
 			buf_printf(&out, "event: stream.error\ndata: {\"error\": {\"code\": \"%s\", \"retryable\": false, \"message\": ", code);
 			buf_json_string(&out, err.message ? err.message : "");
@@ -346,15 +346,15 @@ stream_work(Stream *s)
 	pthread_mutex_lock(&S);
 	if (ok && new_cursor[0])
 		snprintf(s->cursor, sizeof s->cursor, "%s", new_cursor);
+	/* a stream that ended meanwhile (shutdown, wait_seconds) sent its last event already: what
+	 * was read now is read again by the client's resume from the cursor it was given */
 	if (out.len > 0 && !s->finished)
 	{
 		buf_append(&s->out, out.data, out.len);
 		s->next_keepalive = now_s() + gw_config.keepalive_seconds;
+		if (terminal)
+			s->finished = true;
 	}
-	else if (out.len > 0)
-		buf_append(&s->out, out.data, out.len);
-	if (terminal)
-		s->finished = true;
 	resume = take_resume_locked(s);
 	pthread_mutex_unlock(&S);
 	buf_free(&out);

@@ -219,12 +219,6 @@ class SSE:
 def setUpModule():
     global GW
     psql("CREATE EXTENSION axme")
-    if psql("SELECT to_regclass('axme.api_key_hashes') IS NULL") == "t":
-        # main has no sql/src build yet: load the gateway's objects by hand
-        with open(os.path.join(ROOT, "sql", "src", "80_gateway.sql")) as f:
-            text = "".join(l for l in f if "pg_extension_config_dump" not in l)
-        psql(text)
-        psql("SELECT axme._secure()")
     with open(os.path.join(HERE, "setup.sql")) as f:
         psql(f.read())
     for line in psql("SELECT name || ' ' || key FROM gw_keys").splitlines():

@@ -1,0 +1,439 @@
+/* axme 0.3.0 -> 0.4.0.
+ *
+ * From 0.4.0 on, the current definition of every object is in the concern files under sql/src/ and the fresh install
+ * script sql/axme--0.4.0.sql is built from those files.  This script holds only what changed
+ * since 0.3.0; test_upgrade compares the result with a fresh install, object by object.
+ */
+\echo Use "ALTER EXTENSION axme UPDATE" to load this file. \quit
+
+-- Comments that cited a document users do not have.
+COMMENT ON FUNCTION axme._valid_address(text) IS
+    'Private: true when address is a valid agent address, agent://org/workspace/name.';
+COMMENT ON DOMAIN axme.intent_status IS
+    'An intent status: CREATED, SUBMITTED, DELIVERED, ACKNOWLEDGED, IN_PROGRESS, WAITING, COMPLETED, FAILED, CANCELED or TIMED_OUT.';
+
+-- The security model (sql/src/90_security.sql), re-created whenever its lists change.
+CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel',
+                               'inbox_thread'];   -- the thread of a human task it sent
+    agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
+                              'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',
+                              'get_intent', 'intent_events', 'wait_for',
+                              -- inbox and human tasks
+                              'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
+    -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor
+    monitor_fns text[] := ARRAY['metrics'];
+    -- public functions that stay SECURITY INVOKER so that the planner can inline them (it never
+    -- inlines a SECURITY DEFINER function or one with SET): their caller check is a private
+    -- SECURITY DEFINER helper below, and row-level security binds what they read
+    invoker_fns text[] := ARRAY['inbox'];
+    -- private helpers those call: SECURITY DEFINER with the pinned search_path, EXECUTE for the
+    -- roles that may call the public function
+    definer_private_fns text[] := ARRAY['_inbox_reader'];
+    roles text := 'axme_admin, axme_sender, axme_agent';
+    f record;
+    t record;
+    pol text;   -- (SELECT f()) of a constant: an InitPlan, evaluated once per query, not per row
+    what text;
+    cols text;
+BEGIN
+    EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles || ', pg_monitor';
+
+    -- Functions
+    FOR f IN
+        SELECT p.oid::regprocedure AS sig, p.proname, p.prosecdef, p.proconfig
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'axme'::regnamespace AND p.prokind IN ('f', 'p')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, pg_monitor, %s', f.sig, roles);
+        IF f.proname = ANY (definer_private_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin, axme_agent', f.sig);
+        END IF;
+        CONTINUE WHEN left(f.proname, 1) = '_';
+        CONTINUE WHEN (SELECT p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)
+                       FROM pg_catalog.pg_proc p WHERE p.oid = f.sig);
+        IF f.proname = ANY (invoker_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY INVOKER RESET ALL', f.sig);
+        ELSE
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        IF f.proname = ANY (sender_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_sender', f.sig);
+        END IF;
+        IF f.proname = ANY (agent_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_agent', f.sig);
+        END IF;
+        IF f.proname = ANY (monitor_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO pg_monitor', f.sig);
+        END IF;
+    END LOOP;
+    -- row-level security policies call this one as the reader
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
+
+    -- Tables.  The policy of a table other than agents and intents is the OR of the rules its
+    -- columns allow: intent_id uuid (rows of the intents the reader may read), thread_id uuid
+    -- (rows of the threads it may read, when axme.threads exists), agent_id or owner_id integer
+    -- (rows of the agents it receives for); none of them, or a name containing "secret": admins.
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'intent_id'
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) AS has_intent,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'thread_id'
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped)
+                   AND c.relname <> 'threads' AND pg_catalog.to_regclass('axme.threads') IS NOT NULL AS has_thread,
+               (SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid
+                  AND a.attname IN ('agent_id', 'owner_id') AND NOT a.attisdropped
+                  AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                ORDER BY a.attname LIMIT 1) AS agent_col
+        FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
+        ORDER BY c.oid
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
+        IF EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polname = 'axme_read') THEN
+            EXECUTE pg_catalog.format('DROP POLICY axme_read ON %s', t.rel);
+        END IF;
+        IF t.relname LIKE '%secret%' THEN
+            pol := NULL;
+        ELSIF t.relname = 'agents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent''))';
+            what := 'Every agent, for axme_admin, axme_sender and axme_agent members.';
+        ELSIF t.relname = 'intents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'')) OR axme._user_has(sender_role) OR agent_id IN '
+                   '(SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))';
+            what := 'Intents whose sending role or whose agent''s db_role the reader has; all for axme_admin members.';
+        ELSE
+            pol := '';
+            what := 'Rows';
+            IF t.has_intent THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.intents i WHERE i.intent_id = %s.intent_id)', t.rel);
+                what := what || ' of the intents the reader may read,';
+            END IF;
+            IF t.has_thread THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.threads th WHERE th.thread_id = %s.thread_id)', t.rel);
+                what := what || ' of the threads the reader may read,';
+            END IF;
+            IF t.agent_col IS NOT NULL THEN
+                -- first after the admin test: OR stops at the first true part, and this one is a
+                -- small hashed list of agents (a receiver listing its inbox never probes intents)
+                pol := pg_catalog.format(' OR %s.%I IN (SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))',
+                                         t.rel, t.agent_col) || pol;
+                what := what || pg_catalog.format(' of the agents (%s) whose db_role the reader has,', t.agent_col);
+            END IF;
+            IF pol = '' THEN
+                pol := NULL;
+            ELSE
+                pol := '(SELECT axme._user_has(''axme_admin''))' || pol;
+                what := rtrim(what, ',') || '; all for axme_admin members.';
+            END IF;
+        END IF;
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        IF pol IS NULL THEN
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING ((SELECT axme._user_has(''axme_admin'')))', t.rel);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel,
+                'Rows readable by members of axme_admin only (superusers bypass row-level security).');
+        ELSE
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (%s)', t.rel, pol);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel, what);
+            IF t.relname = 'agents' THEN
+                SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+                FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = t.rel AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.attname NOT IN ('options', 'endpoint_url');
+                EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO axme_sender, axme_agent', cols, t.rel);
+            ELSE
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- Views: evaluated with the reader's rights (security_invoker), so the policies above apply.
+    -- A view is for admins only when it reads something a sender may not (a column such as
+    -- agents.options, an admin-only table or view, a private function: those get EXECUTE for
+    -- axme_admin) or when its name contains "secret".  Materialized views have no row-level
+    -- security: admins only.  In creation order, so a view over a view sees its grants.
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname, c.relkind FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('v', 'm')
+        ORDER BY c.oid
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        FOR f IN
+            SELECT DISTINCT d.refobjid::regprocedure AS sig, NULL::text AS proname, NULL::boolean AS prosecdef,
+                   NULL::text[] AS proconfig
+            FROM pg_catalog.pg_rewrite rw
+            JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+            JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_proc'::regclass AND p.oid = d.refobjid
+            WHERE rw.ev_class = t.rel AND p.pronamespace = 'axme'::regnamespace AND left(p.proname, 1) = '_'
+        LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        END LOOP;
+        IF t.relkind = 'v' THEN
+            EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', t.rel);
+            IF t.relname NOT LIKE '%secret%' AND NOT EXISTS (
+                SELECT FROM pg_catalog.pg_rewrite rw
+                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                WHERE rw.ev_class = t.rel
+                  AND CASE WHEN d.refclassid = 'pg_class'::regclass AND d.refobjid <> t.rel THEN
+                           CASE WHEN d.refobjsubid > 0
+                                THEN NOT pg_catalog.has_column_privilege('axme_sender', d.refobjid, d.refobjsubid::smallint, 'SELECT')
+                                ELSE NOT pg_catalog.has_table_privilege('axme_sender', d.refobjid, 'SELECT') END
+                           WHEN d.refclassid = 'pg_proc'::regclass THEN
+                                NOT pg_catalog.has_function_privilege('axme_sender', d.refobjid, 'EXECUTE')
+                           ELSE false END) THEN
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- Sequences: only the functions use them.
+    FOR t IN
+        SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind = 'S'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC, %s', t.rel, roles);
+    END LOOP;
+END $$;
+
+-- ---- new in 0.4.0: axme-gateway (the same text as sql/src/80_gateway.sql)
+
+-------------------------------------------------------------------------------------------------
+-- Gateway: API keys for axme-gateway (the HTTP API and SSE streams) and the change channel that
+-- wakes its streams.
+--
+-- A key maps an HTTP client to a PostgreSQL role: the gateway checks it with
+-- axme._gateway_authenticate() (SECURITY DEFINER, executable by axme_gateway only) and runs each
+-- request as `BEGIN; SET LOCAL ROLE <key's role>; ...; COMMIT`, so every role check and row-level
+-- security policy of axme applies unchanged.  Keys are stored as SHA-256 hashes only.
+--
+-- The change channel axme_changes is NOTIFY'd at commit only while a gateway listener is
+-- registered in axme.gateway_listeners (a heartbeat row, 90 s time-to-live): a table read per
+-- writing statement instead of a shared-memory flag, so the extension's shared memory is
+-- untouched; the cost is that a gateway that crashed keeps the channel on for up to 90 s.
+-------------------------------------------------------------------------------------------------
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'axme_gateway') THEN
+        CREATE ROLE axme_gateway NOLOGIN;
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA axme TO axme_gateway;
+
+CREATE TABLE axme.api_key_hashes (
+    key_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    role_name  text NOT NULL,
+    label      text NOT NULL,
+    key_prefix text NOT NULL,
+    key_hash   bytea NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    created_by text NOT NULL,
+    expires_at timestamptz,
+    revoked_at timestamptz
+);
+COMMENT ON TABLE axme.api_key_hashes IS
+    'API keys of axme-gateway: the role each runs as, a label, the first characters of the key '
+    '(for display) and its SHA-256 hash; the key itself is never stored. Admins only; read '
+    'axme.api_keys. Written by axme.create_api_key and axme.revoke_api_key.';
+SELECT pg_catalog.pg_extension_config_dump('axme.api_key_hashes', '');
+
+CREATE VIEW axme.api_keys AS
+    SELECT k.key_id, k.role_name, k.label, k.key_prefix, k.created_at, k.created_by, k.expires_at,
+           k.revoked_at,
+           k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now()) AS active
+    FROM axme.api_key_hashes k;
+COMMENT ON VIEW axme.api_keys IS
+    'API keys of axme-gateway without their secrets: key_id, role_name (the role a request with '
+    'the key runs as), label, key_prefix (the first 12 characters of the key), created_at, '
+    'created_by, expires_at, revoked_at, active. Admins only.';
+
+CREATE FUNCTION axme.create_api_key(role regrole, label text, expires_at timestamptz DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_key text;
+BEGIN
+    PERFORM axme._check_admin('create_api_key');
+    IF create_api_key.role IS NULL THEN
+        RAISE EXCEPTION 'argument "role" must not be NULL' USING ERRCODE = '22023';
+    END IF;
+    IF create_api_key.label IS NULL OR btrim(create_api_key.label) = '' OR length(create_api_key.label) > 255 THEN
+        RAISE EXCEPTION 'argument "label" must be 1..255 characters' USING ERRCODE = '22023';
+    END IF;
+    IF create_api_key.expires_at IS NOT NULL AND (NOT isfinite(create_api_key.expires_at)
+                                                  OR create_api_key.expires_at <= now()) THEN
+        RAISE EXCEPTION 'argument "expires_at" must be a finite time in the future' USING ERRCODE = '22023';
+    END IF;
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = create_api_key.role) THEN
+        RAISE EXCEPTION 'permission denied for create_api_key: role "%" is a superuser', create_api_key.role
+            USING ERRCODE = '42501', HINT = 'Give keys to roles with only the axme roles they need.';
+    END IF;
+    IF create_api_key.role::text IN ('axme_gateway', 'axme_admin', 'axme_sender', 'axme_agent') THEN
+        RAISE EXCEPTION 'permission denied for create_api_key: role "%" is one of axme''s own roles', create_api_key.role
+            USING ERRCODE = '42501', HINT = 'Create a role for the client and grant it the axme role it needs.';
+    END IF;
+    -- 2 x 122 random bits (gen_random_uuid is built in since PostgreSQL 13; no pgcrypto)
+    v_key := 'axk_' || replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
+    INSERT INTO axme.api_key_hashes (role_name, label, key_prefix, key_hash, created_by, expires_at)
+    VALUES (create_api_key.role::text, create_api_key.label, left(v_key, 12),
+            sha256(convert_to(v_key, 'UTF8')), axme._caller(), create_api_key.expires_at);
+    RETURN v_key;
+END $$;
+COMMENT ON FUNCTION axme.create_api_key(regrole, text, timestamptz) IS
+    'Create an API key for axme-gateway: requests with it run as role. Returns the key (axk_ and 64 '
+    'hex digits), shown this once: only its SHA-256 hash is kept. label: 1..255 characters; '
+    'expires_at: NULL (never) or a future time. The gateway''s login role must be a member of role. '
+    'Admins only. Errors: 42501 not an admin, role a superuser or one of axme''s roles; 22023 NULL '
+    'role, bad label or expires_at.';
+
+CREATE FUNCTION axme.revoke_api_key(key_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_revoked timestamptz;
+BEGIN
+    PERFORM axme._check_admin('revoke_api_key');
+    IF revoke_api_key.key_id IS NULL THEN
+        RAISE EXCEPTION 'argument "key_id" must not be NULL' USING ERRCODE = '22023';
+    END IF;
+    SELECT k.revoked_at INTO v_revoked FROM axme.api_key_hashes k WHERE k.key_id = revoke_api_key.key_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'API key % does not exist', revoke_api_key.key_id USING ERRCODE = 'P0002';
+    END IF;
+    IF v_revoked IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE axme.api_key_hashes k SET revoked_at = now() WHERE k.key_id = revoke_api_key.key_id;
+    RETURN true;
+END $$;
+COMMENT ON FUNCTION axme.revoke_api_key(bigint) IS
+    'Revoke an API key (key_id from axme.api_keys): true when revoked now, false when it already '
+    'was. Gateways stop accepting it within their key cache time (5 s). Admins only. Errors: 42501 '
+    'not an admin, 22023 NULL, P0002 unknown key.';
+
+-- SECURITY DEFINER, EXECUTE for axme_gateway only (set below; axme._secure() leaves private
+-- functions' security and axme_gateway's grants alone).
+CREATE FUNCTION axme._gateway_authenticate(key text, OUT key_id bigint, OUT role_name text)
+RETURNS SETOF record
+LANGUAGE sql STABLE AS $$
+    SELECT k.key_id, k.role_name FROM axme.api_key_hashes k
+    WHERE k.key_hash = sha256(convert_to(key, 'UTF8')) AND k.revoked_at IS NULL
+      AND (k.expires_at IS NULL OR k.expires_at > now())
+$$;
+COMMENT ON FUNCTION axme._gateway_authenticate(text) IS
+    'Private: the key_id and role of a valid (not revoked, not expired) API key, no row otherwise. '
+    'For axme-gateway: SECURITY DEFINER, executable only by axme_gateway.';
+
+CREATE TABLE axme.gateway_listeners (
+    pid           integer PRIMARY KEY,
+    name          text NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    seen_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE axme.gateway_listeners IS
+    'The listener connections of running gateways (backend pid, a name, heartbeat). While a row is '
+    'younger than 90 s, writes NOTIFY axme_changes at commit. Admins only; written by the gateway.';
+
+CREATE FUNCTION axme._gateway_listen(name text) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    DELETE FROM axme.gateway_listeners g
+    WHERE g.seen_at < now() - interval '90 seconds'
+       OR g.pid NOT IN (SELECT a.pid FROM pg_catalog.pg_stat_activity a WHERE a.pid IS NOT NULL);
+    INSERT INTO axme.gateway_listeners AS g (pid, name) VALUES (pg_catalog.pg_backend_pid(), left(name, 255))
+    ON CONFLICT (pid) DO UPDATE SET seen_at = now(), name = excluded.name;
+$$;
+COMMENT ON FUNCTION axme._gateway_listen(text) IS
+    'Private: register (or refresh, every 30 s) the calling session as a gateway listener, and drop '
+    'the rows of listeners that are gone. For axme-gateway only.';
+
+CREATE FUNCTION axme._gateway_unlisten() RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    DELETE FROM axme.gateway_listeners g WHERE g.pid = pg_catalog.pg_backend_pid();
+$$;
+COMMENT ON FUNCTION axme._gateway_unlisten() IS
+    'Private: unregister the calling gateway listener (clean shutdown). For axme-gateway only.';
+
+DO $$
+DECLARE
+    f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['axme._gateway_authenticate(text)', 'axme._gateway_listen(text)',
+                             'axme._gateway_unlisten()'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f);
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO axme_gateway', f);
+    END LOOP;
+END $$;
+
+CREATE FUNCTION axme._gateway_active() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM axme.gateway_listeners g WHERE g.seen_at > now() - interval '90 seconds')
+$$;
+COMMENT ON FUNCTION axme._gateway_active() IS
+    'Private: whether a gateway listener is registered (heartbeat younger than 90 s).';
+
+-- Change channel payloads (text, small, identifiers only): "i <intent_id> <agent_id>" when an
+-- intent got events, "o <owner_id>" when an inbox thread changed, "*" when one statement changed
+-- more than 100 intents (every stream re-reads).  Identical notifications of a transaction merge.
+CREATE FUNCTION axme._gateway_events_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n bigint;
+BEGIN
+    IF NOT axme._gateway_active() THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(DISTINCT e.intent_id) INTO n FROM ins e;
+    IF n > 100 THEN
+        PERFORM pg_notify('axme_changes', '*');
+        RETURN NULL;
+    END IF;
+    FOR r IN SELECT DISTINCT e.intent_id, i.agent_id FROM ins e JOIN axme.intents i USING (intent_id) LOOP
+        PERFORM pg_notify('axme_changes', 'i ' || r.intent_id || ' ' || r.agent_id);
+    END LOOP;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION axme._gateway_events_trigger() IS
+    'Private trigger: while a gateway listens, NOTIFY axme_changes "i <intent_id> <agent_id>" for '
+    'each intent with new events (at commit; "*" above 100 intents in one statement).';
+CREATE TRIGGER events_gateway AFTER INSERT ON axme.events
+    REFERENCING NEW TABLE AS ins
+    FOR EACH STATEMENT EXECUTE FUNCTION axme._gateway_events_trigger();
+COMMENT ON TRIGGER events_gateway ON axme.events IS
+    'Wakes axme-gateway streams at commit while a gateway listens (axme._gateway_events_trigger).';
+
+CREATE FUNCTION axme._gateway_inbox_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    o bigint;
+BEGIN
+    IF NOT axme._gateway_active() THEN
+        RETURN NULL;
+    END IF;
+    FOR o IN SELECT DISTINCT f.owner_id FROM changed f LOOP
+        PERFORM pg_notify('axme_changes', 'o ' || o);
+    END LOOP;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION axme._gateway_inbox_trigger() IS
+    'Private trigger: while a gateway listens, NOTIFY axme_changes "o <owner_id>" for each inbox '
+    'owner whose change feed moved (at commit).';
+CREATE TRIGGER inbox_feed_gateway_insert AFTER INSERT ON axme.inbox_feed
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION axme._gateway_inbox_trigger();
+CREATE TRIGGER inbox_feed_gateway_update AFTER UPDATE ON axme.inbox_feed
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION axme._gateway_inbox_trigger();
+COMMENT ON TRIGGER inbox_feed_gateway_insert ON axme.inbox_feed IS
+    'Wakes axme-gateway inbox streams at commit while a gateway listens (axme._gateway_inbox_trigger).';
+COMMENT ON TRIGGER inbox_feed_gateway_update ON axme.inbox_feed IS
+    'Wakes axme-gateway inbox streams at commit while a gateway listens (axme._gateway_inbox_trigger).';
+
+-- Last: the security model covers every object, old and new.
+SELECT axme._secure();
