@@ -17,6 +17,8 @@
 #                      signatures checked with npm standardwebhooks (its own clusters)
 #   gateway            test/gateway: axme-gateway over HTTP against a real cluster (every endpoint,
 #                      errors, SSE resume and restart, 1,000 streams with memory measured)
+#   gateway-browser    test/gateway/test_browser.py: the web inbox in headless chromium (selenium),
+#                      screenshots in $AXME_TEST_LOGDIR/screenshots
 #   demo               the README's order demo (scripts/demo.sh), which checks its own outcome
 #
 # Prints one line per suite, a summary, and last a line "N passed, M failed" counting test cases;
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 LOGDIR=${AXME_TEST_LOGDIR:-$(mktemp -d /tmp/axme-test.XXXXXX)}
 mkdir -p "$LOGDIR"
-SUITES=${AXME_TEST_SUITES:-regress regress-nopreload isolation python python-nopreload dump-restore http gateway demo}
+SUITES=${AXME_TEST_SUITES:-regress regress-nopreload isolation python python-nopreload dump-restore http gateway gateway-browser demo}
 PY=/usr/bin/python3
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUITE_TIMEOUT=540          # seconds; a suite that hangs is killed and counted as failed
@@ -119,6 +121,8 @@ run_suite() {
             timeout --kill-after=30 "$SUITE_TIMEOUT" sh test/http/run.sh >"$log" 2>&1 ;;
         gateway)
             in_cluster preload env AXME_TEST_LOGDIR="$LOGDIR" sh test/gateway/run.sh >"$log" 2>&1 ;;
+        gateway-browser)
+            in_cluster preload env AXME_TEST_LOGDIR="$LOGDIR" sh test/gateway/run_browser.sh >"$log" 2>&1 ;;
         demo)
             AXME_DEMO_SKIP_SETUP=1 timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
         *)
@@ -129,7 +133,7 @@ run_suite() {
     case $name in
         regress*|isolation) count_pg_regress "$log" ;;
         python*|dump-restore) count_unittest "$log" ;;
-        http|gateway) count_plain "$log" ;;
+        http|gateway|gateway-browser) count_plain "$log" ;;
         *) count_one "$log" "$rc" ;;
     esac
     # a non-zero exit always fails the suite, and so does a suite that ran no test
