@@ -124,7 +124,7 @@ run_suite() {
         gateway-browser)
             in_cluster preload env AXME_TEST_LOGDIR="$LOGDIR" sh test/gateway/run_browser.sh >"$log" 2>&1 ;;
         demo)
-            AXME_DEMO_SKIP_SETUP=1 timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
+            AXME_DEMO_SKIP_SETUP=1 AXME_TEST_LOGDIR="$LOGDIR" timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
         *)
             echo "unknown suite $name" >"$log"; false ;;
     esac
