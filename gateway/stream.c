@@ -19,6 +19,7 @@
 #include "gateway.h"
 
 #define DEDUPE_N 512
+#define STREAM_MAX_PENDING (4 * 1024 * 1024)	/* bytes written but not yet sent */
 
 typedef struct Dedupe
 {
@@ -344,16 +345,34 @@ stream_work(Stream *s)
 	struct MHD_Connection *resume = NULL;
 
 	pthread_mutex_lock(&S);
-	if (ok && new_cursor[0])
-		snprintf(s->cursor, sizeof s->cursor, "%s", new_cursor);
-	/* a stream that ended meanwhile (shutdown, wait_seconds) sent its last event already: what
-	 * was read now is read again by the client's resume from the cursor it was given */
-	if (out.len > 0 && !s->finished)
+
+	/*
+	 * A stream that ended meanwhile (shutdown, wait_seconds) sent its last event already: what
+	 * was read now is read again by the client's resume from the cursor it was given.
+	 */
+	if (ok && !s->finished)
 	{
-		buf_append(&s->out, out.data, out.len);
-		s->next_keepalive = now_s() + gw_config.keepalive_seconds;
-		if (terminal)
+		if (s->out.len - s->out_pos + out.len > STREAM_MAX_PENDING)
+		{
+			/* a client that does not read: end its stream rather than buffer without bound */
+			buf_printf(&s->out, "event: stream.closed\ndata: {\"reason\": \"slow_client\", \"cursor\": ");
+			buf_json_string(&s->out, s->cursor);
+			buf_puts(&s->out, "}\n\n");
 			s->finished = true;
+		}
+		else
+		{
+			/* the cursor moves with what is handed out (agent streams: or skipped as sent) */
+			if (new_cursor[0])
+				snprintf(s->cursor, sizeof s->cursor, "%s", new_cursor);
+			if (out.len > 0)
+			{
+				buf_append(&s->out, out.data, out.len);
+				s->next_keepalive = now_s() + gw_config.keepalive_seconds;
+			}
+			if (terminal)
+				s->finished = true;
+		}
 	}
 	resume = take_resume_locked(s);
 	pthread_mutex_unlock(&S);
