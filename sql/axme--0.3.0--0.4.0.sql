@@ -444,5 +444,8 @@ COMMENT ON TRIGGER inbox_feed_gateway_insert ON axme.inbox_feed IS
 COMMENT ON TRIGGER inbox_feed_gateway_update ON axme.inbox_feed IS
     'Wakes axme-gateway inbox streams at commit while a gateway listens (axme._gateway_inbox_trigger).';
 
+-- The database's delivery worker, waiting for this update, resumes at commit.
+SELECT axme._wake_http();
+
 -- Last: the security model covers every object, old and new.
 SELECT axme._secure();
