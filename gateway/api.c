@@ -493,7 +493,7 @@ static const char *events_sql =
 " FROM axme.intent_events($1::uuid, coalesce($2::bigint, 0)) e";
 
 static enum MHD_Result
-intent_route(Ctx *c, const char *id, const char *rest)
+intent_route(Ctx *c, char *id, const char *rest)
 {
 	const char *m = c->req->method;
 	bool		get = strcmp(m, "GET") == 0,
@@ -501,6 +501,8 @@ intent_route(Ctx *c, const char *id, const char *rest)
 
 	if (!is_uuid(id))
 		return send_error(c, 400, "invalid_request", "the intent id must be a UUID", false);
+	for (char *q = id; *q; q++)	/* the form PostgreSQL prints, which notifications carry */
+		*q = (char) tolower((unsigned char) *q);
 
 	if (rest[0] == '\0' && get)
 	{
@@ -533,8 +535,10 @@ intent_route(Ctx *c, const char *id, const char *rest)
 		DbResult	err = {0};
 
 		buf_init(&out);
+		watch_add('i', id);		/* before the first read: what commits after it is announced */
 		if (!stream_read_intent(c->auth.role, id, since, &out, cursor, sizeof cursor, &terminal, &err))
 		{
+			watch_release('i', id);
 			buf_free(&out);
 			return send_db_error(c, &err, HIDE_INTENT, id);
 		}
@@ -543,7 +547,10 @@ intent_route(Ctx *c, const char *id, const char *rest)
 
 		buf_free(&out);
 		if (!r)
+		{
+			watch_release('i', id);
 			return send_error(c, 503, "unavailable", "cannot start a stream", true);
+		}
 		MHD_add_response_header(r, "X-Trace-Id", c->req->trace);
 		c->req->status = 200;
 		c->req->is_stream = true;
@@ -686,10 +693,15 @@ agent_route(Ctx *c, const char *rest)
 	char		new_cursor[64];
 	DbResult	err = {0};
 
+	char		wid[32];
+
+	snprintf(wid, sizeof wid, "%lld", agent_id);
 	buf_init(&out);
+	watch_add('a', wid);
 	if (!stream_read_agent(c->auth.role, agent_id, cursor, include_terminal, &out, new_cursor,
 						   sizeof new_cursor, &err, dedupe))
 	{
+		watch_release('a', wid);
 		free(dedupe);
 		buf_free(&out);
 		return send_db_error(c, &err, HIDE_NONE, NULL);
@@ -699,7 +711,10 @@ agent_route(Ctx *c, const char *rest)
 
 	buf_free(&out);
 	if (!resp)
+	{
+		watch_release('a', wid);
 		return send_error(c, 503, "unavailable", "cannot start a stream", true);
+	}
 	MHD_add_response_header(resp, "X-Trace-Id", c->req->trace);
 	c->req->status = 200;
 	c->req->is_stream = true;
@@ -809,9 +824,14 @@ inbox_route(Ctx *c, const char *rest)
 		char		new_cursor[64] = "";
 		DbResult	err = {0};
 
+		char		wid[32];
+
+		snprintf(wid, sizeof wid, "%lld", owner_id);
 		buf_init(&out);
+		watch_add('o', wid);
 		if (!stream_read_inbox(c->auth.role, owner, cursor, &out, new_cursor, sizeof new_cursor, &err))
 		{
+			watch_release('o', wid);
 			buf_free(&out);
 			return send_db_error(c, &err, HIDE_NONE, NULL);
 		}
@@ -820,7 +840,10 @@ inbox_route(Ctx *c, const char *rest)
 
 		buf_free(&out);
 		if (!resp)
+		{
+			watch_release('o', wid);
 			return send_error(c, 503, "unavailable", "cannot start a stream", true);
+		}
 		MHD_add_response_header(resp, "X-Trace-Id", c->req->trace);
 		c->req->status = 200;
 		c->req->is_stream = true;

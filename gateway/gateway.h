@@ -97,6 +97,10 @@ bool		db_exec(const char *role, const char *sql, int nparams, const char *const 
 					DbResult *r);
 void		db_result_clear(DbResult *r);
 
+/* Watches: kind 'i' (intent id), 'a' (agent id), 'o' (inbox owner id); counted. */
+void		watch_add(char kind, const char *id);	/* before a stream's first read */
+void		watch_release(char kind, const char *id);
+
 /* The listener connection (LISTEN axme_changes). */
 int			listener_start(void);
 void		listener_stop(void);

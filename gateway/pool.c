@@ -248,6 +248,159 @@ done:
 	return ok;
 }
 
+/*
+ * Watches: what this gateway's streams watch (intents, agents, inbox owners), counted, mirrored
+ * in axme.gateway_watches under the listener's backend pid so that only watched changes NOTIFY.
+ * A watch is inserted (synchronously, on a pooled connection) before its stream's first read;
+ * one that nobody needs any more is deleted by the listener thread.  watch_db_lock orders those
+ * database writes, so that a delete never removes a row that a new stream has just counted on.
+ */
+typedef struct Watch
+{
+	char		kind;
+	char		id[64];
+	int			refs;
+} Watch;
+
+static Watch *watches;
+static int	n_watches,
+			cap_watches;
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t watch_db_lock = PTHREAD_MUTEX_INITIALIZER;
+static volatile int listener_pid;	/* 0 while not connected */
+
+static Watch *
+find_watch(char kind, const char *id)
+{
+	for (int i = 0; i < n_watches; i++)
+		if (watches[i].kind == kind && strcmp(watches[i].id, id) == 0)
+			return &watches[i];
+	return NULL;
+}
+
+/* Run axme._gateway_watch() for these kinds and ids; conn NULL: a pooled connection. */
+static bool
+watch_db(PGconn *conn, int pid, const char *kinds, const char *ids, bool on)
+{
+	char		spid[16];
+	const char *params[4] = {spid, kinds, ids, on ? "true" : "false"};
+	const char *sql = "SELECT axme._gateway_watch($1::int, $2::text[], $3::text[], $4::boolean)";
+	bool		ok;
+
+	snprintf(spid, sizeof spid, "%d", pid);
+	if (conn)
+	{
+		PGresult   *r = PQexecParams(conn, sql, 4, NULL, params, NULL, NULL, 0);
+
+		ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+		if (!ok)
+			gw_log("watches: %s", PQerrorMessage(conn));
+		PQclear(r);
+		return ok;
+	}
+	DbResult	res;
+
+	ok = db_exec(NULL, sql, 4, params, &res);
+	if (!ok)
+		gw_log("watches: %s %s", res.sqlstate, res.message ? res.message : "");
+	db_result_clear(&res);
+	return ok;
+}
+
+void
+watch_add(char kind, const char *id)
+{
+	bool		first;
+
+	pthread_mutex_lock(&watch_lock);
+	Watch	   *w = find_watch(kind, id);
+
+	if (!w)
+	{
+		if (n_watches == cap_watches)
+		{
+			cap_watches = cap_watches ? cap_watches * 2 : 64;
+			watches = realloc(watches, sizeof(Watch) * (size_t) cap_watches);
+		}
+		w = &watches[n_watches++];
+		w->kind = kind;
+		snprintf(w->id, sizeof w->id, "%s", id);
+		w->refs = 0;
+	}
+	first = w->refs++ == 0;
+	pthread_mutex_unlock(&watch_lock);
+	if (first)
+	{
+		char		kinds[8],
+					ids[96];
+		int			pid;
+
+		snprintf(kinds, sizeof kinds, "{%c}", kind);
+		snprintf(ids, sizeof ids, "{\"%s\"}", id);
+		pthread_mutex_lock(&watch_db_lock);
+		pid = listener_pid;
+		/* not listening: the listener registers every watch when it connects */
+		if (pid)
+			watch_db(NULL, pid, kinds, ids, true);
+		pthread_mutex_unlock(&watch_db_lock);
+	}
+}
+
+void
+watch_release(char kind, const char *id)
+{
+	pthread_mutex_lock(&watch_lock);
+	Watch	   *w = find_watch(kind, id);
+
+	if (w && w->refs > 0)
+		w->refs--;
+	pthread_mutex_unlock(&watch_lock);
+}
+
+/*
+ * The listener thread's part: with all = false, delete the watches nobody needs (refs 0); with
+ * all = true (after connecting), insert every watch still needed under the new pid.
+ */
+static void
+watch_sync(PGconn *c, int pid, bool all)
+{
+	Buf			kinds,
+				ids;
+	int			n = 0;
+
+	buf_init(&kinds);
+	buf_init(&ids);
+	buf_puts(&kinds, "{");
+	buf_puts(&ids, "{");
+	pthread_mutex_lock(&watch_db_lock);
+	if (all)
+		listener_pid = pid;		/* watch_add() from now on inserts under this pid itself */
+	pthread_mutex_lock(&watch_lock);
+	for (int i = 0; i < n_watches;)
+	{
+		Watch	   *w = &watches[i];
+
+		if ((all && w->refs > 0) || (!all && w->refs == 0))
+		{
+			buf_printf(&kinds, "%s%c", n ? "," : "", w->kind);
+			buf_printf(&ids, "%s\"%s\"", n ? "," : "", w->id);
+			n++;
+		}
+		if (!all && w->refs == 0)
+			watches[i] = watches[--n_watches];
+		else
+			i++;
+	}
+	pthread_mutex_unlock(&watch_lock);
+	buf_puts(&kinds, "}");
+	buf_puts(&ids, "}");
+	if (n > 0)
+		watch_db(c, pid, kinds.data, ids.data, all);
+	pthread_mutex_unlock(&watch_db_lock);
+	buf_free(&kinds);
+	buf_free(&ids);
+}
+
 /* The listener. */
 static pthread_t listener_thread;
 static volatile bool listener_connected;
@@ -323,6 +476,7 @@ listener_main(void *arg)
 				continue;
 			}
 			last_beat = time(NULL);
+			watch_sync(c, PQbackendPID(c), true);
 			listener_connected = true;
 			gw_log("listener: listening on axme_changes");
 			/* anything may have happened while we were not listening */
@@ -339,6 +493,7 @@ listener_main(void *arg)
 				PQfinish(c);
 				c = NULL;
 				listener_connected = false;
+				listener_pid = 0;
 				continue;
 			}
 			PGnotify   *n;
@@ -349,6 +504,7 @@ listener_main(void *arg)
 				PQfreemem(n);
 			}
 		}
+		watch_sync(c, PQbackendPID(c), false);
 		if (time(NULL) - last_beat >= 30)
 		{
 			last_beat = time(NULL);
@@ -357,6 +513,7 @@ listener_main(void *arg)
 				PQfinish(c);
 				c = NULL;
 				listener_connected = false;
+				listener_pid = 0;
 			}
 		}
 	}
@@ -366,6 +523,7 @@ listener_main(void *arg)
 		PQfinish(c);
 	}
 	listener_connected = false;
+	listener_pid = 0;
 	return NULL;
 }
 

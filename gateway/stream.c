@@ -574,7 +574,15 @@ static void
 stream_free(void *cls)
 {
 	Stream	   *s = cls;
+	char		id[32];
 
+	if (s->kind == STREAM_INTENT)
+		watch_release('i', s->target);
+	else
+	{
+		snprintf(id, sizeof id, "%lld", s->agent_id);
+		watch_release(s->kind == STREAM_AGENT ? 'a' : 'o', id);
+	}
 	pthread_mutex_lock(&S);
 	s->closed = true;
 	s->suspended = false;
@@ -605,7 +613,9 @@ stream_response(StreamKind kind, const char *role, const char *target, long long
 	s->include_terminal = include_terminal;
 	s->deadline = wait_seconds > 0 ? now + wait_seconds : 0;
 	s->next_keepalive = now + gw_config.keepalive_seconds;
-	s->next_recheck = now + gw_config.recheck_seconds;
+	/* a first re-read after a second: a commit whose trigger ran just before the stream's watch
+	 * was committed, and that committed after the first read, notified nobody */
+	s->next_recheck = now + 1;
 	s->finished = finished;
 	s->conn = connection;
 	s->refs = 1;

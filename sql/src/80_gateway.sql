@@ -8,9 +8,11 @@
 -- security policy of axme applies unchanged.  Keys are stored as SHA-256 hashes only.
 --
 -- The change channel axme_changes is NOTIFY'd at commit only while a gateway listener is
--- registered in axme.gateway_listeners (a heartbeat row, 90 s time-to-live): a table read per
--- writing statement instead of a shared-memory flag, so the extension's shared memory is
--- untouched; the cost is that a gateway that crashed keeps the channel on for up to 90 s.
+-- registered in axme.gateway_listeners (a heartbeat row, 90 s time-to-live), and then only for
+-- the intents, agents and inbox owners that a gateway stream watches (axme.gateway_watches): a
+-- table read per writing statement instead of a shared-memory flag, so the extension's shared
+-- memory is untouched, and writers that nobody streams never take NOTIFY's cluster-wide lock.
+-- The cost: a gateway that crashed keeps its watches for up to 90 s.
 -------------------------------------------------------------------------------------------------
 
 DO $$
@@ -139,6 +141,18 @@ COMMENT ON TABLE axme.gateway_listeners IS
 -- in pg_dump's output as a table, without rows: a restored database has no gateway listening yet
 SELECT pg_catalog.pg_extension_config_dump('axme.gateway_listeners', 'WHERE false');
 
+CREATE TABLE axme.gateway_watches (
+    listener_pid integer NOT NULL,
+    kind         "char" NOT NULL CHECK (kind IN ('i', 'a', 'o')),
+    id           text NOT NULL,
+    PRIMARY KEY (kind, id, listener_pid)
+);
+COMMENT ON TABLE axme.gateway_watches IS
+    'What the streams of running gateways watch: kind i (an intent id), a (an agent id, agent '
+    'streams), o (an inbox owner''s agent id), per listener (axme.gateway_listeners.pid). Only '
+    'watched changes NOTIFY axme_changes. Admins only; written by the gateway.';
+SELECT pg_catalog.pg_extension_config_dump('axme.gateway_watches', 'WHERE false');
+
 CREATE FUNCTION axme._gateway_listen(name text) RETURNS void
 LANGUAGE sql VOLATILE AS $$
     DELETE FROM axme.gateway_listeners g
@@ -146,24 +160,49 @@ LANGUAGE sql VOLATILE AS $$
        OR g.pid NOT IN (SELECT a.pid FROM pg_catalog.pg_stat_activity a WHERE a.pid IS NOT NULL);
     INSERT INTO axme.gateway_listeners AS g (pid, name) VALUES (pg_catalog.pg_backend_pid(), left(name, 255))
     ON CONFLICT (pid) DO UPDATE SET seen_at = now(), name = excluded.name;
+    DELETE FROM axme.gateway_watches w
+    WHERE w.listener_pid NOT IN (SELECT g.pid FROM axme.gateway_listeners g);
 $$;
 COMMENT ON FUNCTION axme._gateway_listen(text) IS
     'Private: register (or refresh, every 30 s) the calling session as a gateway listener, and drop '
-    'the rows of listeners that are gone. For axme-gateway only.';
+    'the rows (and watches) of listeners that are gone. For axme-gateway only.';
 
 CREATE FUNCTION axme._gateway_unlisten() RETURNS void
 LANGUAGE sql VOLATILE AS $$
+    DELETE FROM axme.gateway_watches w WHERE w.listener_pid = pg_catalog.pg_backend_pid();
     DELETE FROM axme.gateway_listeners g WHERE g.pid = pg_catalog.pg_backend_pid();
 $$;
 COMMENT ON FUNCTION axme._gateway_unlisten() IS
-    'Private: unregister the calling gateway listener (clean shutdown). For axme-gateway only.';
+    'Private: unregister the calling gateway listener and its watches (clean shutdown). For '
+    'axme-gateway only.';
+
+-- Watch (or stop watching) kinds[k] ids[k] for the listener listener_pid; a stream's watch is
+-- committed before its first read, so that no commit after that read goes unannounced.
+CREATE FUNCTION axme._gateway_watch(listener_pid integer, kinds text[], ids text[], watch boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF watch THEN
+        INSERT INTO axme.gateway_watches (listener_pid, kind, id)
+        SELECT _gateway_watch.listener_pid, w.kind::"char", w.id FROM unnest(kinds, ids) AS w(kind, id)
+        WHERE w.kind IN ('i', 'a', 'o')
+        ON CONFLICT DO NOTHING;
+    ELSE
+        DELETE FROM axme.gateway_watches g
+        USING unnest(kinds, ids) AS w(kind, id)
+        WHERE g.listener_pid = _gateway_watch.listener_pid AND g.kind = w.kind::"char" AND g.id = w.id;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._gateway_watch(integer, text[], text[], boolean) IS
+    'Private: add (watch true) or remove watches of a gateway listener: kinds i, a, o with their ids. '
+    'For axme-gateway only.';
 
 DO $$
 DECLARE
     f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['axme._gateway_authenticate(text)', 'axme._gateway_listen(text)',
-                             'axme._gateway_unlisten()'] LOOP
+                             'axme._gateway_unlisten()', 'axme._gateway_watch(integer, text[], text[], boolean)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f);
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO axme_gateway', f);
@@ -177,31 +216,37 @@ $$;
 COMMENT ON FUNCTION axme._gateway_active() IS
     'Private: whether a gateway listener is registered (heartbeat younger than 90 s).';
 
--- Change channel payloads (text, small, identifiers only): "i <intent_id> <agent_id>" when an
--- intent got events, "o <owner_id>" when an inbox thread changed, "*" when one statement changed
--- more than 100 intents (every stream re-reads).  Identical notifications of a transaction merge.
+-- Change channel payloads (text, small, identifiers only): "i <intent_id> <agent_id>" when a
+-- watched intent (or an intent of a watched agent) got events, "o <owner_id>" when a watched
+-- inbox owner's thread changed, "*" when one statement changed more than 100 watched intents
+-- (every stream re-reads).  Identical notifications of a transaction merge.
 CREATE FUNCTION axme._gateway_events_trigger() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
-    n bigint;
+    n integer := 0;
 BEGIN
     IF NOT axme._gateway_active() THEN
         RETURN NULL;
     END IF;
-    SELECT count(DISTINCT e.intent_id) INTO n FROM ins e;
-    IF n > 100 THEN
-        PERFORM pg_notify('axme_changes', '*');
-        RETURN NULL;
-    END IF;
-    FOR r IN SELECT DISTINCT e.intent_id, i.agent_id FROM ins e JOIN axme.intents i USING (intent_id) LOOP
+    FOR r IN
+        SELECT DISTINCT e.intent_id, i.agent_id FROM ins e JOIN axme.intents i USING (intent_id)
+        WHERE EXISTS (SELECT FROM axme.gateway_watches w WHERE w.kind = 'i' AND w.id = e.intent_id::text)
+           OR EXISTS (SELECT FROM axme.gateway_watches w WHERE w.kind = 'a' AND w.id = i.agent_id::text)
+        LIMIT 101
+    LOOP
+        n := n + 1;
+        IF n > 100 THEN
+            PERFORM pg_notify('axme_changes', '*');
+            EXIT;
+        END IF;
         PERFORM pg_notify('axme_changes', 'i ' || r.intent_id || ' ' || r.agent_id);
     END LOOP;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION axme._gateway_events_trigger() IS
     'Private trigger: while a gateway listens, NOTIFY axme_changes "i <intent_id> <agent_id>" for '
-    'each intent with new events (at commit; "*" above 100 intents in one statement).';
+    'each watched intent with new events (at commit; "*" above 100 in one statement).';
 CREATE TRIGGER events_gateway AFTER INSERT ON axme.events
     REFERENCING NEW TABLE AS ins
     FOR EACH STATEMENT EXECUTE FUNCTION axme._gateway_events_trigger();
@@ -216,14 +261,15 @@ BEGIN
     IF NOT axme._gateway_active() THEN
         RETURN NULL;
     END IF;
-    FOR o IN SELECT DISTINCT f.owner_id FROM changed f LOOP
+    FOR o IN SELECT DISTINCT f.owner_id FROM changed f
+             WHERE EXISTS (SELECT FROM axme.gateway_watches w WHERE w.kind = 'o' AND w.id = f.owner_id::text) LOOP
         PERFORM pg_notify('axme_changes', 'o ' || o);
     END LOOP;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION axme._gateway_inbox_trigger() IS
-    'Private trigger: while a gateway listens, NOTIFY axme_changes "o <owner_id>" for each inbox '
-    'owner whose change feed moved (at commit).';
+    'Private trigger: while a gateway listens, NOTIFY axme_changes "o <owner_id>" for each watched '
+    'inbox owner whose change feed moved (at commit).';
 CREATE TRIGGER inbox_feed_gateway_insert AFTER INSERT ON axme.inbox_feed
     REFERENCING NEW TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION axme._gateway_inbox_trigger();

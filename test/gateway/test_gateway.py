@@ -596,6 +596,43 @@ class T04Streams(unittest.TestCase):
         st, d, _ = call("GET", "/v1/agents/agent://acme/prod/unknown/intents/stream", key="rx")
         assert_error(self, st, d, 404)
 
+    def test_only_watched_changes_notify(self):
+        """While a gateway listens, only intents (agents, inboxes) that a stream watches NOTIFY."""
+        import psycopg2
+        import select as sel
+        conn = psycopg2.connect("")
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("LISTEN axme_changes")
+
+        def notes(wait):
+            end = time.time() + wait
+            got = []
+            while time.time() < end:
+                if sel.select([conn], [], [], max(0, end - time.time())) != ([], [], []):
+                    conn.poll()
+                    got += [n.payload for n in conn.notifies]
+                    conn.notifies.clear()
+            return got
+
+        iid = send(to="agent://acme/prod/shop")      # an agent no stream watches
+        self.assertEqual([n for n in notes(0.5) if iid in n], [])
+        s = SSE(GW, "/v1/intents/%s/events/stream?wait_seconds=30" % iid, "shop")
+        s.events(timeout=2, count=2)
+        self.assertEqual(psql("SELECT count(*) FROM axme.gateway_watches WHERE kind = 'i' AND id = '%s'" % iid), "1")
+        psql("SELECT axme.resolve('%s', 'CANCELED')" % iid)
+        self.assertIn("i %s" % iid, " ".join(notes(1.0)))
+        evs = s.events(timeout=3, until=lambda e: e.get("event") == "intent.canceled")
+        self.assertEqual(evs[-1]["event"], "intent.canceled")
+        s.close()
+        # the watch goes once the stream is gone (noticed at the next keep-alive)
+        for _ in range(100):
+            if psql("SELECT count(*) FROM axme.gateway_watches WHERE id = '%s'" % iid) == "0":
+                break
+            time.sleep(0.1)
+        self.assertEqual(psql("SELECT count(*) FROM axme.gateway_watches WHERE id = '%s'" % iid), "0")
+        conn.close()
+
     def test_restart_loses_no_event(self):
         """Streams open, SIGTERM (final event), events while it is down, a new gateway, resume."""
         global GW

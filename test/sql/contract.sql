@@ -37,7 +37,7 @@ WHERE p.pronamespace = 'axme'::regnamespace AND p.proisstrict AND p.proname NOT 
 SELECT p.oid::regprocedure AS wrong_security FROM pg_proc p
 WHERE p.pronamespace = 'axme'::regnamespace
   AND ((p.proname LIKE '\_%') <> (p.proname IN ('inbox', '_inbox_reader', '_gateway_authenticate',
-                                                '_gateway_listen', '_gateway_unlisten')))
+                                                '_gateway_listen', '_gateway_unlisten', '_gateway_watch')))
       = coalesce(p.prosecdef AND 'search_path=pg_catalog, axme, pg_temp' = ANY (p.proconfig), false);
 SELECT p.oid::regprocedure AS inbox_security, p.prosecdef, p.proconfig FROM pg_proc p
 WHERE p.pronamespace = 'axme'::regnamespace AND p.proname IN ('inbox', '_inbox_reader') ORDER BY 1;
