@@ -4,7 +4,7 @@
  * Written in C because it is the hot path of every producer (often a trigger): the intent document
  * is validated in one pass over its keys, then three prepared statements store the intent and its
  * first two events (intent.created, intent.submitted) in the caller's transaction.  A stream
- * agent's wake-up NOTIFY is queued for commit (wakeup.c).
+ * agent's wake-up NOTIFY is queued for commit (doorbell.c).
  */
 #include "postgres.h"
 
@@ -27,7 +27,7 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
-#include "timers.h"
+#include "doorbell.h"
 
 PG_FUNCTION_INFO_V1(axme_send_intent);
 
@@ -663,22 +663,22 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		tnulls[1] = has_deadline ? ' ' : 'n';
 		targs[2] = Int32GetDatum(remind_after);
 		tnulls[2] = remind_after >= 0 ? ' ' : 'n';
-		/* the trigger on axme.timers tells the worker at commit (timers.c) */
+		/* the trigger on axme.timers rings the delivery worker at commit (doorbell.c) */
 		if (have_table &&
 			SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "axme: timer insert failed");
 	}
 	SPI_finish();
 	if (is_internal)
-		axme_internal_note_due();
-	/* a delayed stream wake-up or inbox task: the worker looks again then (timers.c) */
+		axme_ring_handler();
+	/* a delayed stream wake-up or inbox task: the delivery worker looks again then (doorbell.c, timers.c) */
 	else if (has_not_before && not_before > GetCurrentTransactionStartTimestamp() &&
 			 (is_stream || is_inbox))
-		axme_timers_note_due(not_before);
+		axme_ring_timer(not_before);
 
 	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
 	if (is_stream && !(has_not_before && not_before > GetCurrentTransactionStartTimestamp()))
-		axme_queue_notify(agent_id, id);
+		axme_ring_stream(agent_id, id);
 
 	PG_RETURN_UUID_P(id);
 }

@@ -2,7 +2,7 @@
  * wait.c: axme.wait_for(intent_id, timeout), the sender's blocking wait for a terminal status.
  *
  * The waiter sleeps on the condition variable of its intent's bucket; the transaction that makes
- * the intent terminal broadcasts it at commit (wakeup.c).  Every sleep is also capped at one
+ * the intent terminal broadcasts it at commit (doorbell.c).  Every sleep is also capped at one
  * second, so a wake-up that cannot come (a prepared transaction, a row changed by hand) only
  * delays the return.  Without shared memory (library not preloaded) it re-checks every 50 ms.
  */
@@ -23,6 +23,7 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
+#include "doorbell.h"
 
 PG_FUNCTION_INFO_V1(axme_wait_for);
 
@@ -118,7 +119,7 @@ axme_wait_for(PG_FUNCTION_ARGS)
 	Datum		id;
 	long		budget_ms;
 	TimestampTz start;
-	AxmeShared *shared = axme_shmem();
+	AxmeShared *shared = axme_shared();
 	ConditionVariable *cv = NULL;
 	Datum		result = (Datum) 0;
 	bool		found = false;
