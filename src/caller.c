@@ -100,7 +100,7 @@ axme_check_from_agent(const char *from_agent)
 	}
 	args[0] = CStringGetTextDatum(from_agent);
 	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "axme: from_agent lookup failed");
+		elog(ERROR, "from_agent lookup failed");
 	if (SPI_processed == 0)
 		return;
 	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -207,7 +207,9 @@ run(Claim *c, MemoryContext cxt)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, c->handler);
 		if (!axme_lock_extension())
-			elog(ERROR, "axme was dropped");
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("extension \"axme\" was dropped")));
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		args[0] = c->intent_id;

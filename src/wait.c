@@ -80,7 +80,7 @@ check_intent(Datum id, bool *mine)
 		status_plan_legacy = axme_keep_plan("SELECT status, xmin FROM axme.intents WHERE intent_id = $1",
 											1, argtypes);
 	if (SPI_execute_plan(secured ? status_plan : status_plan_legacy, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "axme: status query failed");
+		elog(ERROR, "intent status query failed");
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -163,9 +163,13 @@ axme_wait_for(PG_FUNCTION_ARGS)
 			Datum		args[1] = {id};
 			bool		isnull;
 
-			if (SPI_execute_plan(document_plan, args, NULL, false, 1) != SPI_OK_SELECT ||
-				SPI_processed != 1)
-				elog(ERROR, "axme: get_intent query failed");
+			if (SPI_execute_plan(document_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "get_intent query failed");
+			if (SPI_processed != 1)		/* deleted since check_intent (cleanup, by hand) */
+				ereport(ERROR,
+						(errcode(ERRCODE_NO_DATA_FOUND),
+						 errmsg("intent %s does not exist",
+								DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
 			result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 			result = SPI_datumTransfer(result, false, -1);
 			found = true;
