@@ -4,7 +4,8 @@
 #   1. no cycle among src/*.c: file A depends on file B when A's object uses a symbol (function or
 #      variable) that B's object defines (nm: the calls and data references that are really
 #      made); and no cycle among the headers src/*.h including each other;
-#   2. the user-facing side (every file with a SQL-callable function, PG_FUNCTION_INFO_V1, and
+#   2. the user-facing side (every file with a SQL-callable function, PG_FUNCTION_INFO_V1, the
+#      files of hooks that run in a user's session (SESSION_HOOKS), and
 #      every file it reaches) never reaches worker code (the WORKER files below) and never
 #      includes a worker header (worker.h, worker_tx.h);
 #   3. no SQL-callable function lives in a worker file.
@@ -24,6 +25,8 @@ WORKER = {"bgworker", "launcher", "delivery_worker", "handler_worker", "timers",
           "http", "worker_tx"}
 WORKER_HEADERS = {"worker.h", "worker_tx.h"}
 ROOT = "axme"
+# files whose hooks run in a user's session (utility hook, commit callbacks): user-facing too
+SESSION_HOOKS = {"ddl", "doorbell"}
 
 files = sorted(os.path.basename(p)[:-2] for p in glob.glob("src/*.c"))
 defined, used = {}, {}
@@ -93,7 +96,7 @@ sql_callable = {f for f in files if any(s.startswith("pg_finfo_") for s in defin
 for f in sorted(sql_callable & WORKER):
     problems.append("%s.c is worker code but defines SQL-callable functions" % f)
 user = set()
-todo = [f for f in sql_callable if f != ROOT]
+todo = [f for f in (sql_callable | SESSION_HOOKS) & set(files) if f != ROOT]
 paths = {f: [f] for f in todo}
 while todo:
     f = todo.pop()
@@ -110,6 +113,9 @@ while todo:
         elif g not in user:
             paths.setdefault(g, paths[f] + [g])
             todo.append(g)
+
+for f in sorted(set(files) - user - WORKER - {ROOT}):
+    problems.append("%s.c is on neither side: list it in WORKER or reach it from the user's side" % f)
 
 edges = sum(len(d) for d in deps.values())
 print("%d files, %d dependencies; SQL-callable: %s" % (len(files), edges, " ".join(sorted(sql_callable))))

@@ -14,9 +14,6 @@
  * of a timer due earlier than that pokes it (a flag, then its latch).  While it scans, wake_at
  * is AXME_WAKE_UNKNOWN, so nothing committed during a scan is missed.
  *
- * A utility hook makes a database's workers leave before DROP DATABASE waits for them, and rings
- * at the commit of DROP EXTENSION axme so the delivery worker notices.
- *
  * Nothing here calls worker code: this file is on the user-facing path.
  */
 #include "postgres.h"
@@ -25,7 +22,6 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
-#include "commands/dbcommands.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -36,12 +32,10 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
-#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
-#include "utils/wait_event.h"
 
 #include "doorbell.h"
 
@@ -58,7 +52,6 @@ PG_FUNCTION_INFO_V1(axme_agents_changed);
 static AxmeShared *shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-static ProcessUtility_hook_type prev_utility_hook = NULL;
 static bool is_delivery_worker = false;
 static int	cached_slot = -1;		/* in a backend: the slot of MyDatabaseId, a guess */
 
@@ -648,139 +641,12 @@ axme_timers_wake_trigger(PG_FUNCTION_ARGS)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * DROP DATABASE / DROP EXTENSION / CREATE DATABASE
- * ------------------------------------------------------------------------------------------- */
-
-/*
- * Before DROP DATABASE waits for other sessions, make that database's workers leave (and keep
- * the launcher from starting them again); PostgreSQL 15 would otherwise fail the drop after 5 s.
- */
-static void
-leave_database(Oid dboid)
-{
-	int			i;
-	Latch	   *latches[2] = {NULL, NULL};
-
-	SpinLockAcquire(&shared->mutex);
-	i = axme_slot_find(dboid);
-	if (i >= 0)
-	{
-		shared->slots[i].leave = true;
-		latches[0] = shared->slots[i].delivery_latch;
-		latches[1] = shared->slots[i].handler_latch;
-	}
-	SpinLockRelease(&shared->mutex);
-	if (i < 0)
-		return;
-	for (int k = 0; k < 2; k++)
-		if (latches[k])
-			SetLatch(latches[k]);
-	for (int waited = 0; waited < 10000; waited += 10)
-	{
-		bool		gone;
-
-		SpinLockAcquire(&shared->mutex);
-		gone = shared->slots[i].delivery_pid == 0 && shared->slots[i].handler_pid == 0;
-		SpinLockRelease(&shared->mutex);
-		if (gone)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10L,
-						 PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-}
-
-static void
-leave_done(Oid dboid, bool dropped)
-{
-	int			i;
-
-	SpinLockAcquire(&shared->mutex);
-	i = axme_slot_find(dboid);
-	if (i >= 0)
-	{
-		shared->slots[i].leave = false;
-		if (dropped && shared->slots[i].delivery_pid == 0 && shared->slots[i].handler_pid == 0)
-			shared->slots[i].state = AXME_SLOT_UNUSED;
-	}
-	shared->rescan = true;
-	SpinLockRelease(&shared->mutex);
-	if (shared->launcher_latch)
-		SetLatch(shared->launcher_latch);
-}
-
-static bool
-drops_axme(Node *parsetree)
-{
-	DropStmt   *drop;
-	ListCell   *lc;
-
-	if (!IsA(parsetree, DropStmt))
-		return false;
-	drop = (DropStmt *) parsetree;
-	if (drop->removeType != OBJECT_EXTENSION)
-		return false;
-	foreach(lc, drop->objects)
-	{
-		Node	   *obj = lfirst(lc);
-
-		if (IsA(obj, String) && strcmp(strVal(obj), "axme") == 0)
-			return true;
-	}
-	return false;
-}
-
-static void
-utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-			 ProcessUtilityContext context, ParamListInfo params,
-			 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
-{
-	Node	   *parsetree = pstmt->utilityStmt;
-	volatile Oid dropping = InvalidOid;
-
-	if (shared != NULL && IsA(parsetree, DropdbStmt))
-	{
-		dropping = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
-		if (OidIsValid(dropping))
-			leave_database(dropping);
-	}
-	if (shared != NULL && drops_axme(parsetree))
-		axme_ring_delivery();	/* the worker sees the extension gone and leaves */
-
-	PG_TRY();
-	{
-		if (prev_utility_hook)
-			prev_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv,
-							  dest, qc);
-		else
-			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-									queryEnv, dest, qc);
-	}
-	PG_CATCH();
-	{
-		if (OidIsValid(dropping))
-			leave_done(dropping, false);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	if (OidIsValid(dropping))
-		leave_done(dropping, true);
-	if (shared != NULL && IsA(parsetree, CreatedbStmt))
-	{
-		SpinLockAcquire(&shared->mutex);
-		shared->rescan = true;
-		SpinLockRelease(&shared->mutex);
-	}
-}
-
-/* ---------------------------------------------------------------------------------------------
  * Setup, from _PG_init
  * ------------------------------------------------------------------------------------------- */
 
 /*
  * The commit callbacks in every backend that loads the library; with preload, the one shared
- * memory request/startup hook pair and the utility hook.
+ * memory request/startup hook pair.
  */
 void
 axme_doorbell_init(void)
@@ -793,6 +659,4 @@ axme_doorbell_init(void)
 	shmem_request_hook = shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = shmem_startup;
-	prev_utility_hook = ProcessUtility_hook;
-	ProcessUtility_hook = utility_hook;
 }

@@ -86,6 +86,9 @@ typedef struct AxmeShared
 /* set up from _PG_init: the commit callbacks always, shared memory and hooks when preloading */
 extern void axme_doorbell_init(void);
 
+/* ddl.c: the utility hook (DROP DATABASE, DROP EXTENSION, CREATE DATABASE), when preloading */
+extern void axme_ddl_init(void);
+
 /* The shared state, or NULL when the library was not preloaded (then there is none). */
 extern AxmeShared *axme_shared(void);
 
