@@ -119,7 +119,7 @@ worker_leave(AxmeSlotState state)
 static void
 deliver_loop(void)
 {
-	MemoryContext loop_cxt = AllocSetContextCreate(TopMemoryContext, "axme worker loop",
+	MemoryContext loop_cxt = AllocSetContextCreate(TopMemoryContext, "axme delivery worker loop",
 												   ALLOCSET_DEFAULT_SIZES);
 	TimestampTz next_due = 0;
 	bool		want_claim = true;

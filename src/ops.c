@@ -151,7 +151,7 @@ run_step(const char *sql, const char *what)
 }
 
 /*
- * Called by the database worker on every turn of its loop, outside any transaction: checks the
+ * Called by the delivery worker on every turn of its loop, outside any transaction: checks the
  * alert conditions every 10 s and runs one cleanup batch when one is due.
  */
 void
