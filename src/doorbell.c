@@ -94,12 +94,14 @@ shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/* The shared state, or NULL when the library was not preloaded (then there is none). */
 AxmeShared *
 axme_shared(void)
 {
 	return shared;
 }
 
+/* The slot of a database in use (state not UNUSED), or -1.  The caller holds shared->mutex. */
 int
 axme_slot_find(Oid dboid)
 {
@@ -212,14 +214,19 @@ axme_ring_handler(void)
 	pending_handler = true;
 }
 
+/* Called once by the delivery worker: its own commits ring nobody (it looks again anyway). */
 void
 axme_doorbell_is_delivery_worker(void)
 {
 	is_delivery_worker = true;
 }
 
-bool
-axme_agents_generation(uint32 *gen)
+/*
+ * The generation of agent modes, bumped at the commit of a change of agents (false without shared
+ * memory: then no worker runs at all).
+ */
+static bool
+agents_generation(uint32 *gen)
 {
 	if (shared == NULL)
 		return false;
@@ -368,6 +375,10 @@ reset_pending(void)
 	pending_handler = false;
 }
 
+/*
+ * The one commit-time callback: NOTIFYs just before commit (they must be queued in the
+ * transaction), everything else once the commit is visible to others.
+ */
 static void
 xact_callback(XactEvent event, void *arg)
 {
@@ -564,7 +575,7 @@ axme_http_wake_trigger(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("axme._http_wake_trigger() must be called as a trigger")));
-	if (pending_delivery || !axme_agents_generation(&gen))
+	if (pending_delivery || !agents_generation(&gen))
 		return PointerGetDatum(NULL);	/* already rung, or no worker (not preloaded) */
 
 	tup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;

@@ -105,7 +105,5 @@ extern void axme_ring_handler(void);
 /* --- answered by workers --------------------------------------------------------------------- */
 /* this process is a database's delivery worker: its own commits ring nobody */
 extern void axme_doorbell_is_delivery_worker(void);
-/* the generation of agent modes (false without shared memory) */
-extern bool axme_agents_generation(uint32 *gen);
 
 #endif							/* AXME_DOORBELL_H */
