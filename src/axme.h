@@ -8,7 +8,7 @@
 
 #include "executor/spi.h"
 
-#define AXME_VERSION "0.3.0"
+#define AXME_VERSION "0.4.0"
 
 /* guc.c */
 extern void axme_define_gucs(void);
