@@ -83,7 +83,7 @@ typedef struct AxmeShared
 	AxmeWorkerStatus status[AXME_STATUS_SLOTS];
 } AxmeShared;
 
-/* set up from _PG_init: the commit callbacks always, shared memory and hooks when preloading */
+/* set up from _PG_init: the commit callbacks always, the shared memory hooks when preloading */
 extern void axme_doorbell_init(void);
 
 /* ddl.c: the utility hook (DROP DATABASE, DROP EXTENSION, CREATE DATABASE), when preloading */
