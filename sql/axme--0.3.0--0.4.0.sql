@@ -203,6 +203,16 @@ END $$;
 
 -- Comments that named the processes by their old names: the delivery worker (formerly "the http
 -- worker", backend_type 'axme worker') and the handler worker (formerly "the internal worker").
+-- send_intent's errors: 40001 when the conflicting idempotency key is gone when read back.
+COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
+    'Store an intent and queue it for its receiver, in the caller''s transaction. intent: '
+    '{"intent_type", "to_agent", "payload": {...}} plus optional from_agent, correlation_id, reply_to, '
+    'deadline_at, not_before, max_delivery_attempts, remind_after_seconds, remind_interval_seconds, '
+    'max_reminders, escalate_to, human_task. idempotency_key: 8..128 characters; the same key and '
+    'intent return the first intent_id. Returns the intent_id. Errors: 22023 invalid field, 22P02 '
+    'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
+    'registered, 23505 idempotency key reused with a different intent, 40001 the key it conflicted '
+    'with was removed meanwhile (retry).';
 COMMENT ON FUNCTION axme.pause_agent(text) IS
     'Pause an agent: from the commit on, nothing more is handed out to it (poll returns no rows, '
     'the delivery and handler workers skip it); its intents wait and are not charged attempts. '
