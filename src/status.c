@@ -31,6 +31,7 @@ static void
 status_release(int code, Datum arg)
 {
 	AxmeShared *ss = axme_shared();
+
 	if (ss == NULL || my_status < 0)
 		return;
 	SpinLockAcquire(&ss->status_mutex);
@@ -48,6 +49,7 @@ void
 axme_status_register(const char *kind)
 {
 	AxmeShared *ss = axme_shared();
+
 	if (ss == NULL || my_status >= 0)
 		return;
 	SpinLockAcquire(&ss->status_mutex);
@@ -94,6 +96,7 @@ void
 axme_status_in_flight(int n)
 {
 	AxmeShared *ss = axme_shared();
+
 	if (ss == NULL || my_status < 0)
 		return;
 	SpinLockAcquire(&ss->status_mutex);
@@ -131,6 +134,7 @@ void
 axme_status_error(const char *msg)
 {
 	AxmeShared *ss = axme_shared();
+
 	if (ss == NULL || my_status < 0)
 		return;
 	SpinLockAcquire(&ss->status_mutex);
