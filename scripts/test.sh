@@ -7,6 +7,8 @@
 # Installs what it needs and builds axme (scripts/setup.sh), then runs every suite, each in a
 # throwaway PostgreSQL 15 cluster of its own (pg_virtualenv -t, fsync off):
 #
+#   layering           scripts/check-layering.sh: no call/include cycle among src/*.c, no call from
+#                      the user's side (SQL functions, session hooks) into worker code
 #   regress            pg_regress, test/sql against test/expected, shared_preload_libraries=axme
 #   regress-nopreload  the same tests and expected output, without preload
 #   isolation          isolation specs test/specs (isolationtester), preloaded
@@ -30,7 +32,7 @@ cd "$(dirname "$0")/.."
 
 LOGDIR=${AXME_TEST_LOGDIR:-$(mktemp -d /tmp/axme-test.XXXXXX)}
 mkdir -p "$LOGDIR"
-SUITES=${AXME_TEST_SUITES:-regress regress-nopreload isolation python python-nopreload dump-restore http gateway gateway-browser demo}
+SUITES=${AXME_TEST_SUITES:-layering regress regress-nopreload isolation python python-nopreload dump-restore http gateway gateway-browser demo}
 PY=/usr/bin/python3
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUITE_TIMEOUT=540          # seconds; a suite that hangs is killed and counted as failed
@@ -123,6 +125,8 @@ run_suite() {
             in_cluster preload env AXME_TEST_LOGDIR="$LOGDIR" sh test/gateway/run.sh >"$log" 2>&1 ;;
         gateway-browser)
             in_cluster preload env AXME_TEST_LOGDIR="$LOGDIR" sh test/gateway/run_browser.sh >"$log" 2>&1 ;;
+        layering)
+            bash scripts/check-layering.sh >"$log" 2>&1 ;;
         demo)
             AXME_DEMO_SKIP_SETUP=1 AXME_TEST_LOGDIR="$LOGDIR" timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
         *)
