@@ -43,6 +43,12 @@ def setUpModule():
         opts.add_argument(a)
     DRIVER = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     DRIVER.set_page_load_timeout(30)
+    # the versions under test (Debian bookworm's packages, installed by scripts/setup.sh)
+    import selenium
+    caps = DRIVER.capabilities
+    print("browser: %s %s, chromedriver %s, selenium %s" % (
+        caps.get("browserName"), caps.get("browserVersion"),
+        (caps.get("chrome") or {}).get("chromedriverVersion", "?").split(" ")[0], selenium.__version__))
 
 
 def tearDownModule():
