@@ -182,6 +182,11 @@ async function openThread(id, quiet) {
 function renderFormFields(task) {
   const box = $("form-fields");
   box.replaceChildren();
+  if (task && task.evidence_required) {
+    // manual_action and the like: the decision's data must carry the evidence
+    box.append(el("label", { for: "f-evidence" }, "Evidence (required)"),
+               el("input", { id: "f-evidence", placeholder: "a reference, a file name, a link" }));
+  }
   const schema = task && task.form_schema;
   if (!schema || !schema.properties) return;
   for (const [name, p] of Object.entries(schema.properties)) {
@@ -198,6 +203,8 @@ function collectData() {
   let data = {};
   const txt = $("data").value.trim();
   if (txt) data = JSON.parse(txt);
+  const ev = $("f-evidence");
+  if (ev && ev.value.trim()) data.evidence = ev.value.trim();
   for (const i of document.querySelectorAll("#form-fields [data-field]")) {
     const t = i.dataset.type;
     if (t === "boolean") data[i.dataset.field] = i.checked;

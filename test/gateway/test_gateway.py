@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 import uuid
@@ -364,6 +365,42 @@ class T02Auth(unittest.TestCase):
             # another key has its own bucket
             st, _, _ = request(g, "GET", "/v1/whoami", key="rx")
             self.assertEqual(st, 200)
+        finally:
+            g.stop()
+
+    def test_503_and_504(self):
+        """A full pool is 503 after pool-wait-ms, a statement over statement-timeout-ms is 504;
+        both retryable with Retry-After."""
+        import psycopg2
+        g = Gateway("--pool-size", "1", "--pool-wait-ms", "100", "--statement-timeout-ms", "1500",
+                    name="gateway-small").start()
+        try:
+            iid = send()
+            st, _, _ = request(g, "GET", "/v1/whoami", key="rx")        # the key is cached now
+            self.assertEqual(st, 200)
+            locker = psycopg2.connect("")
+            lc = locker.cursor()
+            lc.execute("SELECT 1 FROM axme.intents WHERE intent_id = %s FOR UPDATE", (iid,))
+            out = {}
+
+            def blocked():
+                out["r"] = request(g, "POST", "/v1/intents/%s/resolve" % iid, {"status": "CANCELED", "reason": "x"}, "rx")
+
+            th = threading.Thread(target=blocked)
+            th.start()
+            time.sleep(0.4)
+            st, d, r = request(g, "GET", "/v1/whoami", key="rx")
+            assert_error(self, st, d, 503, "unavailable")
+            self.assertTrue(d["error"]["retryable"])
+            self.assertEqual(r.getheader("Retry-After"), "1")
+            th.join(10)
+            st, d, r = out["r"]
+            assert_error(self, st, d, 504, "timeout")
+            self.assertTrue(d["error"]["retryable"])
+            locker.rollback()
+            locker.close()
+            st, d, _ = request(g, "POST", "/v1/intents/%s/resolve" % iid, {"status": "CANCELED", "reason": "x"}, "rx")
+            self.assertEqual(st, 200, d)
         finally:
             g.stop()
 
