@@ -573,6 +573,33 @@ class T03Intents(unittest.TestCase):
 
 
 class T04Streams(unittest.TestCase):
+    def test_kill_9_loses_no_event(self):
+        """A gateway killed without warning: its clients resume on another gateway with
+        Last-Event-ID and get every event; its listener and watch rows are cleaned up."""
+        g = Gateway(name="gateway-killed").start()
+        ids = [send() for _ in range(5)]
+        streams = [SSE(g, "/v1/intents/%s/events/stream?wait_seconds=60" % i, "shop") for i in ids]
+        seen = {i: [int(e["id"]) for e in s.events(timeout=3, count=2)] for i, s in zip(ids, streams)}
+        g.proc.kill()
+        g.proc.wait()
+        g.log.close()
+        psql("SELECT axme.resolve(i, 'CANCELED') FROM unnest('{%s}'::uuid[]) i" % ",".join(ids))
+        for i, s in zip(ids, streams):
+            s.events(timeout=2)
+            self.assertTrue(s.closed)
+            s.close()
+            s2 = SSE(GW, "/v1/intents/%s/events/stream" % i, "shop", last_event_id=str(seen[i][-1]))
+            seen[i] += [int(e["id"]) for e in s2.events(timeout=5, until=lambda e: e.get("event") == "intent.canceled")
+                        if e.get("id")]
+            s2.close()
+            self.assertEqual(seen[i], [1, 2, 3], i)
+        # the next heartbeat of a live gateway (every 30 s) drops the dead one's rows; do it now
+        out = psql("SELECT axme._gateway_listen('test');"
+                   "SELECT count(*) FROM axme.gateway_watches w WHERE w.listener_pid NOT IN "
+                   "(SELECT pid FROM pg_stat_activity);"
+                   "SELECT axme._gateway_unlisten();")
+        self.assertEqual(out.split(), ["0"])
+
     def test_stream_and_resume(self):
         iid = send()
         s = SSE(GW, "/v1/intents/%s/events/stream?wait_seconds=30" % iid, "shop")
