@@ -281,10 +281,60 @@ stream_read_inbox(const char *role, const char *owner, const char *cursor, Buf *
 	return true;
 }
 
-/* The work of one stream: read what is new, append it, resume the connection. */
-static void
-stream_work(Stream *s)
+#define BATCH_MAX 1024
+
+/*
+ * Hand one read's outcome to a stream (S held): append what was read and move its cursor, or end
+ * it.  Returns the connection to resume (after releasing S), or NULL.
+ *
+ * A stream that ended meanwhile (shutdown, wait_seconds) sent its last event already: what was
+ * read now is read again by the client's resume from the cursor it was given.
+ */
+static struct MHD_Connection *
+apply_locked(Stream *s, bool ok, const Buf *out, const char *new_cursor, bool terminal,
+			 const Buf *error_event)
 {
+	if (!ok && error_event->len > 0 && !s->finished)
+	{
+		buf_append(&s->out, error_event->data, error_event->len);
+		s->finished = true;
+	}
+	else if (ok && !s->finished)
+	{
+		if (s->out.len - s->out_pos + out->len > STREAM_MAX_PENDING)
+		{
+			/* a client that does not read: end its stream rather than buffer without bound */
+			buf_printf(&s->out, "event: stream.closed\ndata: {\"reason\": \"slow_client\", \"cursor\": ");
+			buf_json_string(&s->out, s->cursor);
+			buf_puts(&s->out, "}\n\n");
+			s->finished = true;
+		}
+		else
+		{
+			/* the cursor moves with what is handed out (agent streams: or skipped as sent) */
+			if (new_cursor[0])
+				snprintf(s->cursor, sizeof s->cursor, "%s", new_cursor);
+			if (out->len > 0)
+			{
+				buf_append(&s->out, out->data, out->len);
+				s->next_keepalive = now_s() + gw_config.keepalive_seconds;
+			}
+			if (terminal)
+				s->finished = true;
+		}
+	}
+	return take_resume_locked(s);
+}
+
+/*
+ * The work of a batch: one read for streams[0] (as its role, from its cursor), its outcome handed
+ * to every stream of the batch (the others are intent streams of the same intent, role and
+ * cursor, so the read is theirs too), then their connections resumed.
+ */
+static void
+stream_work(Stream **streams, int n)
+{
+	Stream	   *s = streams[0];
 	char		role[128],
 				target[300],
 				cursor[64],
@@ -294,8 +344,11 @@ stream_work(Stream *s)
 				terminal = false,
 				ok;
 	StreamKind	kind;
-	Buf			out;
+	Buf			out,
+				error_event;
 	DbResult	err = {0};
+	struct MHD_Connection *resume[BATCH_MAX];
+	int			n_resume = 0;
 
 	pthread_mutex_lock(&S);
 	memcpy(role, s->role, sizeof role);
@@ -307,6 +360,7 @@ stream_work(Stream *s)
 	pthread_mutex_unlock(&S);
 
 	buf_init(&out);
+	buf_init(&error_event);
 	switch (kind)
 	{
 		case STREAM_INTENT:
@@ -328,62 +382,37 @@ stream_work(Stream *s)
 		const char *code;
 		int			status = http_status_of_sqlstate(err.sqlstate, &code, &retryable);
 
-		pthread_mutex_lock(&S);
-		if (!retryable && status < 500 && !s->finished)
+		if (!retryable && status < 500)
 		{
-			buf_printf(&out, "event: stream.error\ndata: {\"error\": {\"code\": \"%s\", \"retryable\": false, \"message\": ", code);
-			buf_json_string(&out, err.message ? err.message : "");
-			buf_puts(&out, "}}\n\n");
-			s->finished = true;
+			buf_printf(&error_event, "event: stream.error\ndata: {\"error\": {\"code\": \"%s\", \"retryable\": false, \"message\": ", code);
+			buf_json_string(&error_event, err.message ? err.message : "");
+			buf_puts(&error_event, "}}\n\n");
 		}
-		pthread_mutex_unlock(&S);
-		if (retryable || status >= 500)
+		else
 			gw_log("stream read failed (will retry): %s %s", err.sqlstate, err.message ? err.message : "");
 		db_result_clear(&err);
 	}
 
-	struct MHD_Connection *resume = NULL;
-
 	pthread_mutex_lock(&S);
-
-	/*
-	 * A stream that ended meanwhile (shutdown, wait_seconds) sent its last event already: what
-	 * was read now is read again by the client's resume from the cursor it was given.
-	 */
-	if (ok && !s->finished)
+	for (int i = 0; i < n; i++)
 	{
-		if (s->out.len - s->out_pos + out.len > STREAM_MAX_PENDING)
-		{
-			/* a client that does not read: end its stream rather than buffer without bound */
-			buf_printf(&s->out, "event: stream.closed\ndata: {\"reason\": \"slow_client\", \"cursor\": ");
-			buf_json_string(&s->out, s->cursor);
-			buf_puts(&s->out, "}\n\n");
-			s->finished = true;
-		}
-		else
-		{
-			/* the cursor moves with what is handed out (agent streams: or skipped as sent) */
-			if (new_cursor[0])
-				snprintf(s->cursor, sizeof s->cursor, "%s", new_cursor);
-			if (out.len > 0)
-			{
-				buf_append(&s->out, out.data, out.len);
-				s->next_keepalive = now_s() + gw_config.keepalive_seconds;
-			}
-			if (terminal)
-				s->finished = true;
-		}
+		struct MHD_Connection *c = apply_locked(streams[i], ok, &out, new_cursor, terminal, &error_event);
+
+		if (c)
+			resume[n_resume++] = c;
 	}
-	resume = take_resume_locked(s);
 	pthread_mutex_unlock(&S);
 	buf_free(&out);
-	if (resume)
-		MHD_resume_connection(resume);
+	buf_free(&error_event);
+	for (int i = 0; i < n_resume; i++)
+		MHD_resume_connection(resume[i]);
 }
 
 static void *
 worker_main(void *arg)
 {
+	Stream	   *batch[BATCH_MAX];
+
 	(void) arg;
 	pthread_mutex_lock(&S);
 	for (;;)
@@ -393,6 +422,7 @@ worker_main(void *arg)
 		if (stopping)
 			break;
 		Stream	   *s = queue_head;
+		int			n = 0;
 
 		queue_head = s->qnext;
 		if (!queue_head)
@@ -403,15 +433,53 @@ worker_main(void *arg)
 			release_locked(s);
 			continue;
 		}
-		s->busy = true;
-		s->dirty = false;
+		batch[n++] = s;
+
+		/*
+		 * Streams of the same intent, as the same role, at the same cursor (1,000 clients
+		 * watching one intent) share one read: take them out of the queue too.
+		 */
+		if (s->kind == STREAM_INTENT)
+		{
+			Stream	   *prev = NULL;
+
+			for (Stream *q = queue_head; q && n < BATCH_MAX;)
+			{
+				Stream	   *next = q->qnext;
+
+				if (q->kind == STREAM_INTENT && !q->closed && !q->finished &&
+					strcmp(q->target, s->target) == 0 && strcmp(q->role, s->role) == 0 &&
+					strcmp(q->cursor, s->cursor) == 0)
+				{
+					if (prev)
+						prev->qnext = next;
+					else
+						queue_head = next;
+					if (queue_tail == q)
+						queue_tail = prev;
+					q->queued = false;
+					batch[n++] = q;
+				}
+				else
+					prev = q;
+				q = next;
+			}
+		}
+		for (int i = 0; i < n; i++)
+		{
+			batch[i]->busy = true;
+			batch[i]->dirty = false;
+		}
 		pthread_mutex_unlock(&S);
-		stream_work(s);
+		stream_work(batch, n);
 		pthread_mutex_lock(&S);
-		s->busy = false;
-		if (s->dirty)
-			enqueue_locked(s);
-		release_locked(s);
+		for (int i = 0; i < n; i++)
+		{
+			batch[i]->busy = false;
+			if (batch[i]->dirty)
+				enqueue_locked(batch[i]);
+			release_locked(batch[i]);
+		}
 	}
 	pthread_mutex_unlock(&S);
 	return NULL;
