@@ -14,7 +14,8 @@ connection from the PG* variables):
    CREATE EXTENSION gets `CREATE EXTENSION axme` before its first block. psql variable `receiver`
    is the base URL of a local webhook receiver that answers 200 (test/http/receiver.py). Roles a
    page creates are dropped after it.
-2. Included files. A fenced block preceded by `<!-- include: PATH -->` must equal that file.
+2. Included files. A fenced block preceded by `<!-- include: PATH -->` must equal that file
+   (`run.py --sync` copies the files into the pages).
 3. Receivers. Every file under examples/receivers/ runs against the cluster (test/docs/receivers.py).
 4. Links. Every relative link (and #anchor) in README.md, docs/*.md and CHANGELOG.md resolves.
 
@@ -214,6 +215,34 @@ def check_includes(page, text):
         report(body == want, name, "the block differs from the file (copy the file into the page)")
 
 
+def sync_includes(page):
+    """Rewrite every included block of a page from its file (run.py --sync)."""
+    full = os.path.join(ROOT, page)
+    with open(full) as f:
+        lines = f.read().split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        m = re.match(r"^<!--\s*include:\s*(\S+)\s*-->$", lines[i].strip())
+        i += 1
+        if not m:
+            continue
+        while i < len(lines) and not lines[i].strip():
+            out.append(lines[i])
+            i += 1
+        f = FENCE.match(lines[i]) if i < len(lines) else None
+        if not f:
+            continue
+        out.append(lines[i])
+        i += 1
+        while i < len(lines) and not (FENCE.match(lines[i]) and not FENCE.match(lines[i]).group(3).strip()):
+            i += 1
+        with open(os.path.join(ROOT, m.group(1))) as src:
+            out.extend(src.read().rstrip("\n").split("\n"))
+    with open(full, "w") as f:
+        f.write("\n".join(out))
+
+
 def slug(heading):
     """GitHub's anchor of a heading."""
     h = heading.strip().lower()
@@ -281,7 +310,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", help="run only tests whose page or name contains this")
     ap.add_argument("--logdir", default=os.environ.get("AXME_DOCS_LOGDIR", "/tmp/axme-docs"))
+    ap.add_argument("--sync", action="store_true",
+                    help="copy the included files into the pages, then exit")
     args = ap.parse_args()
+    if args.sync:
+        for page in pages():
+            sync_includes(page)
+        return 0
     os.makedirs(args.logdir, exist_ok=True)
     start = time.time()
 
