@@ -2,8 +2,10 @@
 
 Every receiver gets the two-transaction case: two intents sent in one transaction, then three in
 another, with gaps of 0 ms to 300 ms between the commits; every intent must be completed by the
-receiver within one second of its commit. (A stream loop that select()s before draining
-conn.notifies sleeps through the second wake-up: that is what this catches.)
+receiver within one second of its commit. Stream receivers also get it with the second commit
+made while the receiver is inside its first complete() (held there by an advisory lock that a
+test-only trigger on axme.events takes): its wake-up then arrives with a query's answer, and a
+loop that select()s before looking at the notifications it already has sleeps through it.
 """
 import base64
 import hashlib
@@ -121,6 +123,45 @@ def two_transactions(conn, agent, check):
     return problems
 
 
+HOLD_KEY = 4242
+
+
+def install_hold(conn):
+    """A test-only trigger: every intent.completed event waits for advisory lock HOLD_KEY."""
+    with conn.cursor() as cur:
+        cur.execute("""
+            CREATE FUNCTION public.docs_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.event_type = 'intent.completed' THEN
+                    PERFORM pg_advisory_xact_lock_shared(%s);
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER docs_hold BEFORE INSERT ON axme.events
+                FOR EACH ROW EXECUTE FUNCTION public.docs_hold();""" % HOLD_KEY)
+
+
+def held_round(conn, agent, check):
+    """2 intents; once the receiver waits inside its first complete(), 3 more; then let it go."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (HOLD_KEY,))
+        ids1, _ = send_round(conn, agent, 2)
+        end = time.time() + 5
+        waiting = False
+        while time.time() < end and not waiting:
+            cur.execute("SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+                        " AND NOT granted", (HOLD_KEY,))
+            waiting = cur.fetchone()[0]
+            time.sleep(0.005)
+        ids2, t2 = send_round(conn, agent, 3)
+        time.sleep(0.1)          # the wake-up has reached the receiver, which is still held
+        cur.execute("SELECT pg_advisory_unlock(%s)", (HOLD_KEY,))
+        t = time.time()
+    if not waiting:
+        return "the receiver never reached complete()"
+    return check(conn, ids1, t + WITHIN) or check(conn, ids2, t + WITHIN)
+
+
 def completed_by(label):
     def check(conn, ids, deadline):
         with conn.cursor() as cur:
@@ -159,7 +200,13 @@ def queue_receiver(report, mode, lang):
         if not proc.wait_line("listening" if mode == "stream" else "polling"):
             report(False, test, "did not start: " + proc.tail())
             return
-        problems = two_transactions(conn, agent, completed_by(f"{'python' if lang == 'python' else 'node'}-{mode}"))
+        check = completed_by(f"{'python' if lang == 'python' else 'node'}-{mode}")
+        problems = two_transactions(conn, agent, check)
+        if mode == "stream":
+            install_hold(conn)
+            p = held_round(conn, agent, check)
+            if p:
+                problems.append("second commit during complete(): " + p)
         report(not problems, test, "; ".join(problems) + " | " + proc.tail())
     finally:
         proc.stop()
