@@ -356,7 +356,10 @@ def internal_client(report, lang):
 
 def run_all(report, only=None):
     if not os.path.isdir(os.path.join(DIR, "node_modules", "pg")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=DIR, check=True)
+        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=DIR,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            report(False, "npm ci in examples/receivers", r.stdout + r.stderr)
     cases = []
     for lang in ("python", "node"):
         cases += [(f"stream {lang}", lambda l=lang: queue_receiver(report, "stream", l)),
