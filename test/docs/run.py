@@ -176,6 +176,11 @@ def run_page(page, blist, receiver_url, logdir):
             report(False, name, f"unknown fence info '{arg}'")
             continue
         seg = "\n".join(segments.get(n, []))[-1500:]
+        last = [ln.split("--")[0].rstrip() for ln in body.split("\n") if ln.split("--")[0].strip()]
+        if last and not (last[-1].endswith(";") or last[-1].lstrip().startswith("\\")
+                         or "\\g" in last[-1]):
+            report(False, name, "the block's last statement has no terminating ';' (it would run with the next block)")
+            continue
         if n not in begun:
             report(False, name, "not run: an earlier block stopped the page")
             continue
