@@ -9,7 +9,8 @@ connection from the PG* variables):
 1. SQL. For each page, in a fresh database, every ```sql block runs in order through one
    `psql -X -v ON_ERROR_STOP=1` session (so \\gset, SET ROLE and LISTEN carry from block to
    block). A block passes when it succeeds; a block fenced ```sql expect=XXXXX passes when it
-   fails with exactly that SQLSTATE (and nothing else in it failed). ```sql norun REASON is not
+   fails with exactly that SQLSTATE (and nothing else in it failed); a fenced ```output block
+   right after a block must appear, line for line, in what psql printed. ```sql norun REASON is not
    run (at most MAX_NORUN of them in all, each with a reason). A page whose blocks never say
    CREATE EXTENSION gets `CREATE EXTENSION axme` before its first block. psql variable `receiver`
    is the base URL of a local webhook receiver that answers 200 (test/http/receiver.py). Roles a
@@ -87,22 +88,35 @@ def blocks(text):
 
 
 def sql_blocks(text):
-    """The sql blocks of a page: (line, kind, arg, body) with kind run | expect | norun."""
+    """The sql blocks of a page: (line, kind, arg, body, output) with kind run | expect | norun.
+
+    output is the body of a fenced `output` block right after the sql block, or None."""
     out = []
-    for line, info, body, _ in blocks(text):
+    allb = blocks(text)
+    for i, (line, info, body, _) in enumerate(allb):
         words = info.split(None, 1)
         if not words or words[0] != "sql":
             continue
+        output = None
+        if i + 1 < len(allb) and allb[i + 1][1] == "output" and allb[i + 1][3].startswith("```"):
+            output = allb[i + 1][2]
         rest = words[1].strip() if len(words) > 1 else ""
         if rest.startswith("expect="):
-            out.append((line, "expect", rest[len("expect="):].split()[0], body))
+            out.append((line, "expect", rest[len("expect="):].split()[0], body, output))
         elif rest.startswith("norun"):
-            out.append((line, "norun", rest[len("norun"):].strip(), body))
+            out.append((line, "norun", rest[len("norun"):].strip(), body, output))
         elif rest == "":
-            out.append((line, "run", "", body))
+            out.append((line, "run", "", body, output))
         else:
-            out.append((line, "bad", rest, body))
+            out.append((line, "bad", rest, body, output))
     return out
+
+
+def shows(segment, output):
+    """Whether the lines of an output block appear, in order and together, in a block's output."""
+    want = [ln.rstrip() for ln in output.rstrip("\n").split("\n")]
+    got = [ln.rstrip() for ln in segment]
+    return any(got[i:i + len(want)] == want for i in range(len(got) - len(want) + 1))
 
 
 def psql(args, **kw):
@@ -126,7 +140,7 @@ def run_page(page, blist, receiver_url, logdir):
     script = ["\\set receiver '" + receiver_url + "'"]
     if not any("CREATE EXTENSION axme" in b[3] for b in blist):
         script.append("CREATE EXTENSION axme;")
-    for n, (line, kind, arg, body) in enumerate(blist):
+    for n, (line, kind, arg, body, output) in enumerate(blist):
         if kind == "norun":
             continue
         script.append(f"\\echo @@BEGIN {n}")
@@ -168,7 +182,7 @@ def run_page(page, blist, receiver_url, logdir):
             continue
         if current is not None:
             segments[current].append(ln)
-    for n, (line, kind, arg, body) in enumerate(blist):
+    for n, (line, kind, arg, body, output) in enumerate(blist):
         name = f"{page}:{line} sql" + (f" expect={arg}" if kind == "expect" else "")
         if kind == "norun":
             continue
@@ -189,7 +203,10 @@ def run_page(page, blist, receiver_url, logdir):
             continue
         error, sqlstate, last = ends[n]
         if kind == "run":
-            report(error == "false", name, "failed:\n" + seg)
+            if error == "false" and output is not None and not shows(segments.get(n, []), output):
+                report(False, name, "its output differs from the output block below it:\n" + seg)
+            else:
+                report(error == "false", name, "failed:\n" + seg)
         else:
             ok = error == "true" and sqlstate == arg and last == arg
             report(ok, name, f"expected SQLSTATE {arg}, got ERROR={error} SQLSTATE={sqlstate} "
