@@ -2,7 +2,15 @@
 EXTENSION    = axme
 MODULE_big   = axme
 OBJS         = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
-DATA         = $(sort $(wildcard sql/axme--*.sql))
+# The version is written once, in axme.control.
+EXTVERSION   = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" axme.control)
+
+# The schema's current definition lives in sql/src/NN_<concern>.sql; make concatenates them in
+# order into the fresh install script.  Released scripts (the first full script and every upgrade
+# script axme--A--B.sql) are installed as they are.
+DATA         = sql/axme--0.1.0.sql $(sort $(wildcard sql/axme--*--*.sql))
+DATA_built   = sql/axme--$(EXTVERSION).sql
+SQL_SRC      = $(sort $(wildcard sql/src/*.sql))
 PG_CONFIG   ?= pg_config
 
 PG_CPPFLAGS  = -Isrc
@@ -27,3 +35,9 @@ include $(PGXS)
 # PGXS tracks no header dependencies: rebuild every object when a header changes (a stale object
 # with an old struct layout reads the wrong fields).
 $(OBJS): $(wildcard src/*.h)
+
+sql/axme--$(EXTVERSION).sql: $(SQL_SRC) axme.control
+	{ echo '-- axme $(EXTVERSION), the fresh install script: built by make from sql/src/*.sql (edit those).'; \
+	  echo '\\echo Use "CREATE EXTENSION axme" to load this file. \\quit'; \
+	  echo; echo "SET LOCAL check_function_bodies = off;"; \
+	  for f in $(SQL_SRC); do echo; echo "-- ---- $$f"; echo; cat $$f; done; } > $@

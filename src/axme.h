@@ -8,7 +8,7 @@
 #include "storage/condition_variable.h"
 #include "utils/uuid.h"
 
-#define AXME_VERSION "0.3.0"
+#define AXME_VERSION "0.4.0"
 
 /* wait_for callers sleep on one of these, chosen by a hash of the intent id */
 #define AXME_WAIT_BUCKETS 128

@@ -51,13 +51,15 @@ FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
 LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 WHERE c.relnamespace = 'axme'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
 UNION ALL
-SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+SELECT 'constraint ' || conrelid::regclass || ' ' || contypid::regtype || ' ' || conname || ' '
+       || pg_get_constraintdef(oid) || ' comment ' || coalesce(obj_description(oid, 'pg_constraint'), '-')
 FROM pg_constraint WHERE connamespace = 'axme'::regnamespace
 UNION ALL
 SELECT 'index ' || pg_get_indexdef(indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 WHERE c.relnamespace = 'axme'::regnamespace
 UNION ALL
-SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' comment ' || coalesce(obj_description(t.oid, 'pg_trigger'), '-')
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
 WHERE c.relnamespace = 'axme'::regnamespace AND NOT t.tgisinternal
 UNION ALL
 SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid) FROM pg_class c
@@ -65,6 +67,7 @@ WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('v', 'm')
 UNION ALL
 SELECT 'policy ' || polrelid::regclass || ' ' || polname || ' ' || polcmd::text || ' ' || polroles::text || ' '
        || coalesce(pg_get_expr(polqual, polrelid), '-') || ' ' || coalesce(pg_get_expr(polwithcheck, polrelid), '-')
+       || ' comment ' || coalesce(obj_description(p.oid, 'pg_policy'), '-')
 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE c.relnamespace = 'axme'::regnamespace
 UNION ALL
 SELECT 'type ' || t.typname || ' ' || t.typtype::text || ' ' || format_type(t.typbasetype, t.typtypmod)
@@ -74,6 +77,14 @@ UNION ALL
 SELECT 'sequence ' || s.seqrelid::regclass || ' ' || s.seqtypid::regtype || ' ' || s.seqstart || ' ' || s.seqincrement
        || ' ' || s.seqmax || ' ' || s.seqmin || ' ' || s.seqcache || ' ' || s.seqcycle
 FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid WHERE c.relnamespace = 'axme'::regnamespace
+UNION ALL
+SELECT 'owned_by ' || d.objid::regclass || ' ' || d.refobjid::regclass || '.' || a.attname || ' ' || d.deptype::text
+FROM pg_depend d JOIN pg_class c ON c.oid = d.objid AND d.classid = 'pg_class'::regclass
+JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind = 'S' AND d.refclassid = 'pg_class'::regclass
+UNION ALL
+SELECT 'role ' || r.rolname || ' ' || r.rolcanlogin || ' comment ' || coalesce(shobj_description(r.oid, 'pg_authid'), '-')
+FROM pg_roles r WHERE r.rolname LIKE 'axme\_%'
 UNION ALL
 SELECT 'config_dump ' || cfg::regclass || ' ' || coalesce(cond, '-')
 FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS u(cfg, cond) WHERE e.extname = 'axme'
@@ -223,6 +234,35 @@ class UpgradeTest(unittest.TestCase):
         self.assertGreater(len(a), 100)
         diff = list(difflib.unified_diff(b, a, "fresh", "updated", lineterm=""))
         self.assertEqual(diff, [], "the extension's objects differ:\n" + "\n".join(diff))
+
+    def test_update_from_each_release_in_one_step(self):
+        """CREATE EXTENSION at each earlier release, data in place, then ALTER EXTENSION axme UPDATE
+        (no TO: to the default version) keeps the rows and equals a fresh install."""
+        fresh = connect(self.FRESH)
+        self.conns = [fresh]
+        q(fresh, "CREATE EXTENSION axme")
+        want = [r[0] for r in q(fresh, DESCRIBE)]
+        path, default = self.versions(fresh)
+        for start in ["0.1.0"] + path[:-1]:
+            q(self.admin, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.UP)
+            q(self.admin, 'CREATE DATABASE "%s"' % self.UP)
+            up = connect(self.UP)
+            self.conns.append(up)
+            q(up, "CREATE EXTENSION axme VERSION %s", (start,))
+            q(up, "SELECT axme.register_agent(%s, 'poll')", (POLL,))
+            q(up, "SELECT axme.register_agent(%s, 'stream')", (STREAM,))
+            q(up, "SELECT axme.register_agent(%s, 'http', 'https://example.com/up-hook')", (HOOK,))
+            self.add_data(up, start, 100)
+            before = snapshot(up)
+            q(up, "ALTER EXTENSION axme UPDATE")
+            self.assertEqual(q1(up, "SELECT extversion FROM pg_extension WHERE extname = 'axme'"), default)
+            after = snapshot(up, before)
+            for table in before:
+                self.assertEqual(before[table], after[table], "%s changed in the update from %s" % (table, start))
+            got = [r[0] for r in q(up, DESCRIBE)]
+            diff = list(difflib.unified_diff(want, got, "fresh", "updated from " + start, lineterm=""))
+            self.assertEqual(diff, [], "the extension's objects differ:\n" + "\n".join(diff))
+            up.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+-- Sending: the intents, events and idempotency_keys tables and axme.send_intent (the C send path
+-- in src/send.c: validation, idempotency, the intent row and its first events in one statement).
+
+CREATE FUNCTION axme._notify_agent(agent_id bigint, intent_id uuid) RETURNS void
+    LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'axme_notify_agent';
+COMMENT ON FUNCTION axme._notify_agent(bigint, uuid) IS
+    'Private: queue one wake-up NOTIFY for a stream agent, sent once per agent at commit.';
+
+CREATE TABLE axme.intents (
+    intent_id             uuid PRIMARY KEY,
+    agent_id              bigint NOT NULL,
+    intent_type           text NOT NULL,
+    from_agent            text,
+    to_agent              text NOT NULL,
+    sender_role           text NOT NULL,
+    correlation_id        uuid NOT NULL,
+    reply_to              text,
+    payload               jsonb NOT NULL,
+    status                axme.intent_status NOT NULL,
+    waiting_reason        axme.waiting_reason,
+    attempt               integer NOT NULL DEFAULT 0,
+    attempt_base          integer NOT NULL DEFAULT 0,
+    max_delivery_attempts integer NOT NULL,
+    result                jsonb,
+    error                 jsonb,
+    dead_letter_reason    text,
+    dead_lettered_at      timestamptz,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    deadline_at           timestamptz,
+    not_before            timestamptz,
+    due_at                timestamptz,
+    lease_until           timestamptz,
+    remind_after_seconds    integer,
+    remind_interval_seconds integer,
+    max_reminders           integer,
+    escalate_to           text,
+    human_task            jsonb,
+    idempotency_key       text,
+    event_seq             integer NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE axme.intents IS
+    'One row per intent: its current status, attempt counter, due time and lease. '
+    'attempt counts hand-outs over the intent''s life; attempt - attempt_base is what counts '
+    'against max_delivery_attempts (replay moves attempt_base). due_at is when the intent can next '
+    'be handed out (SUBMITTED) or when its lease runs out (handed out); NULL when nothing is due.';
+COMMENT ON COLUMN axme.intents.due_at IS
+    'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
+-- The claim path: due intents of one agent, oldest due first.
+CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX intents_dead_letter_idx ON axme.intents (dead_lettered_at)
+    WHERE dead_letter_reason IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('axme.intents', '');
+-- Indexes of the operations queries, each partial so that it costs nothing on the hot path
+-- except where its rows are (see README "Operations" for the plans):
+-- terminal intents by the time they ended (cleanup, the 5-minute success rate);
+CREATE INDEX intents_terminal_idx ON axme.intents (updated_at)
+    WHERE status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT') AND dead_letter_reason IS NULL;
+-- dead letters per agent (queue_depth, alerts, purge_dead_letters), index-only;
+CREATE INDEX intents_agent_dead_letter_idx ON axme.intents (agent_id, dead_lettered_at)
+    WHERE dead_letter_reason IS NOT NULL;
+-- WAITING intents per agent (queue_depth; they have no due_at unless a deadline is set);
+CREATE INDEX intents_agent_waiting_idx ON axme.intents (agent_id) WHERE status = 'WAITING';
+-- recent intents (delivery_stats): created_at only grows, so inserts go to the right edge (a BRIN
+-- index was tried: once rows of all ages share pages, after updates and cleanup, the planner
+-- rightly prefers a sequential scan over it);
+CREATE INDEX intents_created_idx ON axme.intents (created_at);
+
+CREATE TABLE axme.events (
+    intent_id  uuid NOT NULL,
+    seq        integer NOT NULL,
+    event_type text NOT NULL,
+    status     text NOT NULL,
+    at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor      text,
+    details    jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (intent_id, seq)
+);
+COMMENT ON TABLE axme.events IS
+    'Append-only lifecycle log: one row per transition of an intent, seq 1, 2, 3 ... in commit '
+    'order. Read it with axme.intent_events().';
+SELECT pg_catalog.pg_extension_config_dump('axme.events', '');
+
+CREATE TABLE axme.idempotency_keys (
+    sender       text NOT NULL,
+    key          text NOT NULL,
+    intent_id    uuid NOT NULL,
+    request_hash text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    -- keys are scoped by the sending role as well as by coalesce(from_agent, sender_role): two
+    -- roles sending with the same from_agent label and the same key never share it
+    sender_role  text NOT NULL,
+    PRIMARY KEY (sender_role, sender, key)
+);
+COMMENT ON TABLE axme.idempotency_keys IS
+    'Idempotency keys: (sender_role, coalesce(from_agent, sender_role), key) -> the intent it created, '
+    'and a hash of the intent document it was used with.';
+SELECT pg_catalog.pg_extension_config_dump('axme.idempotency_keys', '');
+-- idempotency keys by age (cleanup).
+CREATE INDEX idempotency_keys_created_idx ON axme.idempotency_keys (created_at);
+COMMENT ON COLUMN axme.idempotency_keys.sender_role IS
+    'The role that sent with the key (axme.intents.sender_role); keys of different roles never meet.';
+
+CREATE FUNCTION axme.send_intent(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intent';
+COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
+    'Store an intent and queue it for its receiver, in the caller''s transaction. intent: '
+    '{"intent_type", "to_agent", "payload": {...}} plus optional from_agent, correlation_id, reply_to, '
+    'deadline_at, not_before, max_delivery_attempts, remind_after_seconds, remind_interval_seconds, '
+    'max_reminders, escalate_to, human_task. idempotency_key: 8..128 characters; the same key and '
+    'intent return the first intent_id. Returns the intent_id. Errors: 22023 invalid field, 22P02 '
+    'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
+    'registered, 23505 idempotency key reused with a different intent.';
+
+CREATE FUNCTION axme._document(i axme.intents) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'intent_id', i.intent_id, 'intent_type', i.intent_type, 'from_agent', i.from_agent,
+        'to_agent', i.to_agent, 'sender_role', i.sender_role, 'correlation_id', i.correlation_id,
+        'reply_to', i.reply_to, 'payload', i.payload, 'status', i.status,
+        'waiting_reason', i.waiting_reason, 'attempt', i.attempt,
+        'max_delivery_attempts', i.max_delivery_attempts, 'result', i.result, 'error', i.error,
+        'dead_letter_reason', i.dead_letter_reason, 'created_at', i.created_at,
+        'updated_at', i.updated_at, 'deadline_at', i.deadline_at, 'not_before', i.not_before,
+        'next_attempt_at', CASE WHEN i.status = 'SUBMITTED' THEN i.due_at END,
+        'lease_until', i.lease_until, 'human_task', i.human_task)
+$$;
+
+-- Append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent.
+CREATE FUNCTION axme._append_event(i axme.intents, event_type text, details jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE axme.intents SET event_seq = event_seq + 1, updated_at = now()
+    WHERE intent_id = i.intent_id
+    RETURNING event_seq INTO i.event_seq;
+    INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+    VALUES (i.intent_id, i.event_seq, event_type, i.status, axme._caller(), coalesce(details, '{}'));   -- sec
+END $$;
+COMMENT ON FUNCTION axme._append_event(axme.intents, text, jsonb) IS
+    'Private: append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent, with its current status.';
+
+CREATE FUNCTION axme._notify_agent_n(agent_id bigint, intent_id uuid, n bigint) RETURNS void
+    LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'axme_notify_agent_n';
+COMMENT ON FUNCTION axme._notify_agent_n(bigint, uuid, bigint) IS
+    'Private: like axme._notify_agent, counting n intents (one NOTIFY per agent at commit).';

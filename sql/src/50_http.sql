@@ -1,0 +1,363 @@
+-- The http delivery mode, SQL side: the worker's claim (axme._http_claim) and record
+-- (axme._http_record_batch) transactions and the delivery_attempts table.  The curl pipeline is
+-- src/http.c, signing src/sign.c, the SSRF check src/ssrf.c.
+
+CREATE FUNCTION axme._wake_http() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_http';
+COMMENT ON FUNCTION axme._wake_http() IS
+    'Private: wake this database''s http worker when the current transaction commits (or have the '
+    'launcher start one).';
+
+-- The database's delivery worker starts once the install commits (the launcher is woken).
+SELECT axme._wake_http(), axme._agents_changed();
+
+CREATE FUNCTION axme._http_wake_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'axme_http_wake_trigger';
+COMMENT ON FUNCTION axme._http_wake_trigger() IS
+    'Private: row trigger on axme.intents; an intent became due, wake the http worker at commit.';
+
+CREATE TABLE axme.delivery_attempts (
+    intent_id        uuid NOT NULL,
+    attempt          integer NOT NULL,
+    agent_id         bigint NOT NULL,
+    started_at       timestamptz NOT NULL,
+    duration_ms      double precision NOT NULL,
+    http_status      integer,
+    error_class      text,
+    error            text,
+    response_excerpt text,
+    next_attempt_at  timestamptz,
+    PRIMARY KEY (intent_id, attempt)
+);
+CREATE INDEX delivery_attempts_started_idx ON axme.delivery_attempts (started_at);
+COMMENT ON TABLE axme.delivery_attempts IS
+    'One row per http delivery attempt: intent_id, attempt (the intent''s attempt counter), '
+    'started_at, duration_ms (milliseconds), http_status (NULL when no response), error_class '
+    '(NULL on success; dns | connect | tls | timeout | network | http | redirect | ssrf_blocked | '
+    'invalid_url), error text, response_excerpt (first 1024 bytes of the body), next_attempt_at '
+    '(when a retry is due; NULL when none follows).';
+SELECT pg_catalog.pg_extension_config_dump('axme.delivery_attempts', '');
+
+-- Sends, replays, retries and mode changes make an intent due: wake the worker at commit.
+CREATE TRIGGER intents_http_wake AFTER INSERT OR UPDATE OF due_at ON axme.intents
+    FOR EACH ROW WHEN (NEW.status = 'SUBMITTED' AND NEW.due_at IS NOT NULL)
+    EXECUTE FUNCTION axme._http_wake_trigger();
+
+CREATE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, axme._caller(),   -- sec: the caller, not the definer
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
+-- When the worker should look again: the earliest moment an http agent can be handed
+-- something: its first due intent, but not before its breaker's cool-down ends or its token
+-- bucket refills; agents at their concurrency limit or with a probe out are woken by completions.
+CREATE OR REPLACE FUNCTION axme._http_next_due(busy_agents bigint[], busy_counts integer[]) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+    SELECT min(CASE
+                 WHEN es.breaker = 'open' THEN greatest(d.due_at, es.open_until)
+                 WHEN es.breaker = 'half_open' AND es.probe_at IS NOT NULL THEN
+                     greatest(d.due_at, es.probe_at + (coalesce((ag.options->>'timeout_ms')::integer, 15000) + 60000)
+                                                      * interval '1 millisecond')
+                 WHEN es.breaker = 'half_open' AND coalesce(b.n, 0) > 0 THEN NULL
+                 WHEN coalesce(b.n, 0) >= least(coalesce((ag.options->>'max_in_flight')::integer, 16),
+                                                coalesce(floor(es.conc_limit)::integer, 2147483647)) THEN NULL
+                 WHEN ag.options ? 'rate_limit_per_second' AND es.tokens_at IS NOT NULL THEN
+                     greatest(d.due_at,
+                              es.tokens_at + (least(greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.1),
+                                                    greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.02))
+                                              - es.tokens)
+                                             / (ag.options->>'rate_limit_per_second')::float8 * interval '1 second')
+                 ELSE d.due_at END)
+    FROM axme.agents ag
+    LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+    LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+               GROUP BY x.id) b ON b.id = ag.agent_id
+    CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
+                        WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL
+                        ORDER BY i.due_at LIMIT 1) d
+    WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+      AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
+END $$;
+COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
+    'Private (http worker): when an http agent can next be handed something (NULL: nothing due).';
+
+-- Record one finished attempt: the attempt row, and the intent's next state.  The outcome only
+-- moves the intent if it is still the attempt handed out (nobody resolved or re-claimed it since).
+-- error_class NULL = a 2xx; response is the body when it is valid JSON.  Retry decisions:
+-- dns, connect, tls, timeout, network, 408, 425, 429 and 5xx retry; 3xx dead-letters (redirect),
+-- ssrf_blocked dead-letters (ssrf_blocked), other 4xx and invalid_url dead-letter (non_retryable).
+CREATE FUNCTION axme._http_record(p_intent_id uuid, p_attempt integer, p_agent_id bigint,
+                                  p_started_at timestamptz, p_duration_ms double precision,
+                                  p_http_status integer, p_error_class text, p_error text,
+                                  p_excerpt text, p_response text, p_retry_after_ms bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    completion text;
+    resp jsonb;
+    err jsonb;
+    next_at timestamptz;
+BEGIN
+    SELECT * INTO i FROM axme.intents WHERE intent_id = p_intent_id FOR UPDATE;
+    -- (the receiver may have called ack or progress while handling the request)
+    IF FOUND AND i.attempt = p_attempt AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')
+       AND i.lease_until IS NOT NULL THEN
+        IF p_error_class IS NULL THEN
+            resp := p_response::jsonb;
+            IF jsonb_typeof(resp) = 'object' AND resp->>'status' = 'COMPLETED' THEN
+                i.result := resp->'result';
+                PERFORM axme._transition(i, 'COMPLETED', 'intent.completed',
+                    jsonb_build_object('attempt', i.attempt, 'http_status', p_http_status));
+            ELSIF jsonb_typeof(resp) = 'object' AND resp->>'status' = 'FAILED' THEN
+                i.error := resp->'error';
+                PERFORM axme._transition(i, 'FAILED', 'intent.failed',
+                    jsonb_build_object('attempt', i.attempt, 'http_status', p_http_status, 'error', i.error));
+            ELSE
+                SELECT a.options->>'completion' INTO completion FROM axme.agents a WHERE a.agent_id = i.agent_id;
+                IF completion = 'explicit' THEN
+                    -- Delivered; the receiver reports the result with complete/fail.  The lease
+                    -- ends, so it is not sent again; only its deadline (if any) stays due.
+                    -- due_at = deadline_at: the worker's claim times it out then.
+                    UPDATE axme.intents SET lease_until = NULL, due_at = i.deadline_at, updated_at = now()
+                    WHERE intent_id = i.intent_id;
+                ELSE
+                    i.result := resp;
+                    PERFORM axme._transition(i, 'COMPLETED', 'intent.completed',
+                        jsonb_build_object('attempt', i.attempt, 'http_status', p_http_status));
+                END IF;
+            END IF;
+        ELSE
+            err := jsonb_build_object('class', p_error_class, 'http_status', p_http_status,
+                                      'message', p_error, 'attempt', i.attempt);
+            IF p_error_class = 'redirect' THEN
+                PERFORM axme._dead_letter(i, 'redirect', err);
+            ELSIF p_error_class = 'ssrf_blocked' THEN
+                PERFORM axme._dead_letter(i, 'ssrf_blocked', err);
+            ELSIF p_error_class = 'invalid_url'
+                  OR (p_error_class = 'http' AND p_http_status BETWEEN 400 AND 499
+                      AND p_http_status NOT IN (408, 425, 429)) THEN
+                PERFORM axme._dead_letter(i, 'non_retryable', err);
+            ELSE
+                i := axme._retry_or_dead_letter(i, err,
+                        CASE WHEN p_http_status IN (429, 503) THEN p_retry_after_ms END);
+                IF i.status = 'SUBMITTED' THEN
+                    next_at := i.due_at;
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+    INSERT INTO axme.delivery_attempts (intent_id, attempt, agent_id, started_at, duration_ms,
+        http_status, error_class, error, response_excerpt, next_attempt_at)
+    VALUES (p_intent_id, p_attempt, p_agent_id, p_started_at, p_duration_ms, p_http_status,
+        p_error_class, p_error, p_excerpt, next_at)
+    ON CONFLICT DO NOTHING;
+END $$;
+
+-- Record a batch of finished attempts, then feed the outcomes to each endpoint's
+-- breaker, slow start and health (axme._endpoint_observe).  Otherwise as in 0.2.0.
+CREATE OR REPLACE FUNCTION axme._http_record_batch(p_ids uuid[], p_attempts integer[], p_agents bigint[],
+                                        p_started timestamptz[], p_durations double precision[],
+                                        p_statuses integer[], p_classes text[], p_errors text[],
+                                        p_excerpts text[], p_responses text[], p_retry_after bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    done uuid[];
+    r record;
+BEGIN
+    -- The worker passes the outcomes sorted by intent_id, so rows are usually locked in that
+    -- order (a deadlock with another session is still possible: the worker then retries).
+    WITH o AS (
+        SELECT x.id, x.att, x.agent, x.started, x.dur, x.st, x.excerpt, x.resp::jsonb AS body
+        FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses, p_classes,
+                    p_excerpts, p_responses)
+             AS x(id, att, agent, started, dur, st, cls, excerpt, resp)
+        WHERE x.cls IS NULL
+    ), u AS (
+        UPDATE axme.intents i SET
+            status = 'COMPLETED', result = o.body, due_at = NULL, lease_until = NULL,
+            updated_at = now(), event_seq = i.event_seq + 1
+        FROM o, axme.agents a
+        WHERE i.intent_id = o.id AND i.attempt = o.att AND i.status IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS')
+          AND i.lease_until IS NOT NULL
+          AND a.agent_id = i.agent_id AND coalesce(a.options->>'completion', 'on_2xx') <> 'explicit'
+          AND NOT coalesce(jsonb_typeof(o.body) = 'object' AND o.body->>'status' IN ('COMPLETED', 'FAILED'), false)
+        RETURNING i.intent_id, i.event_seq, i.attempt, o.agent, o.started, o.dur, o.st, o.excerpt
+    ), e AS (
+        INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),   -- sec
+               jsonb_build_object('attempt', u.attempt, 'http_status', u.st)
+        FROM u
+    ), da AS (
+        INSERT INTO axme.delivery_attempts (intent_id, attempt, agent_id, started_at, duration_ms,
+                                            http_status, response_excerpt)
+        SELECT u.intent_id, u.attempt, u.agent, u.started, u.dur, u.st, u.excerpt FROM u
+        ON CONFLICT DO NOTHING
+    )
+    SELECT array_agg(u.intent_id) INTO done FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+
+    FOR r IN
+        SELECT x.* FROM unnest(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                               p_classes, p_errors, p_excerpts, p_responses, p_retry_after)
+                        AS x(id, att, agent, started, dur, st, cls, err, excerpt, resp, ra)
+        WHERE done IS NULL OR NOT (x.id = ANY (done))
+    LOOP
+        PERFORM axme._http_record(r.id, r.att, r.agent, r.started, r.dur, r.st, r.cls, r.err,
+                                  r.excerpt, r.resp, r.ra);
+    END LOOP;
+    PERFORM axme._endpoint_observe(p_ids, p_attempts, p_agents, p_started, p_durations, p_statuses,
+                                   p_classes, p_errors);
+END $$;
+COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timestamptz[], double precision[],
+                                            integer[], text[], text[], text[], text[], bigint[]) IS
+    'Private (http worker): record finished attempts and move their intents on, then update the '
+    'endpoints'' breaker, slow start and health (axme._endpoint_observe).';
