@@ -23,7 +23,7 @@
 # Prints one line per suite, a summary, and last a line "N passed, M failed" counting test cases;
 # exits non-zero when anything failed.  Logs, results and diffs stay in $AXME_TEST_LOGDIR (default:
 # a new directory under /tmp).  AXME_TEST_SUITES="regress python" runs only the named suites;
-# AXME_TEST_SKIP_SETUP=1 skips scripts/setup.sh.  Takes about three minutes.
+# AXME_TEST_SKIP_SETUP=1 skips scripts/setup.sh.  Takes about eight minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
