@@ -200,7 +200,7 @@ def main():
     send_case("sql_no_gateway", sql_sender)
     port = int(subprocess.check_output([sys.executable, "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]))
     gw = subprocess.Popen([BINARY, "--dsn", dsn("gw"), "--listen", "127.0.0.1:%d" % port, "--quiet",
-                           "--pool-size", str(a.c)], stderr=open(os.path.join(HERE, "gateway.log"), "w"))
+                           "--pool-size", str(a.c)], stderr=open(os.path.join(os.environ.get("TMPDIR", "/tmp"), "axme-bench-gateway.log"), "w"))
     for _ in range(100):
         try:
             c = http.client.HTTPConnection("127.0.0.1", port)
