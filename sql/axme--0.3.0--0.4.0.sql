@@ -12,6 +12,642 @@ COMMENT ON FUNCTION axme._valid_address(text) IS
 COMMENT ON DOMAIN axme.intent_status IS
     'An intent status: CREATED, SUBMITTED, DELIVERED, ACKNOWLEDGED, IN_PROGRESS, WAITING, COMPLETED, FAILED, CANCELED or TIMED_OUT.';
 
+-- Roles by OID (issue 14).  agents.db_role (no longer a generated column), agents.registered_by,
+-- intents.sender_role and idempotency_keys.sender_role become regrole: a role created later under
+-- a dropped role's name is another role and matches nothing of the old one.
+CREATE FUNCTION axme._caller_has(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_has_oid_fn';
+COMMENT ON FUNCTION axme._caller_has(regrole) IS
+    'Private: whether the calling role has the privileges of the role with this OID (superusers: '
+    'always; NULL, 0 or a dropped role''s OID: superusers only).';
+
+CREATE FUNCTION axme._user_has(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_user_has_oid_fn';
+COMMENT ON FUNCTION axme._user_has(regrole) IS
+    'Private: whether current_user has the privileges of the role with this OID (superusers: '
+    'always; NULL, 0 or a dropped role''s OID: superusers only). For row-level security policies.';
+
+CREATE FUNCTION axme._caller_id() RETURNS regrole
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_id_fn';
+COMMENT ON FUNCTION axme._caller_id() IS
+    'Private: the calling role (axme._caller()) by OID, as stored in sender_role and registered_by.';
+
+CREATE FUNCTION axme._role_exists(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'axme_role_exists_fn';
+COMMENT ON FUNCTION axme._role_exists(regrole) IS
+    'Private: whether a role with this OID exists (NULL or 0: false).';
+
+CREATE OR REPLACE FUNCTION axme._role_named(name text) RETURNS regrole
+LANGUAGE sql STABLE AS $$
+    SELECT r.oid::regrole FROM pg_catalog.pg_roles r WHERE r.rolname = _role_named.name
+$$;
+COMMENT ON FUNCTION axme._role_named(text) IS
+    'Private: the role of that exact name (no identifier quoting) as a regrole, NULL when none.';
+
+-- Row-level security policies name the columns whose type changes: dropped here, re-created by
+-- axme._secure() at the end.
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN
+        SELECT pol.polname, pol.polrelid::regclass AS rel FROM pg_catalog.pg_policy pol
+        JOIN pg_catalog.pg_class c ON c.oid = pol.polrelid
+        WHERE c.relnamespace = 'axme'::regnamespace
+    LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', p.polname, p.rel);
+    END LOOP;
+END $$;
+
+-- Agents whose role no longer resolves (dropped since it was named) are disabled, with an alert:
+-- their db_role (for internal agents without db_role: registered_by) becomes 0, which no role has.
+WITH gone AS (
+    UPDATE axme.agents ag SET disabled_at = coalesce(ag.disabled_at, now()), updated_at = now(),
+           disabled_reason = coalesce(ag.disabled_reason,
+               'role_missing: the role the agent ' ||
+               CASE WHEN ag.db_role IS NOT NULL THEN 'receives as (db_role)' ELSE 'runs its handler as' END ||
+               ' no longer exists; register it again with option db_role, then axme.enable_agent()')
+    WHERE (ag.db_role IS NOT NULL AND axme._role_named(ag.db_role) IS NULL)
+       OR (ag.delivery_mode = 'internal' AND ag.db_role IS NULL AND axme._role_named(ag.registered_by) IS NULL)
+    RETURNING ag.address, ag.delivery_mode, ag.db_role, ag.registered_by
+)
+SELECT count(axme._alert(g.address, 'role_missing',
+           jsonb_build_object('mode', g.delivery_mode, 'db_role', g.db_role, 'registered_by', g.registered_by,
+                              'message', 'the role of the agent no longer exists (found by the upgrade to 0.4.0): it delivers nothing')))
+FROM gone g;
+ALTER TABLE axme.agents ALTER COLUMN db_role DROP EXPRESSION;
+ALTER TABLE axme.agents
+    ALTER COLUMN db_role TYPE regrole
+        USING CASE WHEN db_role IS NOT NULL THEN coalesce(axme._role_named(db_role), '-'::regrole) END,
+    ALTER COLUMN registered_by TYPE regrole USING coalesce(axme._role_named(registered_by), '-'::regrole);
+-- Intents of a dropped sender role: 0, readable by their receiver and admins only.
+ALTER TABLE axme.intents
+    ALTER COLUMN sender_role TYPE regrole USING coalesce(axme._role_named(sender_role), '-'::regrole);
+-- The keys of a dropped role can never be used again (a new role has a new OID): they go.
+DELETE FROM axme.idempotency_keys k WHERE axme._role_named(k.sender_role) IS NULL;
+ALTER TABLE axme.idempotency_keys
+    ALTER COLUMN sender_role TYPE regrole USING axme._role_named(sender_role);
+COMMENT ON COLUMN axme.agents.db_role IS
+    'The database role (by OID) that receives for the agent, resolved from option db_role by '
+    'register_agent; NULL: admins only. When that role has been dropped the agent delivers '
+    'nothing and is disabled (alert role_missing).';
+COMMENT ON COLUMN axme.agents.registered_by IS
+    'The role (by OID) that registered the agent last; an internal agent without db_role runs its '
+    'handler as this role.';
+COMMENT ON COLUMN axme.intents.sender_role IS
+    'The role (by OID) that sent the intent; it may read the intent. A role created later under '
+    'the same name is another role and may not.';
+COMMENT ON COLUMN axme.idempotency_keys.sender_role IS
+    'The role (by OID) that sent with the key (axme.intents.sender_role); keys of different roles, '
+    'or of a dropped role and a later one of the same name, never meet.';
+
+-- The role checks take the OID.
+DROP FUNCTION axme._check_read(text, bigint, uuid);
+DROP FUNCTION axme._can_read_intent(text, bigint);
+CREATE FUNCTION axme._can_read_intent(sender_role regrole, agent_id bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT axme._caller_has(sender_role) OR axme._can_receive(agent_id)
+$$;
+COMMENT ON FUNCTION axme._can_read_intent(regrole, bigint) IS
+    'Private: whether the caller may read an intent with this sender_role and agent_id (the sending '
+    'role, the receiver''s role, admins).';
+
+CREATE FUNCTION axme._check_read(sender_role regrole, agent_id bigint, intent_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT axme._can_read_intent(sender_role, agent_id) THEN
+        RAISE EXCEPTION 'permission denied for intent %', intent_id
+            USING ERRCODE = '42501',
+                  DETAIL = 'Only its sending role, its receiver''s role (agent option db_role) and '
+                           'members of axme_admin may read an intent.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_read(regrole, bigint, uuid) IS
+    'Private: 42501 unless the caller may read the intent (see axme._can_read_intent).';
+
+CREATE OR REPLACE FUNCTION axme._check_intent_reader(intent_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_role regrole;
+    v_agent bigint;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT i.sender_role, i.agent_id INTO v_role, v_agent
+    FROM axme.intents i WHERE i.intent_id = _check_intent_reader.intent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM axme._check_read(v_role, v_agent, intent_id);
+END $$;
+COMMENT ON FUNCTION axme._check_intent_reader(uuid) IS
+    'Private: 22023 NULL, P0002 unknown intent, 42501 unless the caller may read the intent.';
+
+-- Agents whose role is gone deliver nothing: the claim paths disable them.
+CREATE OR REPLACE FUNCTION axme._disable_roleless(mode text DEFAULT NULL, agent_id bigint DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    a record;
+    n integer := 0;
+BEGIN
+    FOR a IN
+        UPDATE axme.agents ag SET disabled_at = now(), updated_at = now(),
+               disabled_reason = 'role_missing: the role the agent ' ||
+                   CASE WHEN ag.db_role IS NOT NULL THEN 'receives as (db_role)' ELSE 'runs its handler as' END ||
+                   ' no longer exists; register it again with option db_role, then axme.enable_agent()'
+        WHERE ag.disabled_at IS NULL
+          AND (_disable_roleless.mode IS NULL OR ag.delivery_mode = _disable_roleless.mode)
+          AND (_disable_roleless.agent_id IS NULL OR ag.agent_id = _disable_roleless.agent_id)
+          AND (ag.db_role IS NOT NULL OR ag.delivery_mode = 'internal')
+          AND NOT axme._role_exists(coalesce(ag.db_role, ag.registered_by))
+        RETURNING ag.address, ag.delivery_mode, ag.db_role, ag.registered_by
+    LOOP
+        PERFORM axme._alert(a.address, 'role_missing',
+            jsonb_build_object('mode', a.delivery_mode,
+                               'db_role', a.db_role::oid,
+                               'registered_by', a.registered_by::oid,
+                               'message', 'the role of the agent no longer exists (dropped): it delivers nothing'));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._disable_roleless(text, bigint) IS
+    'Private: disable (role_missing) the agents whose db_role (internal without db_role: '
+    'registered_by) no longer exists, with one alert role_missing each. Returns how many.';
+
+CREATE OR REPLACE FUNCTION axme.register_agent(address text, delivery_mode text DEFAULT 'poll',
+                                               endpoint_url text DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    merged jsonb;
+    old_mode text;
+    new_secret text;
+    v_agent_id bigint;
+    v_db_role regrole;
+BEGIN
+    PERFORM axme._check_admin('register_agent');   -- sec: agents are configured by admins only
+    PERFORM axme._check_address(address, 'address');
+    IF delivery_mode IS NULL OR delivery_mode NOT IN ('stream', 'poll', 'http', 'inbox', 'internal') THEN
+        RAISE EXCEPTION 'invalid delivery mode "%"', coalesce(delivery_mode, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use one of stream, poll, http, inbox, internal.';
+    END IF;
+    IF options IS NULL THEN
+        RAISE EXCEPTION 'argument "options" must not be null' USING ERRCODE = '22023',
+            HINT = 'Pass ''{}'' for no options.';
+    END IF;
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'argument "options" must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = '22023';
+    END IF;
+    IF delivery_mode = 'http' THEN
+        IF endpoint_url IS NULL OR length(endpoint_url) > 2048
+           OR endpoint_url !~* '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
+            RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
+                USING ERRCODE = '22023', HINT = 'Use an http:// or https:// URL.';
+        END IF;
+    ELSIF endpoint_url IS NOT NULL THEN
+        RAISE EXCEPTION 'endpoint_url is only for http agents' USING ERRCODE = '22023';
+    END IF;
+    -- The mode before, for the wake-ups below (no lock needed: a race only costs a wake-up).
+    SELECT a.delivery_mode INTO old_mode FROM axme.agents a WHERE a.address = register_agent.address;
+    -- The secret is kept apart from the options, which anyone reading axme.agents can see.
+    IF jsonb_typeof(options->'secret') IS DISTINCT FROM 'null' THEN
+        new_secret := options->>'secret';
+    END IF;
+    -- Merge inside the upsert, against the row as locked by it, so two concurrent registrations
+    -- of one agent (the first ones included) merge one after the other; then check the result
+    -- (an error undoes the upsert with the statement).
+    -- db_role is resolved to an OID here, once (NULL when the name is unknown: 42704 below).
+    INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by, db_role)
+    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), axme._caller_id(),
+            axme._role_named(options->>'db_role'))
+    ON CONFLICT ON CONSTRAINT agents_address_key DO UPDATE
+        SET delivery_mode = excluded.delivery_mode, endpoint_url = excluded.endpoint_url,
+            options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now(),
+            db_role = CASE WHEN register_agent.options ? 'db_role' THEN excluded.db_role ELSE a.db_role END
+    RETURNING a.options, a.agent_id, a.db_role INTO merged, v_agent_id, v_db_role;
+    PERFORM axme._check_agent_options(delivery_mode,
+        CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
+    PERFORM axme._check_agent_refs(delivery_mode, merged, options);
+    IF v_db_role IS NOT NULL AND NOT options ? 'db_role'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = v_db_role) THEN
+        RAISE EXCEPTION 'the role of agent "%" (option db_role, OID %) no longer exists', address, v_db_role::oid
+            USING ERRCODE = '42704',
+                  HINT = 'Pass {"db_role": "name"} again to bind the agent to a role that exists.';
+    END IF;
+    IF delivery_mode = 'internal' THEN
+        -- the handler runs as db_role, else as the role that registered it last (checked above)
+        UPDATE axme.agents a SET registered_by = axme._caller_id()   -- sec: the caller, not the definer
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM axme._caller_id();   -- sec
+        PERFORM axme._wake_internal();
+    END IF;
+    IF new_secret IS NOT NULL THEN
+        DELETE FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id;
+        INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, new_secret);
+    ELSIF delivery_mode = 'http' AND NOT EXISTS (SELECT FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id) THEN
+        INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, axme._random_secret());
+    END IF;
+    IF old_mode IS DISTINCT FROM delivery_mode THEN
+        PERFORM axme._agents_changed();
+    END IF;
+    -- Pending intents follow the new mode; an http agent's are picked up by the worker now.
+    IF delivery_mode = 'http' THEN
+        PERFORM axme._wake_http();
+    ELSIF delivery_mode = 'stream' AND old_mode IS DISTINCT FROM 'stream' THEN
+        PERFORM axme._notify_agent(v_agent_id, i.intent_id)
+        FROM axme.intents i WHERE i.agent_id = v_agent_id AND i.status = 'SUBMITTED' LIMIT 1;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
+    'Register or update an agent (upsert). address: agent://org/workspace/name; delivery_mode: '
+    'stream | poll | http | inbox | internal; endpoint_url: http(s) URL, http agents only; options: '
+    'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
+    'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
+    're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
+    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
+    'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
+    '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
+    'for the agent; internal: the role the handler runs as, default the registering role). Changing the '
+    'mode moves pending intents to the new mode. Superusers and axme_admin members only. '
+    'Errors: 42501 not an admin, 22023 invalid address, mode, URL or option, '
+    '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
+    'returning jsonb, 42501 handler would run as a superuser or as a role not the caller''s.';
+
+CREATE OR REPLACE FUNCTION axme._check_agent_refs(mode text, merged jsonb, given jsonb) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF given ? 'db_role' AND jsonb_typeof(given->'db_role') = 'string'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
+        RAISE EXCEPTION 'option "db_role": role "%" does not exist', merged->>'db_role'
+            USING ERRCODE = '42704';
+    END IF;
+    IF mode = 'internal' THEN
+        PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
+    END IF;
+    IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
+        RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_agent_refs(text, jsonb, jsonb) IS
+    'Private: checks of agent options against the catalogs (roles, handlers, admin-only options). '
+    'Errors: 42704 unknown role, 42501 an admin-only option set by someone else.';
+
+CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
+               correlation_id uuid, attempt integer, lease_until timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    claimed integer := 0;
+    seen integer;
+    r record;
+    t timestamptz;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'poll');   -- sec
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 10000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    IF a.delivery_mode NOT IN ('poll', 'stream') THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
+        RETURN;                     -- nothing handed out, no attempt charged
+    END IF;
+    -- its receiving role was dropped: nothing is handed out (only an admin gets this far)
+    IF a.db_role IS NOT NULL AND NOT axme._role_exists(a.db_role) THEN
+        PERFORM axme._disable_roleless(NULL, a.agent_id);
+        RETURN;
+    END IF;
+    LOOP
+        seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
+        -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
+        -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
+        -- handed out; then the loop claims again to fill the batch.
+        FOR r IN
+            WITH c AS (
+                SELECT i.intent_id, i.due_at AS was_due,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
+                       i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
+                ORDER BY i.due_at
+                LIMIT max_count - claimed
+                FOR UPDATE SKIP LOCKED
+            ), u AS (
+                UPDATE axme.intents i SET
+                    status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                                  ELSE 'DELIVERED' END,
+                    attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                    dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    updated_at = now(),
+                    event_seq = i.event_seq + 1
+                FROM c
+                WHERE i.intent_id = c.intent_id
+                RETURNING i.*, c.was_due
+            ), e AS (
+                INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+                SELECT u.intent_id, u.event_seq,
+                       CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                     WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                     ELSE 'intent.timed_out' END,
+                       u.status, axme._caller(),   -- sec: the caller, not the definer
+                       CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
+                                     WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                           'error', u.error)
+                                     ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+                FROM u
+            )
+            SELECT u.* FROM u ORDER BY u.was_due
+        LOOP
+            seen := seen + 1;
+            IF r.status = 'DELIVERED' THEN
+                claimed := claimed + 1;
+                intent_id := r.intent_id;
+                intent_type := r.intent_type;
+                payload := r.payload;
+                from_agent := r.from_agent;
+                correlation_id := r.correlation_id;
+                attempt := r.attempt;
+                lease_until := r.lease_until;
+                RETURN NEXT;
+            ELSE
+                PERFORM axme._wake_waiters(r.intent_id);
+            END IF;
+        END LOOP;
+        EXIT WHEN seen = 0 OR claimed >= max_count;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
+    'Claim up to max_count (1..10000) due intents of a poll or stream agent, oldest due first, '
+    'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
+    'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
+    'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. '
+    'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
+    'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
+
+CREATE OR REPLACE FUNCTION axme._internal_claim()
+RETURNS TABLE (intent_id uuid, attempt integer, handler text, run_as text, run_as_checked boolean,
+               timeout_ms integer, next_due timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    i axme.intents;
+    t timestamptz := clock_timestamp();
+    tmo integer;
+BEGIN
+    PERFORM axme._disable_roleless('internal');   -- an agent whose run-as role is gone: disabled
+    FOR c IN
+        SELECT ag.agent_id, ag.options, ag.registered_by, ag.db_role, f.intent_id, f.due_at
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
+                            WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
+                            ORDER BY it.due_at LIMIT 1) f
+        WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+        ORDER BY f.due_at
+    LOOP
+        IF c.due_at > t THEN
+            next_due := c.due_at;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT * INTO i FROM axme.intents it
+        WHERE it.intent_id = c.intent_id AND it.due_at <= t FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF i.deadline_at <= t THEN
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                                     jsonb_build_object('deadline_at', i.deadline_at));
+            next_due := t;          -- look again at once
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF i.status <> 'SUBMITTED' AND NOT axme._has_attempts_left(i) THEN
+            PERFORM axme._dead_letter(i, 'handler_error', jsonb_build_object('reason', 'lease_expired',
+                'message', 'the last allowed handler run did not finish (the worker stopped)'));
+            next_due := t;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        tmo := coalesce((c.options->>'timeout_ms')::integer, 5000);
+        i.attempt := i.attempt + 1;
+        i.lease_until := t + (tmo + 30000) * interval '1 millisecond';
+        i.due_at := i.lease_until;
+        i.waiting_reason := NULL;
+        PERFORM axme._transition(i, 'DELIVERED', 'intent.delivered',
+            jsonb_build_object('attempt', i.attempt, 'lease_until', i.lease_until, 'via', 'internal'));
+        intent_id := i.intent_id;
+        attempt := i.attempt;
+        handler := c.options->>'handler';
+        -- by OID (a digit string): a later role of the same name is not the one registered
+        run_as := coalesce(c.db_role, c.registered_by)::oid::text;
+        -- a handler runs as a superuser only when a superuser registered it without db_role
+        run_as_checked := c.db_role IS NULL OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.db_role), false);
+        timeout_ms := tmo;
+        next_due := t;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the internal worker (DELIVERED).';
+
+CREATE OR REPLACE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    PERFORM axme._disable_roleless('http');   -- an agent whose db_role is gone: disabled
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, axme._caller(),   -- sec: the caller, not the definer
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
+CREATE OR REPLACE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer := 0;
+BEGIN
+    PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
+    FOR i IN
+        SELECT x.* FROM axme.intents x JOIN axme.agents a ON a.agent_id = x.agent_id
+        WHERE a.delivery_mode = 'inbox' AND x.due_at <= now() AND x.status = 'SUBMITTED'
+          AND a.disabled_at IS NULL
+          AND x.human_task IS NOT NULL
+        ORDER BY x.due_at LIMIT max_count
+        FOR UPDATE OF x SKIP LOCKED
+    LOOP
+        PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._inbox_assign_due(integer) IS
+    'Private: assign human tasks whose not_before has passed (SUBMITTED -> WAITING with a task '
+    'thread), at most max_count, oldest due first. Returns the number assigned.';
+
+
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
@@ -73,6 +709,7 @@ BEGIN
     END LOOP;
     -- row-level security policies call this one as the reader
     EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(regrole) TO ' || roles;
 
     -- Tables.  The policy of a table other than agents and intents is the OR of the rules its
     -- columns allow: intent_id uuid (rows of the intents the reader may read), thread_id uuid
@@ -200,6 +837,9 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC, %s', t.rel, roles);
     END LOOP;
 END $$;
+COMMENT ON FUNCTION axme._secure() IS
+    'Private: apply the security model (SECURITY DEFINER with a pinned search_path, EXECUTE grants, '
+    'row-level security, security_invoker views) to everything in schema axme. Idempotent; the last '
+    'step of every upgrade script.';
 
--- Last: the security model covers every object, old and new.
 SELECT axme._secure();

@@ -11,7 +11,7 @@ CREATE TABLE axme.agents (
                   CHECK (delivery_mode IN ('stream', 'poll', 'http', 'inbox', 'internal')),
     endpoint_url  text,
     options       jsonb NOT NULL DEFAULT '{}',
-    registered_by text NOT NULL,
+    registered_by regrole NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     -- Agent administration and endpoint health, read by every claim path (poll, http, internal):
@@ -21,8 +21,10 @@ CREATE TABLE axme.agents (
     disabled_at     timestamptz,
     disabled_reason text,
     -- The receiving role as a column of its own: non-admins may read it (row-level security on
-    -- axme.intents uses it) but not options, which may hold credentials in headers.
-    db_role text GENERATED ALWAYS AS (options->>'db_role') STORED
+    -- axme.intents uses it) but not options, which may hold credentials in headers.  By OID, set
+    -- by register_agent from option db_role: a role created later under the same name is another
+    -- role and receives nothing.
+    db_role regrole
 );
 ALTER SEQUENCE axme.agents_agent_id_seq OWNED BY axme.agents.agent_id;
 COMMENT ON TABLE axme.agents IS
@@ -36,7 +38,12 @@ COMMENT ON COLUMN axme.agents.disabled_at IS
     'Set when the endpoint was disabled (410 Gone, failing for axme.disable_after): nothing is '
     'handed out until axme.enable_agent(); disabled_reason says why.';
 COMMENT ON COLUMN axme.agents.db_role IS
-    'The database role that receives for the agent (option db_role); NULL: admins only.';
+    'The database role (by OID) that receives for the agent, resolved from option db_role by '
+    'register_agent; NULL: admins only. When that role has been dropped the agent delivers '
+    'nothing and is disabled (alert role_missing).';
+COMMENT ON COLUMN axme.agents.registered_by IS
+    'The role (by OID) that registered the agent last; an internal agent without db_role runs its '
+    'handler as this role.';
 
 -- The registered agent of an address, or P0002 with a hint to register it.
 CREATE FUNCTION axme._agent(address text, argname text) RETURNS axme.agents
@@ -190,6 +197,15 @@ BEGIN
     END IF;
 END $$;
 
+-- A role by its name as written in option db_role (exact, not an SQL identifier), NULL when
+-- there is none.
+CREATE FUNCTION axme._role_named(name text) RETURNS regrole
+LANGUAGE sql STABLE AS $$
+    SELECT r.oid::regrole FROM pg_catalog.pg_roles r WHERE r.rolname = _role_named.name
+$$;
+COMMENT ON FUNCTION axme._role_named(text) IS
+    'Private: the role of that exact name (no identifier quoting) as a regrole, NULL when none.';
+
 CREATE OR REPLACE FUNCTION axme.register_agent(address text, delivery_mode text DEFAULT 'poll',
                                                endpoint_url text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql AS $$
@@ -198,6 +214,7 @@ DECLARE
     old_mode text;
     new_secret text;
     v_agent_id bigint;
+    v_db_role regrole;
 BEGIN
     PERFORM axme._check_admin('register_agent');   -- sec: agents are configured by admins only
     PERFORM axme._check_address(address, 'address');
@@ -231,19 +248,28 @@ BEGIN
     -- Merge inside the upsert, against the row as locked by it, so two concurrent registrations
     -- of one agent (the first ones included) merge one after the other; then check the result
     -- (an error undoes the upsert with the statement).
-    INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by)
-    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), axme._caller())
+    -- db_role is resolved to an OID here, once (NULL when the name is unknown: 42704 below).
+    INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by, db_role)
+    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), axme._caller_id(),
+            axme._role_named(options->>'db_role'))
     ON CONFLICT ON CONSTRAINT agents_address_key DO UPDATE
         SET delivery_mode = excluded.delivery_mode, endpoint_url = excluded.endpoint_url,
-            options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now()
-    RETURNING a.options, a.agent_id INTO merged, v_agent_id;
+            options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now(),
+            db_role = CASE WHEN register_agent.options ? 'db_role' THEN excluded.db_role ELSE a.db_role END
+    RETURNING a.options, a.agent_id, a.db_role INTO merged, v_agent_id, v_db_role;
     PERFORM axme._check_agent_options(delivery_mode,
         CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
     PERFORM axme._check_agent_refs(delivery_mode, merged, options);
+    IF v_db_role IS NOT NULL AND NOT options ? 'db_role'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = v_db_role) THEN
+        RAISE EXCEPTION 'the role of agent "%" (option db_role, OID %) no longer exists', address, v_db_role::oid
+            USING ERRCODE = '42704',
+                  HINT = 'Pass {"db_role": "name"} again to bind the agent to a role that exists.';
+    END IF;
     IF delivery_mode = 'internal' THEN
         -- the handler runs as db_role, else as the role that registered it last (checked above)
-        UPDATE axme.agents a SET registered_by = axme._caller()   -- sec: the caller, not the definer
-        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM axme._caller();   -- sec
+        UPDATE axme.agents a SET registered_by = axme._caller_id()   -- sec: the caller, not the definer
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM axme._caller_id();   -- sec
         PERFORM axme._wake_internal();
     END IF;
     IF new_secret IS NOT NULL THEN
@@ -272,7 +298,8 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
     'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
     '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
-    'for the agent; internal: the role the handler runs as, default the registering role). Changing the '
+    'for the agent, resolved and stored by OID; internal: the role the handler runs as, default the '
+    'registering role). Changing the '
     'mode moves pending intents to the new mode. Superusers and axme_admin members only. '
     'Errors: 42501 not an admin, 22023 invalid address, mode, URL or option, '
     '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
@@ -335,7 +362,8 @@ COMMENT ON FUNCTION axme.agent_secret(text) IS
 CREATE FUNCTION axme._check_agent_refs(mode text, merged jsonb, given jsonb) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF merged ? 'db_role' AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
+    IF given ? 'db_role' AND jsonb_typeof(given->'db_role') = 'string'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
         RAISE EXCEPTION 'option "db_role": role "%" does not exist', merged->>'db_role'
             USING ERRCODE = '42704';
     END IF;
@@ -350,6 +378,42 @@ END $$;
 COMMENT ON FUNCTION axme._check_agent_refs(text, jsonb, jsonb) IS
     'Private: checks of agent options against the catalogs (roles, handlers, admin-only options). '
     'Errors: 42704 unknown role, 42501 an admin-only option set by someone else.';
+
+-- An agent whose role is gone delivers nothing: its db_role, and for an internal agent without
+-- db_role the role its handler runs as (registered_by).  The claim paths (poll, the http and
+-- internal workers, the inbox assignment) call this first: each such agent not yet disabled is
+-- disabled (disabled_reason role_missing) with one alert role_missing.  mode and agent_id narrow
+-- the agents looked at (NULL: all).  Returns how many were disabled.
+CREATE FUNCTION axme._disable_roleless(mode text DEFAULT NULL, agent_id bigint DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    a record;
+    n integer := 0;
+BEGIN
+    FOR a IN
+        UPDATE axme.agents ag SET disabled_at = now(), updated_at = now(),
+               disabled_reason = 'role_missing: the role the agent ' ||
+                   CASE WHEN ag.db_role IS NOT NULL THEN 'receives as (db_role)' ELSE 'runs its handler as' END ||
+                   ' no longer exists; register it again with option db_role, then axme.enable_agent()'
+        WHERE ag.disabled_at IS NULL
+          AND (_disable_roleless.mode IS NULL OR ag.delivery_mode = _disable_roleless.mode)
+          AND (_disable_roleless.agent_id IS NULL OR ag.agent_id = _disable_roleless.agent_id)
+          AND (ag.db_role IS NOT NULL OR ag.delivery_mode = 'internal')
+          AND NOT axme._role_exists(coalesce(ag.db_role, ag.registered_by))
+        RETURNING ag.address, ag.delivery_mode, ag.db_role, ag.registered_by
+    LOOP
+        PERFORM axme._alert(a.address, 'role_missing',
+            jsonb_build_object('mode', a.delivery_mode,
+                               'db_role', a.db_role::oid,
+                               'registered_by', a.registered_by::oid,
+                               'message', 'the role of the agent no longer exists (dropped): it delivers nothing'));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._disable_roleless(text, bigint) IS
+    'Private: disable (role_missing) the agents whose db_role (internal without db_role: '
+    'registered_by) no longer exists, with one alert role_missing each. Returns how many.';
 
 CREATE FUNCTION axme.enable_agent(agent text) RETURNS boolean
 LANGUAGE plpgsql AS $$

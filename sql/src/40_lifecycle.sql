@@ -114,6 +114,11 @@ BEGIN
     IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
         RETURN;                     -- nothing handed out, no attempt charged
     END IF;
+    -- its receiving role was dropped: nothing is handed out (only an admin gets this far)
+    IF a.db_role IS NOT NULL AND NOT axme._role_exists(a.db_role) THEN
+        PERFORM axme._disable_roleless(NULL, a.agent_id);
+        RETURN;
+    END IF;
     LOOP
         seen := 0;
         -- Leases run from the claim, not from the start of the caller's transaction.
