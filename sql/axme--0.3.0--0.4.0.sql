@@ -268,7 +268,9 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
     'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
     '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
-    'for the agent; internal: the role the handler runs as, default the registering role). Changing the '
+    'for the agent, resolved and stored by OID; internal: the role the handler runs as, default the '
+    'registering role), require_receipts (poll, stream: false lets ack/complete/fail... without '
+    'attempt act on a handed-out intent; default true, see axme.require_receipts). Changing the '
     'mode moves pending intents to the new mode. Superusers and axme_admin members only. '
     'Errors: 42501 not an admin, 22023 invalid address, mode, URL or option, '
     '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
@@ -647,6 +649,373 @@ COMMENT ON FUNCTION axme._inbox_assign_due(integer) IS
     'Private: assign human tasks whose not_before has passed (SUBMITTED -> WAITING with a task '
     'thread), at most max_count, oldest due first. Returns the number assigned.';
 
+
+-- Receipts are required by default for poll and stream hand-outs (axme.require_receipts).
+CREATE OR REPLACE FUNCTION axme._receipts_required() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'axme_receipts_required';
+COMMENT ON FUNCTION axme._receipts_required() IS
+    'Private: setting axme.require_receipts (default on), always false in axme''s own workers.';
+
+CREATE OR REPLACE FUNCTION axme._needs_receipt(i axme.intents) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT i.attempt > 0 AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+       AND axme._receipts_required()
+       AND coalesce((SELECT a.delivery_mode IN ('poll', 'stream')
+                            AND a.options->'require_receipts' IS DISTINCT FROM 'false'::jsonb
+                     FROM axme.agents a WHERE a.agent_id = i.agent_id), false)
+$$;
+COMMENT ON FUNCTION axme._needs_receipt(axme.intents) IS
+    'Private: whether a receiver''s call on this intent must carry its receipt (see axme.require_receipts).';
+
+CREATE OR REPLACE FUNCTION axme._lock_receipt(intent_id uuid, receipt integer, what text) RETURNS axme.intents
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_intent(intent_id, receipt);
+BEGIN
+    IF receipt IS NULL AND axme._needs_receipt(i) THEN
+        RAISE EXCEPTION '% of intent % needs its receipt', what, i.intent_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'The intent was handed out by poll (attempt ' || i.attempt || '); a call '
+                           'without the receipt could overwrite the work of a receiver that holds it now.',
+                  HINT = 'Pass the attempt that poll returned (attempt => n), or use axme.resolve(); '
+                         'SET axme.require_receipts = off or the agent option "require_receipts": false '
+                         'turn the check off.';
+    END IF;
+    RETURN i;
+END $$;
+COMMENT ON FUNCTION axme._lock_receipt(uuid, integer, text) IS
+    'Private: axme._lock_intent, plus 55000 when the receipt is missing and required.';
+
+CREATE OR REPLACE FUNCTION axme.ack(intent_id uuid, attempt integer DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'ack');
+BEGIN
+    IF i.status <> 'DELIVERED' THEN
+        RAISE EXCEPTION 'intent % cannot be acknowledged in status %', i.intent_id, i.status
+            USING ERRCODE = '55000', HINT = 'ack applies to a DELIVERED intent.';
+    END IF;
+    PERFORM axme._transition(i, 'ACKNOWLEDGED', 'intent.acknowledged', jsonb_build_object('attempt', i.attempt));
+END $$;
+COMMENT ON FUNCTION axme.ack(uuid, integer) IS
+    'Acknowledge a DELIVERED intent (-> ACKNOWLEDGED); its lease keeps running. attempt: the '
+    'receipt from poll, required for a poll or stream hand-out (see axme.require_receipts). '
+    'Errors: 22023 NULL, P0002 unknown intent, 55000 not DELIVERED, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.progress(intent_id uuid, details jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'progress');
+BEGIN
+    IF details IS NULL THEN
+        RAISE EXCEPTION 'argument "details" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF i.status = 'IN_PROGRESS' THEN
+        RAISE EXCEPTION 'intent % is already IN_PROGRESS', i.intent_id USING ERRCODE = '55000';
+    END IF;
+    PERFORM axme._transition(i, 'IN_PROGRESS', 'intent.in_progress',
+        jsonb_build_object('attempt', i.attempt, 'progress', details));
+END $$;
+COMMENT ON FUNCTION axme.progress(uuid, jsonb, integer) IS
+    'Report that work on a handed-out intent has started (-> IN_PROGRESS); details are kept in the '
+    'event. attempt: the receipt from poll, required for a poll or stream hand-out (see '
+    'axme.require_receipts). Errors: 22023 NULL, P0002 unknown intent, 55000 transition not allowed, '
+    'stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.extend_lease(intent_id uuid, lease interval, attempt integer DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    i := axme._lock_receipt(intent_id, attempt, 'extend_lease');
+    IF i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RAISE EXCEPTION 'intent % holds no lease in status %', i.intent_id, i.status
+            USING ERRCODE = '55000';
+    END IF;
+    -- from the clock, not the transaction start: a lease extended late in a long transaction
+    -- must still lie in the future
+    i.lease_until := clock_timestamp() + lease;
+    UPDATE axme.intents SET lease_until = i.lease_until, due_at = i.lease_until, updated_at = now()
+    WHERE intents.intent_id = i.intent_id;
+    RETURN i.lease_until;
+END $$;
+COMMENT ON FUNCTION axme.extend_lease(uuid, interval, integer) IS
+    'Set the lease of a handed-out intent to clock_timestamp() + lease (1 second .. 12 hours) and return the '
+    'new lease end. attempt: the receipt from poll, required (see axme.require_receipts). '
+    'Errors: 22023 invalid argument, P0002 unknown intent, 55000 not handed out, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.complete(intent_id uuid, result jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'complete');
+BEGIN
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'argument "result" must not be null' USING ERRCODE = '22023',
+            HINT = 'Pass ''{}'' for no result.';
+    END IF;
+    i.result := result;
+    PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
+END $$;
+COMMENT ON FUNCTION axme.complete(uuid, jsonb, integer) IS
+    'Finish an intent successfully (-> COMPLETED) with a result. attempt: the receipt from poll, '
+    'required for a poll or stream hand-out unless axme.require_receipts is off or the agent option '
+    'require_receipts is false. Errors: 22023 NULL intent_id, P0002 unknown intent, 55000 already '
+    'terminal, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.complete_many(intent_ids uuid[], attempts integer[] DEFAULT NULL,
+                                   results jsonb[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := cardinality(intent_ids);
+    -- sec: intents of agents the caller does not receive for are skipped, like unknown ones
+    v_admin boolean := axme._is_admin();
+    v_agents bigint[] := CASE WHEN NOT axme._is_admin() THEN ARRAY(
+        SELECT a.agent_id FROM axme.agents a WHERE axme._caller_has(a.db_role)) END;
+    v_missing uuid;
+    v_attempt integer;
+BEGIN
+    IF intent_ids IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_ids" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF n > 10000 THEN
+        RAISE EXCEPTION 'argument "intent_ids" must have at most 10000 elements, got %', n
+            USING ERRCODE = '22023';
+    END IF;
+    IF attempts IS NOT NULL AND cardinality(attempts) <> n THEN
+        RAISE EXCEPTION 'argument "attempts" must have as many elements as "intent_ids" (%), got %', n, cardinality(attempts)
+            USING ERRCODE = '22023';
+    END IF;
+    IF results IS NOT NULL AND cardinality(results) <> n THEN
+        RAISE EXCEPTION 'argument "results" must have as many elements as "intent_ids" (%), got %', n, cardinality(results)
+            USING ERRCODE = '22023';
+    END IF;
+    -- A missing receipt where one is required refuses the call, as complete() does (only for
+    -- the intents the caller receives for: the others are skipped below, like unknown ones).
+    IF (attempts IS NULL OR array_position(attempts, NULL) IS NOT NULL) AND axme._receipts_required() THEN
+        SELECT i.intent_id, i.attempt INTO v_missing, v_attempt
+        FROM unnest(intent_ids, coalesce(attempts, array_fill(NULL::integer, ARRAY[n]))) AS r(id, att)
+        JOIN axme.intents i ON i.intent_id = r.id
+        WHERE r.att IS NULL AND i.attempt > 0 AND (v_admin OR i.agent_id = ANY (v_agents))
+          AND axme._needs_receipt(i)
+        LIMIT 1;
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION 'complete_many of intent % needs its receipt', v_missing
+                USING ERRCODE = '55000',
+                      DETAIL = 'The intent was handed out by poll (attempt ' || v_attempt || '); a call '
+                               'without the receipt could overwrite the work of a receiver that holds it now.',
+                      HINT = 'Pass the attempts that poll returned (attempts => ARRAY[...]), in the order '
+                             'of intent_ids; SET axme.require_receipts = off or the agent option '
+                             '"require_receipts": false turn the check off.';
+        END IF;
+    END IF;
+    -- The set-based form of complete(): the same rule (any non-terminal -> COMPLETED, receipt
+    -- checked when given) in one UPDATE and one INSERT of events.
+    RETURN QUERY
+        WITH req AS (
+            SELECT r.id, r.att, r.res
+            FROM unnest(intent_ids,
+                        coalesce(attempts, array_fill(NULL::integer, ARRAY[n])),
+                        coalesce(results, array_fill('{}'::jsonb, ARRAY[n]))) AS r(id, att, res)
+            WHERE r.id IS NOT NULL
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = 'COMPLETED', result = req.res, due_at = NULL, lease_until = NULL,
+                updated_at = now(), event_seq = i.event_seq + 1
+            FROM req
+            WHERE i.intent_id = req.id
+              AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+              AND (req.att IS NULL OR req.att = i.attempt)
+              AND (v_admin OR i.agent_id = ANY (v_agents))
+            RETURNING i.intent_id, i.event_seq, i.attempt
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),
+                   jsonb_build_object('attempt', u.attempt)
+            FROM u
+        )
+        SELECT u.intent_id FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+END $$;
+ALTER FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) SET plan_cache_mode = force_generic_plan;
+COMMENT ON FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) IS
+    'Complete many intents at once (at most 10000): intent_ids with, optionally, the receipts '
+    '(attempts) and results at the same positions. Returns the ids it completed; an id that is '
+    'unknown, already terminal, whose receipt is stale, or whose agent the caller does not receive '
+    'for is skipped, not an error; a missing receipt where one is required (see '
+    'axme.require_receipts) is an error, 55000. '
+    'Errors: 22023 NULL intent_ids, arrays of different lengths, more than 10000 ids.';
+
+CREATE OR REPLACE FUNCTION axme.fail(intent_id uuid, error jsonb DEFAULT '{}', retry boolean DEFAULT false,
+                          attempt integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    IF retry IS NULL OR error IS NULL THEN
+        RAISE EXCEPTION 'argument "%" must not be null', CASE WHEN retry IS NULL THEN 'retry' ELSE 'error' END
+            USING ERRCODE = '22023';
+    END IF;
+    i := axme._lock_receipt(intent_id, attempt, 'fail');
+    IF retry THEN
+        IF i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+            RAISE EXCEPTION 'intent % cannot be retried in status %', i.intent_id, i.status
+                USING ERRCODE = '55000', HINT = 'fail(..., retry => true) applies to a handed-out intent.';
+        END IF;
+        PERFORM axme._retry_or_dead_letter(i, error);
+    ELSE
+        i.error := error;
+        PERFORM axme._transition(i, 'FAILED', 'intent.failed', jsonb_build_object('attempt', i.attempt, 'error', i.error));
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme.fail(uuid, jsonb, boolean, integer) IS
+    'Report a failure. retry => false: the intent ends FAILED (a business outcome, not a dead '
+    'letter). retry => true: a failed attempt; the intent goes back to SUBMITTED after an exponential '
+    'backoff with jitter, or is dead-lettered (reason exhausted) when its budget is spent. '
+    'attempt: the receipt from poll, required for a poll or stream hand-out (see '
+    'axme.require_receipts). Errors: 22023 NULL, P0002 unknown intent, 55000 not allowed in this '
+    'status, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme._check_agent_options(mode text, options jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    extra jsonb;
+    h record;
+    s text;
+BEGIN
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'argument "options" must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = '22023';
+    END IF;
+    extra := options - ARRAY['retry', 'secret', 'timeout_ms', 'max_in_flight', 'completion',
+                             'headers', 'ca_file', 'breaker', 'rate_limit_per_second',
+                             'client_cert_file', 'client_key_file', 'handler', 'db_role',
+                             'require_receipts'];
+    IF extra <> '{}' THEN
+        RAISE EXCEPTION 'unknown agent option(s): %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
+            USING ERRCODE = '22023',
+                  HINT = 'Known options: retry, secret, timeout_ms, max_in_flight, completion, headers, ca_file, '
+                         'breaker, rate_limit_per_second, client_cert_file, client_key_file, handler, db_role, '
+                         'require_receipts.';
+    END IF;
+    IF options ? 'require_receipts' AND jsonb_typeof(options->'require_receipts') <> 'boolean' THEN
+        RAISE EXCEPTION 'option "require_receipts" must be true or false, got %', options->'require_receipts'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'retry' THEN
+        IF jsonb_typeof(options->'retry') <> 'object' THEN
+            RAISE EXCEPTION 'option "retry" must be a JSON object' USING ERRCODE = '22023';
+        END IF;
+        extra := (options->'retry') - ARRAY['max_attempts', 'base_delay_ms', 'max_delay_ms'];
+        IF extra <> '{}' THEN
+            RAISE EXCEPTION 'unknown key(s) in option "retry": %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
+                USING ERRCODE = '22023', HINT = 'Known keys: max_attempts, base_delay_ms, max_delay_ms.';
+        END IF;
+        PERFORM axme._jsonb_int(options->'retry'->'max_attempts', 'retry.max_attempts', 1, 1000);
+        PERFORM axme._jsonb_int(options->'retry'->'base_delay_ms', 'retry.base_delay_ms', 1, 86400000);
+        PERFORM axme._jsonb_int(options->'retry'->'max_delay_ms', 'retry.max_delay_ms', 1, 604800000);
+        IF (options->'retry'->>'base_delay_ms')::bigint >
+           coalesce((options->'retry'->>'max_delay_ms')::bigint, CASE WHEN mode = 'http' THEN 36000000 ELSE 3600000 END) THEN
+            RAISE EXCEPTION 'option "retry.base_delay_ms" (%) is larger than "retry.max_delay_ms" (%)',
+                            options->'retry'->>'base_delay_ms',
+                            coalesce(options->'retry'->>'max_delay_ms', CASE WHEN mode = 'http' THEN '36000000' ELSE '3600000' END)
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    PERFORM axme._jsonb_int(options->'timeout_ms', 'timeout_ms', 100, 600000);
+    PERFORM axme._jsonb_int(options->'max_in_flight', 'max_in_flight', 1, 10000);
+    IF options ? 'completion' AND (jsonb_typeof(options->'completion') <> 'string'
+                                   OR options->>'completion' NOT IN ('on_2xx', 'explicit')) THEN
+        RAISE EXCEPTION 'option "completion" must be "on_2xx" or "explicit", got %', options->'completion'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'secret' THEN
+        s := options->>'secret';
+        IF jsonb_typeof(options->'secret') <> 'string'
+           OR s !~ '^whsec_[A-Za-z0-9+/]+={0,2}$'
+           OR (length(s) - 6) % 4 <> 0
+           OR length(decode(substr(s, 7), 'base64')) NOT BETWEEN 24 AND 64 THEN
+            RAISE EXCEPTION 'option "secret" must be whsec_ followed by the base64 of 24 to 64 bytes'
+                USING ERRCODE = '22023', HINT = 'Leave it out and axme generates one.';
+        END IF;
+    END IF;
+    IF options ? 'ca_file' AND (jsonb_typeof(options->'ca_file') <> 'string'
+                                OR left(options->>'ca_file', 1) <> '/') THEN
+        RAISE EXCEPTION 'option "ca_file" must be an absolute file path' USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'headers' THEN
+        IF jsonb_typeof(options->'headers') <> 'object' THEN
+            RAISE EXCEPTION 'option "headers" must be a JSON object of strings' USING ERRCODE = '22023';
+        END IF;
+        FOR h IN SELECT key, value FROM jsonb_each(options->'headers') LOOP
+            IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR length(h.key) > 256 THEN
+                RAISE EXCEPTION 'invalid header name "%" in option "headers"', left(h.key, 300)
+                    USING ERRCODE = '22023';
+            END IF;
+            IF lower(h.key) IN ('webhook-id', 'webhook-timestamp', 'webhook-signature', 'content-type',
+                                'content-length', 'user-agent', 'host', 'transfer-encoding',
+                                'connection', 'expect', 'te', 'upgrade', 'trailer',
+                                'proxy-authorization', 'keep-alive') THEN
+                RAISE EXCEPTION 'header "%" in option "headers" is reserved', h.key
+                    USING ERRCODE = '22023', HINT = 'axme sets it itself.';
+            END IF;
+            IF jsonb_typeof(h.value) <> 'string' OR h.value #>> '{}' ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]'
+               OR length(h.value #>> '{}') > 8192 THEN
+                RAISE EXCEPTION 'header "%" in option "headers" must be a string of at most 8192 '
+                                'characters without control characters', h.key
+                    USING ERRCODE = '22023';
+            END IF;
+        END LOOP;
+    END IF;
+    IF options ? 'breaker' THEN
+        IF jsonb_typeof(options->'breaker') <> 'object' THEN
+            RAISE EXCEPTION 'option "breaker" must be a JSON object' USING ERRCODE = '22023';
+        END IF;
+        extra := (options->'breaker') - ARRAY['failure_threshold', 'cooldown_ms'];
+        IF extra <> '{}' THEN
+            RAISE EXCEPTION 'unknown key(s) in option "breaker": %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
+                USING ERRCODE = '22023', HINT = 'Known keys: failure_threshold, cooldown_ms.';
+        END IF;
+        PERFORM axme._jsonb_int(options->'breaker'->'failure_threshold', 'breaker.failure_threshold', 10, 100000);
+        PERFORM axme._jsonb_int(options->'breaker'->'cooldown_ms', 'breaker.cooldown_ms', 100, 86400000);
+    END IF;
+    IF options ? 'rate_limit_per_second' AND jsonb_typeof(options->'rate_limit_per_second') <> 'null' AND
+       (jsonb_typeof(options->'rate_limit_per_second') <> 'number'
+        OR (options->>'rate_limit_per_second')::numeric NOT BETWEEN 0.001 AND 1000000) THEN
+        RAISE EXCEPTION 'option "rate_limit_per_second" must be a number from 0.001 to 1000000, got %',
+                        options->'rate_limit_per_second'
+            USING ERRCODE = '22023';
+    END IF;
+    FOREACH s IN ARRAY ARRAY['client_cert_file', 'client_key_file'] LOOP
+        IF options ? s AND (jsonb_typeof(options->s) <> 'string' OR left(options->>s, 1) <> '/') THEN
+            RAISE EXCEPTION 'option "%" must be an absolute file path', s USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    IF (options ? 'client_cert_file') <> (options ? 'client_key_file') THEN
+        RAISE EXCEPTION 'options "client_cert_file" and "client_key_file" go together'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'handler' AND (jsonb_typeof(options->'handler') <> 'string'
+                                OR options->>'handler' !~ '^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$') THEN
+        RAISE EXCEPTION 'option "handler" must name a function as "schema.function", got %', options->'handler'
+            USING ERRCODE = '22023';
+    END IF;
+    IF mode <> 'internal' AND options ? 'handler' THEN
+        RAISE EXCEPTION 'option "handler" is only for internal agents' USING ERRCODE = '22023';
+    END IF;
+    IF mode = 'internal' AND NOT options ? 'handler' THEN
+        RAISE EXCEPTION 'an internal agent needs option "handler"' USING ERRCODE = '22023',
+            HINT = 'Pass {"handler": "schema.function"}, a function (intent jsonb) RETURNS jsonb.';
+    END IF;
+    IF mode <> 'http' AND (options ?| ARRAY['breaker', 'rate_limit_per_second', 'client_cert_file',
+                                            'client_key_file', 'completion', 'headers', 'ca_file', 'secret']) THEN
+        RAISE EXCEPTION 'options breaker, rate_limit_per_second, client_cert_file, client_key_file, '
+                        'completion, headers, ca_file and secret are only for http agents'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'db_role' AND (jsonb_typeof(options->'db_role') <> 'string' OR options->>'db_role' = '') THEN
+        RAISE EXCEPTION 'option "db_role" must be a role name' USING ERRCODE = '22023';
+    END IF;
+END $$;
 
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void

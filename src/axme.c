@@ -13,6 +13,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/lwlock.h"
@@ -27,12 +28,15 @@ PG_MODULE_MAGIC;
 
 int			axme_max_delivery_attempts = 5;
 int			axme_max_payload_bytes = 131072;
+bool		axme_require_receipts = true;
 
 static AxmeShared *axme_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(axme_receipts_required);
 
 static Size
 axme_shmem_size(void)
@@ -111,6 +115,17 @@ _PG_init(void)
 							PGC_SUSET, 0,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("axme.require_receipts",
+							 "Whether ack, progress, extend_lease, complete, complete_many and fail "
+							 "need the receipt (attempt) of a poll or stream hand-out.",
+							 "Off: a call without attempt acts on whoever holds the intent, as "
+							 "resolve does. The agent option require_receipts = false turns the check "
+							 "off for one agent.",
+							 &axme_require_receipts,
+							 true,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
 	axme_wakeup_init();
 	axme_delivery_init();		/* http mode: GUCs; with preload the launcher (worker.c) */
 	axme_timers_init();			/* with preload: the timer loop's shared memory (timers.c) */
@@ -148,4 +163,18 @@ axme_lock_extension(void)
 	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
 	/* dropped while we waited for the lock?  (locking accepted the invalidations) */
 	return OidIsValid(get_extension_oid("axme", true));
+}
+
+/*
+ * axme._receipts_required() RETURNS boolean: whether a receiver's call without a receipt on a
+ * handed-out intent is refused here: axme.require_receipts, except in axme's own background
+ * workers (they act for the database, never as a stale receiver; a handler they run may call
+ * complete for another intent).
+ */
+Datum
+axme_receipts_required(PG_FUNCTION_ARGS)
+{
+	if (MyBgworkerEntry != NULL && strcmp(MyBgworkerEntry->bgw_library_name, "axme") == 0)
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(axme_require_receipts);
 }

@@ -21,6 +21,7 @@ typedef struct AxmeShared
 /* GUCs (axme.c) */
 extern int	axme_max_delivery_attempts;
 extern int	axme_max_payload_bytes;
+extern bool axme_require_receipts;
 
 /* axme.c */
 extern AxmeShared *axme_shmem(void);
@@ -43,6 +44,7 @@ extern bool axme_caller_has(const char *role);
 extern void axme_check_caller_may_send(void);
 extern void axme_check_from_agent(const char *from_agent);
 extern bool axme_schema_has(const char *relname, const char *colname);
+extern Oid	axme_schema_column_type(const char *relname, const char *colname);
 
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);

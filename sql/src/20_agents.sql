@@ -74,12 +74,18 @@ BEGIN
     END IF;
     extra := options - ARRAY['retry', 'secret', 'timeout_ms', 'max_in_flight', 'completion',
                              'headers', 'ca_file', 'breaker', 'rate_limit_per_second',
-                             'client_cert_file', 'client_key_file', 'handler', 'db_role'];
+                             'client_cert_file', 'client_key_file', 'handler', 'db_role',
+                             'require_receipts'];
     IF extra <> '{}' THEN
         RAISE EXCEPTION 'unknown agent option(s): %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
             USING ERRCODE = '22023',
                   HINT = 'Known options: retry, secret, timeout_ms, max_in_flight, completion, headers, ca_file, '
-                         'breaker, rate_limit_per_second, client_cert_file, client_key_file, handler, db_role.';
+                         'breaker, rate_limit_per_second, client_cert_file, client_key_file, handler, db_role, '
+                         'require_receipts.';
+    END IF;
+    IF options ? 'require_receipts' AND jsonb_typeof(options->'require_receipts') <> 'boolean' THEN
+        RAISE EXCEPTION 'option "require_receipts" must be true or false, got %', options->'require_receipts'
+            USING ERRCODE = '22023';
     END IF;
     IF options ? 'retry' THEN
         IF jsonb_typeof(options->'retry') <> 'object' THEN
@@ -299,7 +305,8 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
     '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
     'for the agent, resolved and stored by OID; internal: the role the handler runs as, default the '
-    'registering role). Changing the '
+    'registering role), require_receipts (poll, stream: false lets ack/complete/fail... without '
+    'attempt act on a handed-out intent; default true, see axme.require_receipts). Changing the '
     'mode moves pending intents to the new mode. Superusers and axme_admin members only. '
     'Errors: 42501 not an admin, 22023 invalid address, mode, URL or option, '
     '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '

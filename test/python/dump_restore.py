@@ -55,7 +55,7 @@ class DumpRestoreTest(AxmeTestCase):
         # hand out the three oldest: keyed and submitted[0] stay leased, dead is dead-lettered
         handed = self.poll(POLL, 3, lease="1 hour")
         self.assertEqual(handed, [(keyed, 1), (dead, 1), (submitted[0], 1)])
-        self.q("SELECT axme.fail(%s, '{\"code\": \"boom\"}', true)", (dead,))
+        self.q("SELECT axme.fail(%s, '{\"code\": \"boom\"}', true, 1)", (dead,))
         self.assertEqual(self.doc(dead)["dead_letter_reason"], "exhausted")
         self.q("SELECT axme.resolve(%s, 'CANCELED')", (submitted[1],))
         self.assertEqual(self.poll(STREAM), [(done, 1)])

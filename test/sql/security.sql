@@ -149,8 +149,8 @@ SELECT status FROM axme.intents WHERE intent_id IN (:'a1', :'a2') ORDER BY statu
 SET ROLE sec_w1_member;
 SELECT count(*) AS polled FROM axme.poll('agent://secorg/prod/one', 10);
 SELECT payload->>'card' AS card FROM axme.intents ORDER BY 1;
-SELECT count(*) AS completed FROM axme.complete_many(ARRAY[:'a1'::uuid, :'b2'::uuid, :'b1'::uuid]);
-SELECT axme.fail(:'a2', '{"code": "declined"}');
+SELECT count(*) AS completed FROM axme.complete_many(ARRAY[:'a1'::uuid, :'b2'::uuid, :'b1'::uuid], ARRAY[1, 1, 1]);
+SELECT axme.fail(:'a2', '{"code": "declined"}', false, 1);
 RESET ROLE;
 SELECT intent_id = :'a1' AS is_a1, event_type, actor FROM axme.events
 WHERE intent_id IN (:'a1', :'a2') AND seq > 2 ORDER BY intent_id = :'a1', seq;
