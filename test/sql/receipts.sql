@@ -14,7 +14,7 @@ CREATE FUNCTION pg_temp.status(n text) RETURNS text LANGUAGE sql AS $$
     SELECT status || ' attempt ' || attempt FROM axme.intents WHERE intent_id = pg_temp.id(n)
 $$;
 
-SHOW axme.require_receipts;
+SELECT axme._receipts_required() AS required_by_default, current_setting('axme.require_receipts') AS setting;
 SELECT axme.register_agent('agent://rcptorg/prod/poll', 'poll');
 SELECT axme.register_agent('agent://rcptorg/prod/stream', 'stream');
 SELECT pg_temp.send('never', 'agent://rcptorg/prod/poll');
