@@ -285,6 +285,16 @@ axme_utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 	}
 	if (ws != NULL && drops_axme(parsetree))
 		axme_wake_http_at_commit();	/* the worker sees the extension gone and leaves */
+	/*
+	 * CREATE / ALTER EXTENSION axme: the probe of a new database may have run before this
+	 * commit and found nothing; the wake-up at commit starts the worker again.
+	 */
+	if (ws != NULL &&
+		((IsA(parsetree, CreateExtensionStmt) &&
+		  strcmp(((CreateExtensionStmt *) parsetree)->extname, "axme") == 0) ||
+		 (IsA(parsetree, AlterExtensionStmt) &&
+		  strcmp(((AlterExtensionStmt *) parsetree)->extname, "axme") == 0)))
+		axme_wake_http_at_commit();
 
 	PG_TRY();
 	{
