@@ -206,6 +206,11 @@ BEGIN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
                 USING ERRCODE = '22023', HINT = 'Use an http:// or https:// URL.';
         END IF;
+        IF axme._url_problem(endpoint_url) IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', endpoint_url
+                USING ERRCODE = '22023', DETAIL = axme._url_problem(endpoint_url) || '.',
+                      HINT = 'Use an http:// or https:// URL with a host name or address.';
+        END IF;
     ELSIF endpoint_url IS NOT NULL THEN
         RAISE EXCEPTION 'endpoint_url is only for http agents' USING ERRCODE = '22023';
     END IF;
@@ -265,7 +270,8 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
     'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
     're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
-    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
+    'completion (on_2xx | explicit), headers {name: value} (at most 64, 16384 bytes in all), ca_file, '
+    'client_cert_file, client_key_file (PEM contents, or a file in axme.tls_files_directory); for internal: '
     'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
     '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
     'for the agent, resolved and stored by OID; internal: the role the handler runs as, default the '
@@ -278,6 +284,9 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
 
 CREATE OR REPLACE FUNCTION axme._check_agent_refs(mode text, merged jsonb, given jsonb) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    opt text;
+    problem text;
 BEGIN
     IF given ? 'db_role' AND jsonb_typeof(given->'db_role') = 'string'
        AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
@@ -287,14 +296,28 @@ BEGIN
     IF mode = 'internal' THEN
         PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
     END IF;
+    -- the worker reads these files as the server's OS user: only inside the directory the
+    -- administrator chose (axme.tls_files_directory), or PEM contents
+    FOR opt IN SELECT unnest(ARRAY['ca_file', 'client_cert_file', 'client_key_file']) LOOP
+        IF given ? opt AND jsonb_typeof(given->opt) = 'string' THEN
+            problem := axme._tls_file_problem(given->>opt);
+            IF problem IS NOT NULL THEN
+                RAISE EXCEPTION 'option "%": %', opt, problem
+                    USING ERRCODE = '22023',
+                          HINT = 'Pass the PEM contents, or a file inside the directory set by '
+                                 'axme.tls_files_directory in postgresql.conf.';
+            END IF;
+        END IF;
+    END LOOP;
     IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
             USING ERRCODE = '42501';
     END IF;
 END $$;
 COMMENT ON FUNCTION axme._check_agent_refs(text, jsonb, jsonb) IS
-    'Private: checks of agent options against the catalogs (roles, handlers, admin-only options). '
-    'Errors: 42704 unknown role, 42501 an admin-only option set by someone else.';
+    'Private: checks of agent options against the catalogs and settings (roles, handlers, TLS files, '
+    'admin-only options). Errors: 42704 unknown role, 22023 a TLS file outside '
+    'axme.tls_files_directory, 42501 an admin-only option set by someone else.';
 
 CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
@@ -939,12 +962,26 @@ BEGIN
         END IF;
     END IF;
     IF options ? 'ca_file' AND (jsonb_typeof(options->'ca_file') <> 'string'
-                                OR left(options->>'ca_file', 1) <> '/') THEN
-        RAISE EXCEPTION 'option "ca_file" must be an absolute file path' USING ERRCODE = '22023';
+                                OR (left(options->>'ca_file', 1) <> '/'
+                                    AND left(options->>'ca_file', 11) <> '-----BEGIN ')) THEN
+        RAISE EXCEPTION 'option "ca_file" must be PEM contents or an absolute file path' USING ERRCODE = '22023';
     END IF;
     IF options ? 'headers' THEN
         IF jsonb_typeof(options->'headers') <> 'object' THEN
             RAISE EXCEPTION 'option "headers" must be a JSON object of strings' USING ERRCODE = '22023';
+        END IF;
+        -- bounded: every request carries them (libcurl and receivers cap a request's headers too)
+        IF (SELECT count(*) FROM jsonb_object_keys(options->'headers')) > 64 THEN
+            RAISE EXCEPTION 'option "headers" has % headers, at most 64 are allowed',
+                            (SELECT count(*) FROM jsonb_object_keys(options->'headers'))
+                USING ERRCODE = '22023';
+        END IF;
+        IF (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+            FROM jsonb_each(options->'headers')) > 16384 THEN
+            RAISE EXCEPTION 'option "headers" is % bytes long, at most 16384 are allowed',
+                            (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+                             FROM jsonb_each(options->'headers'))
+                USING ERRCODE = '22023', DETAIL = 'Each header counts its name, its value and 4 bytes.';
         END IF;
         FOR h IN SELECT key, value FROM jsonb_each(options->'headers') LOOP
             IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR length(h.key) > 256 THEN
@@ -986,8 +1023,9 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     FOREACH s IN ARRAY ARRAY['client_cert_file', 'client_key_file'] LOOP
-        IF options ? s AND (jsonb_typeof(options->s) <> 'string' OR left(options->>s, 1) <> '/') THEN
-            RAISE EXCEPTION 'option "%" must be an absolute file path', s USING ERRCODE = '22023';
+        IF options ? s AND (jsonb_typeof(options->s) <> 'string'
+                            OR (left(options->>s, 1) <> '/' AND left(options->>s, 11) <> '-----BEGIN ')) THEN
+            RAISE EXCEPTION 'option "%" must be PEM contents or an absolute file path', s USING ERRCODE = '22023';
         END IF;
     END LOOP;
     IF (options ? 'client_cert_file') <> (options ? 'client_key_file') THEN
@@ -1016,6 +1054,150 @@ BEGIN
         RAISE EXCEPTION 'option "db_role" must be a role name' USING ERRCODE = '22023';
     END IF;
 END $$;
+
+-- Smaller items of issue 14: endpoint URLs parsed by libcurl, header limits, TLS files only from
+-- axme.tls_files_directory or as PEM contents, every interval argument bounded, databases left
+-- without a worker visible (worker_status kind none, metrics axme_database_unserved, an alert).
+CREATE OR REPLACE FUNCTION axme._url_problem(url text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_url_problem';
+COMMENT ON FUNCTION axme._url_problem(text) IS
+    'Private: NULL when libcurl parses url with a host, else why not (an unclosed IPv6 bracket, a '
+    'bad port, ...).';
+
+CREATE OR REPLACE FUNCTION axme._tls_file_problem(value text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_tls_file_problem_fn';
+COMMENT ON FUNCTION axme._tls_file_problem(text) IS
+    'Private: NULL when value is PEM contents or a file path inside axme.tls_files_directory '
+    '(symbolic links resolved), else why not.';
+
+CREATE OR REPLACE FUNCTION axme.rotate_secret(agent text, grace interval DEFAULT '24 hours') RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    new_secret text;
+    t timestamptz := clock_timestamp();
+BEGIN
+    IF NOT axme._is_admin() THEN
+        RAISE EXCEPTION 'only superusers and members of axme_admin may rotate secrets'
+            USING ERRCODE = '42501';
+    END IF;
+    new_secret := axme._random_secret();
+    -- bounded like every interval argument: a huge one would overflow t + grace (22008)
+    PERFORM axme._check_interval(grace, 'grace', interval '0', interval '365 days');
+    a := axme._agent(agent, 'agent');
+    IF a.delivery_mode <> 'http' THEN
+        RAISE EXCEPTION 'agent "%" is not an http agent (delivery mode %)', agent, a.delivery_mode
+            USING ERRCODE = '22023', HINT = 'Only http agents have signing secrets.';
+    END IF;
+    PERFORM FROM axme.agents ag WHERE ag.agent_id = a.agent_id FOR UPDATE;  -- one rotation at a time
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND (s.expires_at <= t OR grace = interval '0');
+    -- the secrets valid now keep signing until the end of the grace period (or their own, if earlier)
+    UPDATE axme.agent_secrets s SET expires_at = least(coalesce(s.expires_at, 'infinity'), t + grace)
+    WHERE s.agent_id = a.agent_id;
+    INSERT INTO axme.agent_secrets (agent_id, secret, created_at) VALUES (a.agent_id, new_secret, t);
+    -- at most 5 valid secrets: the oldest go
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND s.secret IN (
+        SELECT s2.secret FROM axme.agent_secrets s2 WHERE s2.agent_id = a.agent_id
+        ORDER BY s2.created_at DESC OFFSET 5);
+    RETURN new_secret;
+END $$;
+COMMENT ON FUNCTION axme.rotate_secret(text, interval) IS
+    'Give an http agent a new signing secret (whsec_ + base64 of 32 random bytes) and return it. '
+    'The new secret signs from the next request on; the secrets valid before keep signing beside '
+    'it (one v1 entry each in webhook-signature) until grace has passed (or until their own earlier '
+    'expiry); at most 5 secrets are valid at once (the oldest are dropped). grace = 0 drops the old '
+    'ones now (0 .. 365 days). Admins only. Errors: 42501 not a superuser or axme_admin member, '
+    '22023 invalid address, grace NULL or outside 0 .. 365 days, not an http agent, P0002 agent not '
+    'registered.';
+
+CREATE OR REPLACE FUNCTION axme.metrics() RETURNS text
+LANGUAGE sql AS $$
+    SELECT axme._check_monitor('metrics');   -- sec: pg_monitor members and admins
+    WITH qd AS MATERIALIZED (
+        SELECT format('{agent="%s",mode="%s"}', axme._prom_escape(agent), mode) AS l, *,
+               extract(epoch FROM oldest_ready_age) AS oldest
+        FROM axme.queue_depth
+    ), ds AS MATERIALIZED (
+        SELECT format('agent="%s",mode="%s",window="%s"', axme._prom_escape(agent), mode, "window") AS l, *
+        FROM axme.delivery_stats
+    ), ws AS MATERIALIZED (
+        SELECT format('{kind="%s",pid="%s"}', kind, pid) AS l, *
+        FROM axme.worker_status WHERE database = current_database() AND pid IS NOT NULL
+    ), m(ord, name, type, help) AS (VALUES
+        (1, 'axme_queue_ready', 'gauge', 'Intents due now, not yet handed out.'),
+        (2, 'axme_queue_leased', 'gauge', 'Intents handed out whose lease is running.'),
+        (3, 'axme_queue_waiting', 'gauge', 'Intents in status WAITING.'),
+        (4, 'axme_queue_scheduled', 'gauge', 'Intents due later (retries, not_before).'),
+        (5, 'axme_dead_letters', 'gauge', 'Dead-lettered intents kept.'),
+        (6, 'axme_queue_oldest_ready_seconds', 'gauge', 'Seconds the oldest ready intent has been due.'),
+        (7, 'axme_agent_paused', 'gauge', '1 when the agent is paused.'),
+        (8, 'axme_agent_disabled', 'gauge', '1 when the agent is disabled.'),
+        (10, 'axme_intents_sent', 'gauge', 'Intents sent in the window.'),
+        (11, 'axme_intents_delivered', 'gauge', 'Intents of the window handed out at least once.'),
+        (12, 'axme_intents_completed', 'gauge', 'Intents of the window COMPLETED.'),
+        (13, 'axme_intents_failed', 'gauge', 'Intents of the window FAILED or TIMED_OUT (not dead letters).'),
+        (14, 'axme_intents_dead_lettered', 'gauge', 'Intents of the window dead-lettered.'),
+        (15, 'axme_intents_retrying', 'gauge', 'Intents of the window waiting for a retry.'),
+        (16, 'axme_success_ratio', 'gauge', 'Completed / ended intents of the window.'),
+        (17, 'axme_latency_seconds', 'gauge', 'Seconds from send to COMPLETED of the window''s intents (quantiles).'),
+        (20, 'axme_worker_in_flight', 'gauge', 'Requests in flight of a worker of this database.'),
+        (21, 'axme_worker_deliveries_per_second', 'gauge', 'Outcomes recorded per second over the last 10 s.'),
+        (22, 'axme_worker_deliveries_total', 'counter', 'Outcomes recorded since the worker started.'),
+        (23, 'axme_database_unserved', 'gauge', '1 when no axme worker serves this database (axme.max_database_workers or max_worker_processes reached).'),
+        (30, 'axme_alerts_last_hour', 'gauge', 'Alerts raised in the last hour.'),
+        (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).')
+    ), samples(ord, line) AS (
+        SELECT 1, 'axme_queue_ready' || l || ' ' || ready FROM qd
+        UNION ALL SELECT 2, 'axme_queue_leased' || l || ' ' || leased FROM qd
+        UNION ALL SELECT 3, 'axme_queue_waiting' || l || ' ' || waiting FROM qd
+        UNION ALL SELECT 4, 'axme_queue_scheduled' || l || ' ' || scheduled FROM qd
+        UNION ALL SELECT 5, 'axme_dead_letters' || l || ' ' || dead_lettered FROM qd
+        UNION ALL SELECT 6, 'axme_queue_oldest_ready_seconds' || l || ' ' || round(oldest, 3) FROM qd
+        UNION ALL SELECT 7, 'axme_agent_paused' || l || ' ' || paused::int FROM qd
+        UNION ALL SELECT 8, 'axme_agent_disabled' || l || ' ' || disabled::int FROM qd
+        UNION ALL SELECT 10, 'axme_intents_sent{' || l || '} ' || sent FROM ds
+        UNION ALL SELECT 11, 'axme_intents_delivered{' || l || '} ' || delivered FROM ds
+        UNION ALL SELECT 12, 'axme_intents_completed{' || l || '} ' || completed FROM ds
+        UNION ALL SELECT 13, 'axme_intents_failed{' || l || '} ' || failed FROM ds
+        UNION ALL SELECT 14, 'axme_intents_dead_lettered{' || l || '} ' || dead_lettered FROM ds
+        UNION ALL SELECT 15, 'axme_intents_retrying{' || l || '} ' || retrying FROM ds
+        UNION ALL SELECT 16, 'axme_success_ratio{' || l || '} ' || success_rate FROM ds WHERE success_rate IS NOT NULL
+        UNION ALL SELECT 17, format('axme_latency_seconds{%s,quantile="%s"} %s', l, q.quantile, round((q.ms / 1000)::numeric, 6))
+                  FROM ds CROSS JOIN LATERAL (VALUES ('0.5', p50_ms), ('0.95', p95_ms), ('0.99', p99_ms)) q(quantile, ms)
+                  WHERE p50_ms IS NOT NULL
+        UNION ALL SELECT 20, 'axme_worker_in_flight' || l || ' ' || in_flight FROM ws
+        UNION ALL SELECT 21, 'axme_worker_deliveries_per_second' || l || ' ' || round(deliveries_per_second::numeric, 3) FROM ws
+        UNION ALL SELECT 22, 'axme_worker_deliveries_total' || l || ' ' || deliveries_total FROM ws
+        UNION ALL SELECT 23, 'axme_database_unserved ' || (EXISTS (
+                      SELECT FROM axme.worker_status w WHERE w.database = current_database() AND w.kind = 'none'))::int
+        UNION ALL SELECT 30, 'axme_alerts_last_hour ' || (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour')
+        UNION ALL SELECT 31, 'axme_notification_queue_usage ' || pg_catalog.pg_notification_queue_usage()
+    )
+    SELECT string_agg(t.line, E'\n' ORDER BY t.ord, t.sub, t.line) || E'\n'
+    FROM (SELECT m.ord, 0 AS sub, format('# HELP %s %s', m.name, m.help) AS line FROM m
+          UNION ALL SELECT m.ord, 1, format('# TYPE %s %s', m.name, m.type) FROM m
+          UNION ALL SELECT s.ord, 2, s.line FROM samples s) t
+$$;
+COMMENT ON FUNCTION axme.metrics() IS
+    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database; '
+    'axme_database_unserved 1 when no worker serves it) in the Prometheus text exposition format '
+    '(metric names axme_*, labels agent, mode, window), '
+    'plus axme_notification_queue_usage (pg_notification_queue_usage()). For members of pg_monitor '
+    'and axme_admin (42501 otherwise).';
+
+COMMENT ON VIEW axme.worker_status IS
+    'The running axme workers of the cluster (shared memory): kind (http, ...), database, pid, state '
+    '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
+    'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
+    'when, started_at. A database left without a worker (axme.max_database_workers or '
+    'max_worker_processes reached) has a row of kind none, no pid, its state saying why and '
+    'started_at when it began (and an alert database_unserved in its axme.alerts). Needs '
+    'shared_preload_libraries = axme (empty otherwise).';
+COMMENT ON FUNCTION axme._worker_status() IS
+    'Private: one row per running axme worker of the cluster, read from shared memory, and one of '
+    'kind none per database left without a worker.';
 
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void

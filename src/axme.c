@@ -29,6 +29,7 @@ PG_MODULE_MAGIC;
 int			axme_max_delivery_attempts = 5;
 int			axme_max_payload_bytes = 131072;
 bool		axme_require_receipts = true;
+char	   *axme_tls_files_directory = NULL;
 
 static AxmeShared *axme_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -125,6 +126,17 @@ _PG_init(void)
 							 true,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("axme.tls_files_directory",
+							   "Directory from which http agents' options ca_file, client_cert_file "
+							   "and client_key_file may name files.",
+							   "Empty (the default): those options take PEM contents only. The worker "
+							   "reads the files as the server's OS user, so only the administrator "
+							   "chooses where they may be.",
+							   &axme_tls_files_directory,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
 
 	axme_wakeup_init();
 	axme_delivery_init();		/* http mode: GUCs; with preload the launcher (worker.c) */

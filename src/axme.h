@@ -22,6 +22,7 @@ typedef struct AxmeShared
 extern int	axme_max_delivery_attempts;
 extern int	axme_max_payload_bytes;
 extern bool axme_require_receipts;
+extern char *axme_tls_files_directory;
 
 /* axme.c */
 extern AxmeShared *axme_shmem(void);
@@ -45,6 +46,9 @@ extern void axme_check_caller_may_send(void);
 extern void axme_check_from_agent(const char *from_agent);
 extern bool axme_schema_has(const char *relname, const char *colname);
 extern Oid	axme_schema_column_type(const char *relname, const char *colname);
+
+/* url.c */
+extern char *axme_tls_file_problem(const char *value, bool must_exist);
 
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);

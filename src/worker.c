@@ -70,6 +70,9 @@ typedef struct DbSlot
 	uint32		signal_gen;		/* bumped by every wake-up at commit */
 	uint32		seen_gen;		/* signal_gen when the worker last started */
 	bool		leave;			/* DROP DATABASE in progress: worker leaves, none starts */
+	TimestampTz unserved_since;	/* left without a worker since (0: served or not wanted) */
+	bool		unserved_capped;	/* because of axme.max_database_workers (else no bgworker slot) */
+	bool		unserved_alerted;	/* the alert worker ran for this episode (unserved.c) */
 } DbSlot;
 
 typedef struct WorkerShared
@@ -435,6 +438,69 @@ start_worker(int i, Oid dboid, BackgroundWorkerHandle **handle)
 }
 
 /*
+ * Record whether database slot i is left without a worker (shown by axme.worker_status); on the
+ * first time of an episode, have the alert worker write an alert row into that database (tried
+ * again on the next round when it cannot start).
+ */
+static void
+set_unserved(int i, bool unserved, bool capped)
+{
+	DbSlot	   *s = &ws->slots[i];
+	bool		alert;
+	Oid			dboid;
+
+	if (!unserved && s->unserved_since == 0 && !s->unserved_alerted)
+		return;					/* nothing to clear (only the launcher writes these) */
+	SpinLockAcquire(&ws->mutex);
+	if (!unserved)
+	{
+		s->unserved_since = 0;
+		s->unserved_alerted = false;
+		SpinLockRelease(&ws->mutex);
+		return;
+	}
+	if (s->unserved_since == 0)
+		s->unserved_since = GetCurrentTimestamp();
+	s->unserved_capped = capped;
+	alert = !s->unserved_alerted;
+	dboid = s->dboid;
+	SpinLockRelease(&ws->mutex);
+	if (alert && axme_start_unserved_alert(dboid, capped))
+	{
+		SpinLockAcquire(&ws->mutex);
+		s->unserved_alerted = true;
+		SpinLockRelease(&ws->mutex);
+	}
+}
+
+/*
+ * The databases left without a worker now (at most max): for axme.worker_status.  Any backend;
+ * 0 without preload.
+ */
+int
+axme_unserved_databases(Oid *dboids, TimestampTz *since, bool *capped, int max)
+{
+	int			n = 0;
+
+	if (ws == NULL)
+		return 0;
+	SpinLockAcquire(&ws->mutex);
+	for (int i = 0; i < AXME_DB_SLOTS && n < max; i++)
+	{
+		DbSlot	   *s = &ws->slots[i];
+
+		if (s->state == SLOT_UNUSED || s->unserved_since == 0 || s->pid != 0)
+			continue;
+		dboids[n] = s->dboid;
+		since[n] = s->unserved_since;
+		capped[n] = s->unserved_capped;
+		n++;
+	}
+	SpinLockRelease(&ws->mutex);
+	return n;
+}
+
+/*
  * Start the workers that should run and do not: new databases (a probe), serving databases
  * whose worker ended (crash, pg_terminate_backend), signalled databases without the extension.
  */
@@ -497,6 +563,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 		if (!want[i])
 		{
 			waiting_since[i] = 0;
+			set_unserved(i, false, false);
 			continue;
 		}
 		if (!signalled[i] && last_start[i] != 0 &&
@@ -507,6 +574,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 		{
 			last_start[i] = now;
 			waiting_since[i] = 0;
+			set_unserved(i, false, false);
 			running++;
 			continue;
 		}
@@ -516,6 +584,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 			waiting_since[i] = now;
 		if (!TimestampDifferenceExceeds(waiting_since[i], now, 3000))
 			continue;
+		set_unserved(i, true, no_slot);
 		if (no_slot)
 			appendStringInfo(&capped, "%s\"%s\"", capped.len ? ", " : "", names[i]);
 		else

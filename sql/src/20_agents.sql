@@ -125,12 +125,26 @@ BEGIN
         END IF;
     END IF;
     IF options ? 'ca_file' AND (jsonb_typeof(options->'ca_file') <> 'string'
-                                OR left(options->>'ca_file', 1) <> '/') THEN
-        RAISE EXCEPTION 'option "ca_file" must be an absolute file path' USING ERRCODE = '22023';
+                                OR (left(options->>'ca_file', 1) <> '/'
+                                    AND left(options->>'ca_file', 11) <> '-----BEGIN ')) THEN
+        RAISE EXCEPTION 'option "ca_file" must be PEM contents or an absolute file path' USING ERRCODE = '22023';
     END IF;
     IF options ? 'headers' THEN
         IF jsonb_typeof(options->'headers') <> 'object' THEN
             RAISE EXCEPTION 'option "headers" must be a JSON object of strings' USING ERRCODE = '22023';
+        END IF;
+        -- bounded: every request carries them (libcurl and receivers cap a request's headers too)
+        IF (SELECT count(*) FROM jsonb_object_keys(options->'headers')) > 64 THEN
+            RAISE EXCEPTION 'option "headers" has % headers, at most 64 are allowed',
+                            (SELECT count(*) FROM jsonb_object_keys(options->'headers'))
+                USING ERRCODE = '22023';
+        END IF;
+        IF (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+            FROM jsonb_each(options->'headers')) > 16384 THEN
+            RAISE EXCEPTION 'option "headers" is % bytes long, at most 16384 are allowed',
+                            (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+                             FROM jsonb_each(options->'headers'))
+                USING ERRCODE = '22023', DETAIL = 'Each header counts its name, its value and 4 bytes.';
         END IF;
         FOR h IN SELECT key, value FROM jsonb_each(options->'headers') LOOP
             IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR length(h.key) > 256 THEN
@@ -172,8 +186,9 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     FOREACH s IN ARRAY ARRAY['client_cert_file', 'client_key_file'] LOOP
-        IF options ? s AND (jsonb_typeof(options->s) <> 'string' OR left(options->>s, 1) <> '/') THEN
-            RAISE EXCEPTION 'option "%" must be an absolute file path', s USING ERRCODE = '22023';
+        IF options ? s AND (jsonb_typeof(options->s) <> 'string'
+                            OR (left(options->>s, 1) <> '/' AND left(options->>s, 11) <> '-----BEGIN ')) THEN
+            RAISE EXCEPTION 'option "%" must be PEM contents or an absolute file path', s USING ERRCODE = '22023';
         END IF;
     END LOOP;
     IF (options ? 'client_cert_file') <> (options ? 'client_key_file') THEN
@@ -202,6 +217,18 @@ BEGIN
         RAISE EXCEPTION 'option "db_role" must be a role name' USING ERRCODE = '22023';
     END IF;
 END $$;
+
+CREATE FUNCTION axme._tls_file_problem(value text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_tls_file_problem_fn';
+COMMENT ON FUNCTION axme._tls_file_problem(text) IS
+    'Private: NULL when value is PEM contents or a file path inside axme.tls_files_directory '
+    '(symbolic links resolved), else why not.';
+
+CREATE FUNCTION axme._url_problem(url text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_url_problem';
+COMMENT ON FUNCTION axme._url_problem(text) IS
+    'Private: NULL when libcurl parses url with a host, else why not (an unclosed IPv6 bracket, a '
+    'bad port, ...).';
 
 -- A role by its name as written in option db_role (exact, not an SQL identifier), NULL when
 -- there is none.
@@ -241,6 +268,11 @@ BEGIN
            OR endpoint_url !~* '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
                 USING ERRCODE = '22023', HINT = 'Use an http:// or https:// URL.';
+        END IF;
+        IF axme._url_problem(endpoint_url) IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', endpoint_url
+                USING ERRCODE = '22023', DETAIL = axme._url_problem(endpoint_url) || '.',
+                      HINT = 'Use an http:// or https:// URL with a host name or address.';
         END IF;
     ELSIF endpoint_url IS NOT NULL THEN
         RAISE EXCEPTION 'endpoint_url is only for http agents' USING ERRCODE = '22023';
@@ -301,7 +333,8 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
     'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
     're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
-    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
+    'completion (on_2xx | explicit), headers {name: value} (at most 64, 16384 bytes in all), ca_file, '
+    'client_cert_file, client_key_file (PEM contents, or a file in axme.tls_files_directory); for internal: '
     'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
     '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
     'for the agent, resolved and stored by OID; internal: the role the handler runs as, default the '
@@ -368,6 +401,9 @@ COMMENT ON FUNCTION axme.agent_secret(text) IS
 -- merged: the options as stored after the merge; given: the options of this call.
 CREATE FUNCTION axme._check_agent_refs(mode text, merged jsonb, given jsonb) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    opt text;
+    problem text;
 BEGIN
     IF given ? 'db_role' AND jsonb_typeof(given->'db_role') = 'string'
        AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
@@ -377,14 +413,28 @@ BEGIN
     IF mode = 'internal' THEN
         PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
     END IF;
+    -- the worker reads these files as the server's OS user: only inside the directory the
+    -- administrator chose (axme.tls_files_directory), or PEM contents
+    FOR opt IN SELECT unnest(ARRAY['ca_file', 'client_cert_file', 'client_key_file']) LOOP
+        IF given ? opt AND jsonb_typeof(given->opt) = 'string' THEN
+            problem := axme._tls_file_problem(given->>opt);
+            IF problem IS NOT NULL THEN
+                RAISE EXCEPTION 'option "%": %', opt, problem
+                    USING ERRCODE = '22023',
+                          HINT = 'Pass the PEM contents, or a file inside the directory set by '
+                                 'axme.tls_files_directory in postgresql.conf.';
+            END IF;
+        END IF;
+    END LOOP;
     IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
             USING ERRCODE = '42501';
     END IF;
 END $$;
 COMMENT ON FUNCTION axme._check_agent_refs(text, jsonb, jsonb) IS
-    'Private: checks of agent options against the catalogs (roles, handlers, admin-only options). '
-    'Errors: 42704 unknown role, 42501 an admin-only option set by someone else.';
+    'Private: checks of agent options against the catalogs and settings (roles, handlers, TLS files, '
+    'admin-only options). Errors: 42704 unknown role, 22023 a TLS file outside '
+    'axme.tls_files_directory, 42501 an admin-only option set by someone else.';
 
 -- An agent whose role is gone delivers nothing: its db_role, and for an internal agent without
 -- db_role the role its handler runs as (registered_by).  The claim paths (poll, the http and
@@ -467,10 +517,8 @@ BEGIN
             USING ERRCODE = '42501';
     END IF;
     new_secret := axme._random_secret();
-    IF grace IS NULL OR grace < interval '0' THEN
-        RAISE EXCEPTION 'argument "grace" must be a non-negative interval, got %', coalesce(grace::text, 'NULL')
-            USING ERRCODE = '22023';
-    END IF;
+    -- bounded like every interval argument: a huge one would overflow t + grace (22008)
+    PERFORM axme._check_interval(grace, 'grace', interval '0', interval '365 days');
     a := axme._agent(agent, 'agent');
     IF a.delivery_mode <> 'http' THEN
         RAISE EXCEPTION 'agent "%" is not an http agent (delivery mode %)', agent, a.delivery_mode
@@ -495,8 +543,9 @@ COMMENT ON FUNCTION axme.rotate_secret(text, interval) IS
     'The new secret signs from the next request on; the secrets valid before keep signing beside '
     'it (one v1 entry each in webhook-signature) until grace has passed (or until their own earlier '
     'expiry); at most 5 secrets are valid at once (the oldest are dropped). grace = 0 drops the old '
-    'ones now. Admins only. Errors: 42501 not a superuser or axme_admin member, 22023 invalid '
-    'address, negative or NULL grace, not an http agent, P0002 agent not registered.';
+    'ones now (0 .. 365 days). Admins only. Errors: 42501 not a superuser or axme_admin member, '
+    '22023 invalid address, grace NULL or outside 0 .. 365 days, not an http agent, P0002 agent not '
+    'registered.';
 
 CREATE FUNCTION axme.pause_agent(agent text) RETURNS void
 LANGUAGE plpgsql AS $$
