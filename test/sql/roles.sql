@@ -111,6 +111,7 @@ DROP ROLE roles_hook;
 REVOKE EXECUTE ON FUNCTION public.roles_handler(jsonb) FROM roles_handler;
 DROP ROLE roles_handler;
 DROP ROLE roles_inbox;
+CREATE ROLE roles_handler;   -- a new role of the same name is not the handler's identity
 SELECT count(*) AS claimed FROM axme._http_claim(10, '{}', '{}') WHERE intent_id IS NOT NULL;
 SELECT count(*) AS claimed FROM axme._internal_claim() WHERE intent_id IS NOT NULL;
 SELECT axme._inbox_assign_due() AS assigned;
@@ -137,4 +138,4 @@ SELECT disabled_reason FROM axme.agents WHERE address = 'agent://rolesorg/sec/by
 SELECT axme.unregister_agent(address, true) >= 0 AS unregistered FROM axme.agents
 WHERE address LIKE 'agent://rolesorg/%' ORDER BY address;
 DROP FUNCTION public.roles_handler(jsonb);
-DROP ROLE roles_recv, roles_send, roles_owner;
+DROP ROLE roles_recv, roles_send, roles_owner, roles_handler;
