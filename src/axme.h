@@ -25,10 +25,13 @@ extern int	axme_attempts_retention;
 extern int	axme_cleanup_batch_size;
 extern int	axme_alert_dead_letter_threshold;
 extern double axme_alert_success_rate;
+extern bool axme_require_receipts;
+extern char *axme_tls_files_directory;
 
 /* schema.c */
 extern SPIPlanPtr axme_keep_plan(const char *sql, int nargs, Oid *argtypes);
 extern bool axme_schema_has(const char *relname, const char *colname);
+extern Oid	axme_schema_column_type(const char *relname, const char *colname);
 extern bool axme_lock_extension(void);
 
 /* validate.c */
@@ -41,6 +44,9 @@ extern char *axme_caller_name(void);
 extern bool axme_caller_has(const char *role);
 extern void axme_check_caller_may_send(void);
 extern void axme_check_from_agent(const char *from_agent);
+
+/* url.c */
+extern char *axme_tls_file_problem(const char *value, bool must_exist);
 
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);

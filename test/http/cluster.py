@@ -38,8 +38,9 @@ fsync = off
 max_worker_processes = 16
 restart_after_crash = on
 axme.http_allowed_networks = '127.0.0.0/8'
+axme.tls_files_directory = '%s'
 %s
-""" % (port, extra_conf))
+""" % (port, self.dir, extra_conf))
 
     def ctl(self, *args, check=True):
         return subprocess.run(_as_postgres([os.path.join(self.bindir, "pg_ctl"), "-D", self.data,
