@@ -8,7 +8,10 @@
 #include "storage/condition_variable.h"
 #include "utils/uuid.h"
 
-#define AXME_VERSION "0.3.0"
+/* the version, from axme.control's default_version (the Makefile passes -DAXME_VERSION) */
+#ifndef AXME_VERSION
+#error "AXME_VERSION is not defined: build with the Makefile, which reads it from axme.control"
+#endif
 
 /* wait_for callers sleep on one of these, chosen by a hash of the intent id */
 #define AXME_WAIT_BUCKETS 128
