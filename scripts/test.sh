@@ -7,6 +7,8 @@
 # Installs what it needs and builds axme (scripts/setup.sh), then runs every suite, each in a
 # throwaway PostgreSQL 15 cluster of its own (pg_virtualenv -t, fsync off):
 #
+#   style              scripts/check-style.sh: tabs in C, spaces in Python and shell, LF, final
+#                      newlines, no ticket references (docs/contributing-style.md)
 #   regress            pg_regress, test/sql against test/expected, shared_preload_libraries=axme
 #   regress-nopreload  the same tests and expected output, without preload
 #   isolation          isolation specs test/specs (isolationtester), preloaded
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 
 LOGDIR=${AXME_TEST_LOGDIR:-$(mktemp -d /tmp/axme-test.XXXXXX)}
 mkdir -p "$LOGDIR"
-SUITES=${AXME_TEST_SUITES:-regress regress-nopreload isolation python python-nopreload dump-restore http demo sanitize}
+SUITES=${AXME_TEST_SUITES:-style regress regress-nopreload isolation python python-nopreload dump-restore http demo sanitize}
 PY=/usr/bin/python3
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUITE_TIMEOUT=540          # seconds; a suite that hangs is killed and counted as failed
@@ -111,6 +113,8 @@ run_suite() {
     local start rc ms
     start=$(date +%s%3N)
     case $name in
+        style)
+            bash scripts/check-style.sh >"$log" 2>&1 ;;
         regress)
             mkdir -p "$LOGDIR/regress"
             in_cluster preload make -s installcheck ISOLATION= REGRESS_OUTDIR="$LOGDIR/regress" >"$log" 2>&1 ;;
@@ -141,7 +145,7 @@ run_suite() {
     case $name in
         regress*|isolation) count_pg_regress "$log" ;;
         python*|dump-restore) count_unittest "$log" ;;
-        http|sanitize) count_plain "$log" ;;
+        http|sanitize|style) count_plain "$log" ;;
         *) count_one "$log" "$rc" ;;
     esac
     # a non-zero exit always fails the suite, and so does a suite that ran no test
