@@ -28,7 +28,8 @@
 # (AXME_TEST_SERVER_LOGDIR) and searched, as is $OUT/reports (log_path, for what writes there).
 # The build, the environment file and the suites' logs stay in $OUT ($AXME_SANITIZE_DIR, default a
 # new directory under /tmp).
-# AXME_SANITIZE_SUITES chooses other suites of scripts/test.sh (default "regress http").
+# AXME_SANITIZE_SUITES chooses other suites of scripts/test.sh (default "regress http"; "isolation
+# python dump-restore" also runs clean, in about three more minutes).
 # Prints the inner summary, each report, and last a line "N passed, M failed" (reports count as
 # failures); exits non-zero when anything failed.  Takes about four minutes on two cores.
 set -uo pipefail
