@@ -12,7 +12,7 @@ COMMENT ON FUNCTION axme._valid_address(text) IS
 COMMENT ON DOMAIN axme.intent_status IS
     'An intent status: CREATED, SUBMITTED, DELIVERED, ACKNOWLEDGED, IN_PROGRESS, WAITING, COMPLETED, FAILED, CANCELED or TIMED_OUT.';
 
--- Roles by OID (issue 14).  agents.db_role (no longer a generated column), agents.registered_by,
+-- Roles by OID.  agents.db_role (no longer a generated column), agents.registered_by,
 -- intents.sender_role and idempotency_keys.sender_role become regrole: a role created later under
 -- a dropped role's name is another role and matches nothing of the old one.
 CREATE FUNCTION axme._caller_has(role regrole) RETURNS boolean
@@ -1055,7 +1055,7 @@ BEGIN
     END IF;
 END $$;
 
--- Smaller items of issue 14: endpoint URLs parsed by libcurl, header limits, TLS files only from
+-- Limits: endpoint URLs parsed by libcurl, header limits, TLS files only from
 -- axme.tls_files_directory or as PEM contents, every interval argument bounded, databases left
 -- without a worker visible (worker_status kind none, metrics axme_database_unserved, an alert).
 CREATE OR REPLACE FUNCTION axme._url_problem(url text) RETURNS text

@@ -8,7 +8,10 @@
 
 #include "executor/spi.h"
 
-#define AXME_VERSION "0.4.0"
+/* the version, from axme.control's default_version (the Makefile passes -DAXME_VERSION) */
+#ifndef AXME_VERSION
+#error "AXME_VERSION is not defined: build with the Makefile, which reads it from axme.control"
+#endif
 
 /* guc.c */
 extern void axme_define_gucs(void);

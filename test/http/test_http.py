@@ -581,6 +581,11 @@ def test_worker_memory_stable(ctx):
     after = _rss_anon_kb(pid)
     for iid in ids:
         q(ctx.db, "SELECT axme.resolve(%s, 'CANCELED')", (iid,))
+    if os.environ.get("AXME_TEST_SERVER_ENV"):
+        # scripts/sanitize.sh: AddressSanitizer keeps freed memory in its quarantine (256 MB), so
+        # RSS grows by design there; that run checks the 10000 attempts for memory errors instead
+        print("    (worker RSS %d -> %d kB; not bounded under the sanitizer)" % (before, after))
+        return
     check(after - before < 4096, "worker memory grew from %d kB to %d kB over 10000 attempts" % (before, after))
 
 

@@ -1,4 +1,4 @@
-"""Tests of http resilience (issue 4): circuit breaker, slow start, rate limit, secret rotation,
+"""Tests of http resilience: circuit breaker, slow start, rate limit, secret rotation,
 mTLS, 410 / disable_after and enable_agent, endpoint_health, alerts.
 
 Run through test/http/run.sh (which also runs test_http.py and prints the combined count).

@@ -4,7 +4,7 @@
 -- claim path first sees it.  Output must not depend on shared_preload_libraries.
 \i test/include/setup.psql
 
--- The reproduction of issue 14: a receiving role dropped, a new one of the same name.
+-- A receiving role dropped, a new one of the same name.
 CREATE ROLE roles_recv LOGIN;
 GRANT axme_agent TO roles_recv;
 SELECT axme.register_agent('agent://rolesorg/sec/reuse', 'poll', NULL, '{"db_role": "roles_recv"}');
