@@ -44,6 +44,10 @@ extern void axme_check_caller_may_send(void);
 extern void axme_check_from_agent(const char *from_agent);
 extern bool axme_schema_has(const char *relname, const char *colname);
 
+/* actor.c */
+extern const char *axme_set_actor(const char *actor);
+extern const char *axme_actor(void);
+
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);
 

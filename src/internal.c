@@ -391,6 +391,7 @@ axme_internal_main(Datum arg)
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("axme internal worker");
+	axme_set_actor("axme:handler-worker");	/* the actor of its events (actor.c) */
 	cxt = AllocSetContextCreate(TopMemoryContext, "axme internal worker", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)

@@ -498,6 +498,7 @@ axme_timers_tick(void)
 {
 	TimestampTz now;
 	bool		poked;
+	const char *previous_actor;
 
 	if (ts == NULL)
 		return;
@@ -511,6 +512,7 @@ axme_timers_tick(void)
 	/* while scanning, any commit of a timer pokes us (see the header comment) */
 	pg_atomic_write_u64(&my_slot->wake_at, WAKE_UNKNOWN);
 	pg_memory_barrier();
+	previous_actor = axme_set_actor("axme:timer");	/* the actor of its events (actor.c) */
 	PG_TRY();
 	{
 		next_run = run_tick();
@@ -525,6 +527,7 @@ axme_timers_tick(void)
 		next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 	}
 	PG_END_TRY();
+	axme_set_actor(previous_actor);
 	supervise_internal();
 	pg_atomic_write_u64(&my_slot->wake_at, (uint64) next_run);
 }

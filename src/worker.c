@@ -801,6 +801,7 @@ axme_worker_main(Datum arg)
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	axme_is_http_worker = true;
+	axme_set_actor("axme:delivery-worker");	/* the actor of its events (actor.c) */
 	pgstat_report_appname("axme worker");
 	axme_status_register("http");
 	wait_for_update();
