@@ -12,11 +12,133 @@ COMMENT ON FUNCTION axme._valid_address(text) IS
 COMMENT ON DOMAIN axme.intent_status IS
     'An intent status: CREATED, SUBMITTED, DELIVERED, ACKNOWLEDGED, IN_PROGRESS, WAITING, COMPLETED, FAILED, CANCELED or TIMED_OUT.';
 
+-- axme.cancel: the sender ends its own intent (sql/src/40_lifecycle.sql).
+-- The sender's twin of resolve(intent_id, 'CANCELED'): the same transition and intent.canceled
+-- event, allowed to the role that sent the intent (and admins) rather than to its receiver.
+CREATE FUNCTION axme.cancel(intent_id uuid, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF length(reason) > 2000 THEN
+        RAISE EXCEPTION 'argument "reason" must be at most 2000 characters, got %', length(reason)
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO i FROM axme.intents x WHERE x.intent_id = cancel.intent_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    -- sec: the sending role (sender_role) or an admin; a receiver ends an intent with resolve
+    IF NOT (axme._is_admin() OR axme._caller_has(i.sender_role)) THEN
+        RAISE EXCEPTION 'permission denied for cancel: role "%" did not send intent %', axme._caller(), i.intent_id
+            USING ERRCODE = '42501',
+                  HINT = 'Only the role that sent an intent and members of axme_admin may cancel it; its receiver uses resolve(intent_id, ''CANCELED'').';
+    END IF;
+    IF reason IS NOT NULL THEN
+        i.result := jsonb_build_object('reason', reason);
+    END IF;
+    -- _transition raises 55000 when the intent is already terminal; the trigger on axme.intents
+    -- closes an open task thread and removes its timers; an http attempt in flight is recorded
+    -- when it ends but no longer moves the intent (axme._http_record), and a handler's run rolls
+    -- back (internal.c)
+    PERFORM axme._transition(i, 'CANCELED', 'intent.canceled',
+        jsonb_build_object('canceled', true) || CASE WHEN reason IS NULL THEN '{}'::jsonb
+                                                     ELSE jsonb_build_object('reason', reason) END);
+END $$;
+COMMENT ON FUNCTION axme.cancel(uuid, text) IS
+    'End a non-terminal intent as CANCELED, by the role that sent it (sender_role) or an admin; '
+    'event intent.canceled with {"canceled": true, "reason"}; reason (at most 2000 characters) is '
+    'also kept as the result {"reason": ...}. A receiver''s later ack/complete/fail gets 55000; an '
+    'http attempt already in flight is still recorded in delivery_attempts but no longer moves the '
+    'intent. Errors: 22023 NULL intent_id or reason too long, P0002 unknown intent, 42501 not its '
+    'sender, 55000 already terminal.';
+
+-- replay_dead_letters by filter (sql/src/45_retries.sql): the two-argument form goes, an overload
+-- would make replay_dead_letters('a') ambiguous (42725).
+DROP FUNCTION axme.replay_dead_letters(text, timestamptz);
+-- Replay the dead letters of an agent that match a filter, oldest dead letter first, in batches
+-- of at most 1000 (bounded memory however many there are); an http agent's re-drives go through
+-- the slow-start ramp with their due times spread (axme._ramp_start).  Rows are locked FOR UPDATE:
+-- a concurrent replay waits, then skips what it no longer finds dead-lettered, so no dead letter
+-- is replayed twice.
+CREATE FUNCTION axme.replay_dead_letters(agent text, since timestamptz DEFAULT NULL,
+                                         until timestamptz DEFAULT NULL, error_class text DEFAULT NULL,
+                                         max_count integer DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+    n bigint := 0;
+    batch integer;
+    ids uuid[];
+    id uuid;
+BEGIN
+    PERFORM axme._check_receiver(a.agent_id, 'replay_dead_letters');   -- sec
+    IF max_count < 1 THEN
+        RAISE EXCEPTION 'argument "max_count" must be at least 1 (NULL: all), got %', max_count
+            USING ERRCODE = '22023';
+    END IF;
+    IF since > until THEN
+        RAISE EXCEPTION 'argument "since" (%) must not be after "until" (%)', since, until
+            USING ERRCODE = '22023';
+    END IF;
+    IF length(error_class) > 100 THEN
+        RAISE EXCEPTION 'argument "error_class" must be at most 100 characters, got %', length(error_class)
+            USING ERRCODE = '22023';
+    END IF;
+    LOOP
+        batch := least(1000, coalesce(max_count - n, 1000));
+        EXIT WHEN batch <= 0;
+        ids := ARRAY(
+            SELECT i.intent_id FROM axme.intents i
+            WHERE i.agent_id = a.agent_id AND i.dead_letter_reason IS NOT NULL AND i.status = 'FAILED'
+              AND (since IS NULL OR i.dead_lettered_at >= since)
+              AND (until IS NULL OR i.dead_lettered_at < until)
+              AND (error_class IS NULL OR i.error->>'class' = error_class OR i.dead_letter_reason = error_class)
+            ORDER BY i.dead_lettered_at
+            LIMIT batch
+            FOR UPDATE OF i);
+        FOREACH id IN ARRAY ids LOOP
+            PERFORM axme.replay(id);
+        END LOOP;
+        n := n + cardinality(ids);
+        EXIT WHEN cardinality(ids) < batch;
+    END LOOP;
+    IF n > 0 AND a.delivery_mode = 'http' THEN
+        PERFORM axme._ramp_start(a.agent_id, true);
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz, timestamptz, text, integer) IS
+    'Replay the dead letters of an agent with a fresh attempt budget, oldest first: those '
+    'dead-lettered at or after since and before until (each when given), whose last error has '
+    'class error_class or whose dead-letter reason is error_class (when given: dns, connect, tls, '
+    'timeout, network, http, redirect, ssrf_blocked, invalid_url; exhausted, non_retryable, '
+    'handler_error ...), at most max_count of them (NULL: all, in batches of 1000). For an http '
+    'agent they go out through the slow-start ramp (1, 2, 4 ... max_in_flight in flight) with '
+    'their due times spread by jitter. Returns how many were replayed. The agent''s receiver role '
+    'and admins only. Errors: 22023 invalid address, max_count < 1, since after until or '
+    'error_class over 100 characters, P0002 agent not registered, 42501 not its receiver.';
+
+-- delivery_attempts by agent address (sql/src/50_http.sql).
+-- delivery_attempts read by agent address: the same rows with the agent's address beside its id.
+CREATE VIEW axme.attempts AS
+    SELECT d.intent_id, d.attempt, a.address AS agent, d.started_at, d.duration_ms, d.http_status,
+           d.error_class, d.error, d.response_excerpt, d.next_attempt_at, d.agent_id
+    FROM axme.delivery_attempts d
+    LEFT JOIN axme.agents a ON a.agent_id = d.agent_id;
+COMMENT ON VIEW axme.attempts IS
+    'axme.delivery_attempts with the agent''s address (agent; NULL once the agent is unregistered): '
+    'one row per http delivery attempt, e.g. SELECT * FROM axme.attempts WHERE agent = '
+    '''agent://acme/prod/billing'' ORDER BY started_at DESC. Rows as readable as in delivery_attempts.';
+
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel',
+    sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
                                'inbox_thread'];   -- the thread of a human task it sent
     agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
                               'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',

@@ -35,6 +35,17 @@ COMMENT ON TABLE axme.delivery_attempts IS
     '(when a retry is due; NULL when none follows).';
 SELECT pg_catalog.pg_extension_config_dump('axme.delivery_attempts', '');
 
+-- delivery_attempts read by agent address: the same rows with the agent's address beside its id.
+CREATE VIEW axme.attempts AS
+    SELECT d.intent_id, d.attempt, a.address AS agent, d.started_at, d.duration_ms, d.http_status,
+           d.error_class, d.error, d.response_excerpt, d.next_attempt_at, d.agent_id
+    FROM axme.delivery_attempts d
+    LEFT JOIN axme.agents a ON a.agent_id = d.agent_id;
+COMMENT ON VIEW axme.attempts IS
+    'axme.delivery_attempts with the agent''s address (agent; NULL once the agent is unregistered): '
+    'one row per http delivery attempt, e.g. SELECT * FROM axme.attempts WHERE agent = '
+    '''agent://acme/prod/billing'' ORDER BY started_at DESC. Rows as readable as in delivery_attempts.';
+
 -- Sends, replays, retries and mode changes make an intent due: wake the worker at commit.
 CREATE TRIGGER intents_http_wake AFTER INSERT OR UPDATE OF due_at ON axme.intents
     FOR EACH ROW WHEN (NEW.status = 'SUBMITTED' AND NEW.due_at IS NOT NULL)

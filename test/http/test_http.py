@@ -253,6 +253,13 @@ def test_completion_on_2xx_result(ctx):
           "result of a JSON body")
     check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (b,)) is None,
           "result without a body")
+    # the delivery worker names itself as the actor, not the superuser it connects as
+    actors = q(ctx.db, "SELECT event_type, actor FROM axme.events WHERE intent_id = %s AND seq > 2 ORDER BY seq", (a,))
+    check(actors == [("intent.delivered", "axme:delivery-worker"), ("intent.completed", "axme:delivery-worker")],
+          "worker actors: %r" % (actors,))
+    # delivery_attempts by agent address
+    check(q(ctx.db, "SELECT intent_id, http_status FROM axme.attempts WHERE agent = %s ORDER BY started_at", (addr,))
+          == [(a, 200), (b, 204)], "axme.attempts by agent address")
 
 
 @test
@@ -298,6 +305,27 @@ def test_ack_while_request_runs(ctx):
     check(status(ctx, iid) == "ACKNOWLEDGED", "ack failed")
     wait_status(ctx, iid, ("COMPLETED",))
     check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (iid,)) == {"ok": 1}, "result")
+
+
+@test
+def test_cancel_while_request_runs(ctx):
+    """The sender cancels while the request is in flight: the attempt is still recorded when it
+    ends, but its 2xx no longer moves the intent (CANCELED stays, one intent.canceled event)."""
+    addr = agent(ctx, "cancelrun", "/cancelrun")
+    ctx.rx.script("/cancelrun", [{"hang": 1.5, "status": 200, "body": {"ok": 1}}])
+    iid = send(ctx, addr)
+    ctx.rx.wait_requests("/cancelrun", 1, 10)
+    q(ctx.db, "SELECT axme.cancel(%s, 'changed my mind')", (iid,))
+    check(status(ctx, iid) == "CANCELED", "cancel failed")
+    wait_until(lambda: attempts(ctx, iid), 15, "the attempt row")
+    check([r[:3] for r in attempts(ctx, iid)] == [(1, 200, None)], "attempt recorded: %r" % (attempts(ctx, iid),))
+    check(status(ctx, iid) == "CANCELED", "still CANCELED")
+    check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (iid,)) == {"reason": "changed my mind"},
+          "result is the reason, not the response")
+    ev = [r[0] for r in q(ctx.db, "SELECT event_type FROM axme.events WHERE intent_id = %s ORDER BY seq", (iid,))]
+    check(ev == ["intent.created", "intent.submitted", "intent.delivered", "intent.canceled"], "events %r" % ev)
+    time.sleep(0.5)
+    check(len(ctx.rx.requests("/cancelrun")) == 1, "not sent again")
 
 
 @test
