@@ -686,5 +686,8 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The worker waiting for this update serves the database at its commit.
+SELECT axme._wake_http();
+
 -- Last: the security model covers every object, old and new.
 SELECT axme._secure();

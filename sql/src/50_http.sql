@@ -7,6 +7,9 @@ CREATE FUNCTION axme._wake_http() RETURNS void
 COMMENT ON FUNCTION axme._wake_http() IS
     'Private: wake this database''s http worker when the current transaction commits (or have the '
     'launcher start one).';
+-- CREATE EXTENSION (and an update) wakes the worker at commit: a database whose worker found no
+-- axme when it probed is served at once, not at the next send.
+SELECT axme._wake_http();
 
 CREATE FUNCTION axme._http_wake_trigger() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'axme_http_wake_trigger';
