@@ -497,15 +497,450 @@ UPDATE axme.intents SET human_task = human_task || '{"evidence_required": false}
 WHERE human_task->>'task_type' = 'attach_file' AND status = 'SUBMITTED'
   AND jsonb_typeof(human_task->'evidence_required') IS DISTINCT FROM 'boolean';
 
+-- render_request and ping_agent (sql/src/50_http.sql).
+CREATE FUNCTION axme._webhook_signature(msg_id text, ts bigint, body text, secrets text[]) RETURNS text
+    LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'axme_webhook_signature';
+COMMENT ON FUNCTION axme._webhook_signature(text, bigint, text, text[]) IS
+    'Private: the webhook-signature header value for msg_id, Unix time ts and body with the given '
+    'secrets (the worker''s own signing, src/sign.c); NULL without a secret.';
+
+CREATE FUNCTION axme._user_agent() RETURNS text
+    LANGUAGE c IMMUTABLE AS 'MODULE_PATHNAME', 'axme_user_agent';
+COMMENT ON FUNCTION axme._user_agent() IS
+    'Private: the user-agent header the http worker sends (axme/<library version>).';
+
+CREATE FUNCTION axme._send_reserved(intent jsonb) RETURNS uuid
+    LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'axme_send_reserved';
+COMMENT ON FUNCTION axme._send_reserved(jsonb) IS
+    'Private: send_intent for one of axme''s own intent types (axme.ping.v1), which send_intent '
+    'refuses from users; the caller checks who may.';
+
+-- The webhook body of an intent's attempt, byte for byte as axme._http_claim builds it: its
+-- created_at is formatted in the server's TimeZone (the worker's), whatever the session's is.
+CREATE FUNCTION axme._webhook_body(i axme.intents, attempt integer) RETURNS text
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    session_tz text := current_setting('TimeZone');
+    body text;
+BEGIN
+    PERFORM set_config('TimeZone', 'UTC', true);
+    body := jsonb_build_object(
+        'intent_id', i.intent_id, 'intent_type', i.intent_type, 'from_agent', i.from_agent,
+        'to_agent', i.to_agent, 'correlation_id', i.correlation_id, 'payload', i.payload,
+        'created_at', i.created_at, 'attempt', attempt)::text;
+    PERFORM set_config('TimeZone', session_tz, true);
+    RETURN body;
+END $$;
+COMMENT ON FUNCTION axme._webhook_body(axme.intents, integer) IS
+    'Private: the body the http worker posts for attempt of the intent (as axme._http_claim builds it).';
+
+CREATE FUNCTION axme.render_request(intent_id uuid) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    a axme.agents;
+    v_attempt integer;
+    v_body text;
+    v_ts bigint := floor(extract(epoch FROM now()))::bigint;
+    v_admin boolean := axme._is_admin();
+    v_secrets text[];
+    v_sig text;
+    hdrs jsonb;
+BEGIN
+    PERFORM axme._check_intent_reader(intent_id);   -- sec: 22023 NULL, P0002 unknown, 42501 not a reader
+    SELECT * INTO i FROM axme.intents x WHERE x.intent_id = render_request.intent_id;
+    SELECT * INTO a FROM axme.agents g WHERE g.agent_id = i.agent_id;
+    IF a.delivery_mode IS DISTINCT FROM 'http' THEN
+        RAISE EXCEPTION 'intent % goes to agent "%" of delivery mode %, which receives no http requests',
+                        i.intent_id, i.to_agent, coalesce(a.delivery_mode, 'unknown')
+            USING ERRCODE = '55000', HINT = 'render_request renders the requests of http agents.';
+    END IF;
+    -- the next attempt of an intent waiting to be sent, else the last one (in flight or done)
+    v_attempt := CASE WHEN i.status = 'SUBMITTED' THEN i.attempt + 1 ELSE greatest(i.attempt, 1) END;
+    v_body := axme._webhook_body(i, v_attempt);
+    hdrs := jsonb_build_object(
+        'host', regexp_replace(substring(a.endpoint_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)'), '^.*@', ''),
+        'accept', '*/*',
+        'content-type', 'application/json',
+        'content-length', octet_length(v_body)::text,
+        'user-agent', axme._user_agent(),
+        'webhook-id', i.intent_id::text,
+        'webhook-timestamp', v_ts::text)
+        || CASE WHEN i.traceparent IS NULL THEN '{}'::jsonb
+                ELSE jsonb_strip_nulls(jsonb_build_object('traceparent', i.traceparent, 'tracestate', i.tracestate)) END;
+    v_secrets := ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                       WHERE s.agent_id = a.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                       ORDER BY s.created_at DESC);
+    -- sec: a signature is a replayable credential (valid for minutes): admins only
+    IF v_admin AND cardinality(v_secrets) > 0 THEN
+        v_sig := axme._webhook_signature(i.intent_id::text, v_ts, v_body, v_secrets);
+        IF v_sig IS NOT NULL THEN
+            hdrs := hdrs || jsonb_build_object('webhook-signature', v_sig);
+        END IF;
+    END IF;
+    -- the agent's own headers (option headers); their values only for admins, who may read the
+    -- options (an Authorization header is a credential)
+    hdrs := hdrs || coalesce((SELECT jsonb_object_agg(h.key, CASE WHEN v_admin THEN h.value ELSE '(hidden)' END)
+                              FROM jsonb_each_text(a.options->'headers') h), '{}');
+    RETURN jsonb_build_object(
+        'method', 'POST', 'url', a.endpoint_url, 'headers', hdrs, 'body', v_body, 'attempt', v_attempt,
+        'signature', CASE WHEN cardinality(v_secrets) = 0 THEN 'none'
+                          WHEN v_sig IS NOT NULL THEN 'included'
+                          ELSE 'hidden' END);
+END $$;
+COMMENT ON FUNCTION axme.render_request(uuid) IS
+    'The http request the worker sends for an intent: {method, url, headers, body, attempt, '
+    'signature}. attempt: the next attempt of a SUBMITTED intent, else the last one; body: the exact '
+    'bytes posted (created_at in UTC); headers: every header sent (host, accept, '
+    'content-type, content-length, user-agent, webhook-id, webhook-timestamp = now(), '
+    'webhook-signature, traceparent and tracestate when the intent has them, the agent''s option '
+    'headers). The signature (a credential replayable for '
+    'minutes) and option header values are shown to admins only: signature is included, hidden '
+    '(not an admin) or none (the agent has no secret); secrets never. The intent''s readers only '
+    '(sender, receiver, admins). Errors: 22023 NULL, P0002 unknown intent, 42501 not a reader, '
+    '55000 not an http agent''s intent.';
+
+
+CREATE FUNCTION axme.ping_agent(agent text) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+BEGIN
+    PERFORM axme._check_receiver(a.agent_id, 'ping_agent');   -- sec: the endpoint's owner, admins
+    IF a.delivery_mode <> 'http' THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which receives no http requests', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'ping_agent sends a test event to an http agent.';
+    END IF;
+    RETURN axme._send_reserved(jsonb_build_object(
+        'intent_type', 'axme.ping.v1', 'to_agent', a.address, 'max_delivery_attempts', 1,
+        'payload', jsonb_build_object('ping', true, 'sent_at', clock_timestamp())));
+END $$;
+COMMENT ON FUNCTION axme.ping_agent(text) IS
+    'Queue a test event to an http agent: an ordinary intent of the reserved type axme.ping.v1 '
+    '(types beginning with axme. are refused from send_intent) with payload {"ping": true, '
+    '"sent_at"}, signed and posted like any other, one attempt (max_delivery_attempts 1, no '
+    'retries). Returns its intent_id: wait_for it, read its attempts in axme.attempts. A paused '
+    'or disabled agent gets it when resumed; with completion explicit it stays DELIVERED after its '
+    '2xx. The agent''s receiver role and admins only. Errors: 22023 invalid address, P0002 agent '
+    'not registered, 42501 not its receiver, 55000 not an http agent.';
+
+-- W3C Trace Context (sql/src/30_send.sql, 40_lifecycle.sql, 50_http.sql): traceparent and tracestate
+-- are stored, shown by get_intent, returned by poll and sent as webhook headers.
+ALTER TABLE axme.intents ADD COLUMN traceparent text, ADD COLUMN tracestate text;
+COMMENT ON COLUMN axme.intents.traceparent IS
+    'W3C traceparent the sender gave (validated at send; none is generated when absent): sent as a header on every webhook attempt, returned by poll.';
+COMMENT ON COLUMN axme.intents.tracestate IS
+    'W3C tracestate the sender gave with its traceparent: sent as a header on every webhook attempt.';
+COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
+    'Store an intent and queue it for its receiver, in the caller''s transaction. intent: '
+    '{"intent_type", "to_agent", "payload": {...}} plus optional from_agent, correlation_id, reply_to, '
+    'deadline_at, not_before, max_delivery_attempts, remind_after_seconds, remind_interval_seconds, '
+    'max_reminders, escalate_to, human_task, traceparent and tracestate (W3C Trace Context: '
+    'validated, stored, sent as headers on every webhook attempt, returned by poll and get_intent; '
+    'none is generated when absent). idempotency_key: 8..128 characters; the same key and '
+    'intent return the first intent_id. Returns the intent_id. Errors: 22023 invalid field, 22P02 '
+    'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
+    'registered, 23505 idempotency key reused with a different intent.';
+
+CREATE OR REPLACE FUNCTION axme._document(i axme.intents) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'intent_id', i.intent_id, 'intent_type', i.intent_type, 'from_agent', i.from_agent,
+        'to_agent', i.to_agent, 'sender_role', i.sender_role, 'correlation_id', i.correlation_id,
+        'reply_to', i.reply_to, 'payload', i.payload, 'status', i.status,
+        'waiting_reason', i.waiting_reason, 'attempt', i.attempt,
+        'max_delivery_attempts', i.max_delivery_attempts, 'result', i.result, 'error', i.error,
+        'dead_letter_reason', i.dead_letter_reason, 'created_at', i.created_at,
+        'updated_at', i.updated_at, 'deadline_at', i.deadline_at, 'not_before', i.not_before,
+        'next_attempt_at', CASE WHEN i.status = 'SUBMITTED' THEN i.due_at END,
+        'lease_until', i.lease_until, 'human_task', i.human_task,
+        'traceparent', i.traceparent, 'tracestate', i.tracestate)
+$$;
+
+-- poll returns traceparent as its last column: its RETURNS TABLE changes, so DROP and CREATE (a
+-- user view over poll blocks this update; positional unpacking of poll's rows sees one more column).
+DROP FUNCTION axme.poll(text, integer, interval);
+CREATE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
+               correlation_id uuid, attempt integer, lease_until timestamptz, traceparent text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    claimed integer := 0;
+    seen integer;
+    r record;
+    t timestamptz;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'poll');   -- sec
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 10000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    IF a.delivery_mode NOT IN ('poll', 'stream') THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
+        RETURN;                     -- nothing handed out, no attempt charged
+    END IF;
+    LOOP
+        seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
+        -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
+        -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
+        -- handed out; then the loop claims again to fill the batch.
+        FOR r IN
+            WITH c AS (
+                SELECT i.intent_id, i.due_at AS was_due,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
+                       i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
+                ORDER BY i.due_at
+                LIMIT max_count - claimed
+                FOR UPDATE SKIP LOCKED
+            ), u AS (
+                UPDATE axme.intents i SET
+                    status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                                  ELSE 'DELIVERED' END,
+                    attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                    dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    updated_at = now(),
+                    event_seq = i.event_seq + 1
+                FROM c
+                WHERE i.intent_id = c.intent_id
+                RETURNING i.*, c.was_due
+            ), e AS (
+                INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+                SELECT u.intent_id, u.event_seq,
+                       CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                     WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                     ELSE 'intent.timed_out' END,
+                       u.status, axme._caller(),   -- sec: the caller, not the definer
+                       CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
+                                     WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                           'error', u.error)
+                                     ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+                FROM u
+            )
+            SELECT u.* FROM u ORDER BY u.was_due
+        LOOP
+            seen := seen + 1;
+            IF r.status = 'DELIVERED' THEN
+                claimed := claimed + 1;
+                intent_id := r.intent_id;
+                intent_type := r.intent_type;
+                payload := r.payload;
+                from_agent := r.from_agent;
+                correlation_id := r.correlation_id;
+                attempt := r.attempt;
+                lease_until := r.lease_until;
+                traceparent := r.traceparent;
+                RETURN NEXT;
+            ELSE
+                PERFORM axme._wake_waiters(r.intent_id);
+            END IF;
+        END LOOP;
+        EXIT WHEN seen = 0 OR claimed >= max_count;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
+    'Claim up to max_count (1..10000) due intents of a poll or stream agent, oldest due first, '
+    'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
+    'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
+    'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. traceparent: the '
+    'sender''s W3C trace context, NULL when it gave none. '
+    'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
+    'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
+
+
+
+CREATE OR REPLACE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    -- webhook bodies carry created_at in UTC whatever the server's TimeZone (axme.render_request
+    -- renders them the same way); local to the worker's claim transaction
+    PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, axme._caller(),   -- sec: the caller, not the definer
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        IF r.traceparent IS NOT NULL THEN   -- W3C Trace Context, on every attempt
+            headers := headers || ('traceparent: ' || r.traceparent);
+            IF r.tracestate IS NOT NULL THEN
+                headers := headers || ('tracestate: ' || r.tracestate);
+            END IF;
+        END IF;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
+
+
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
+                               'render_request',
                                'inbox_thread'];   -- the thread of a human task it sent
     agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
                               'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',
-                              'get_intent', 'intent_events', 'wait_for',
+                              'get_intent', 'intent_events', 'wait_for', 'render_request', 'ping_agent',
                               -- inbox and human tasks
                               'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
     -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor
@@ -685,6 +1120,10 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC, %s', t.rel, roles);
     END LOOP;
 END $$;
+COMMENT ON FUNCTION axme._secure() IS
+    'Private: apply the security model (SECURITY DEFINER with a pinned search_path, EXECUTE grants, '
+    'row-level security, security_invoker views) to everything in schema axme. Idempotent; the last '
+    'step of every upgrade script.';
 
 -- The worker waiting for this update serves the database at its commit.
 SELECT axme._wake_http();

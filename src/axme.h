@@ -48,6 +48,13 @@ extern bool axme_schema_has(const char *relname, const char *colname);
 extern const char *axme_set_actor(const char *actor);
 extern const char *axme_actor(void);
 
+/* render.c */
+extern bool axme_reserved_send(void);
+
+/* trace.c */
+extern bool axme_traceparent_is_valid(const char *s);
+extern bool axme_tracestate_is_valid(const char *s);
+
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);
 

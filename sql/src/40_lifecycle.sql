@@ -91,7 +91,7 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT i.attempt - i.attempt_base < i.max_delivery_
 -- nothing, and nothing of it is dead-lettered or timed out by the claim either (its intents wait).
 CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
-               correlation_id uuid, attempt integer, lease_until timestamptz)
+               correlation_id uuid, attempt integer, lease_until timestamptz, traceparent text)
 LANGUAGE plpgsql AS $$
 DECLARE
     a axme.agents;
@@ -174,6 +174,7 @@ BEGIN
                 correlation_id := r.correlation_id;
                 attempt := r.attempt;
                 lease_until := r.lease_until;
+                traceparent := r.traceparent;
                 RETURN NEXT;
             ELSE
                 PERFORM axme._wake_waiters(r.intent_id);
@@ -188,7 +189,8 @@ COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
     'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
     'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
     'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
-    'Only the agent''s receiver role (option db_role) and admins may poll. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. traceparent: the '
+    'sender''s W3C trace context, NULL when it gave none. '
     'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
     'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
 

@@ -159,6 +159,61 @@ def test_signature_headers_and_body(ctx):
 
 
 @test
+def test_render_request_is_what_is_sent(ctx):
+    """render_request shows the request the worker then sends: the same body bytes, the same
+    headers (traceparent and tracestate included) but for the time-dependent ones, and a signature
+    that the reference verifier accepts; ping_agent posts a test event like any other."""
+    addr = agent(ctx, "render", "/render", {"headers": {"x-tenant": "acme"}})
+    q(ctx.db, "SELECT axme.pause_agent(%s)", (addr,))
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    iid = send(ctx, addr, {"text": "grüße"}, traceparent=tp, tracestate="rojo=00f067aa0ba902b7")
+    r = q1(ctx.db, "SELECT axme.render_request(%s)", (iid,))
+    secret = q1(ctx.db, "SELECT axme.agent_secret(%s)", (addr,))
+    rh = r["headers"]
+    check(r["method"] == "POST" and r["url"] == ctx.rx.url("/render") and r["attempt"] == 1, "render %r" % r)
+    rc, out = node_verify([{"secret": secret, "id": rh["webhook-id"], "timestamp": rh["webhook-timestamp"],
+                            "signature": rh["webhook-signature"], "body": r["body"]}])
+    check(rc == 0, "rendered signature does not verify: %s" % out)
+    check(secret not in json.dumps(r), "secret in the rendering")
+    q(ctx.db, "SELECT axme.resume_agent(%s)", (addr,))
+    wait_status(ctx, iid, ("COMPLETED",))
+    got = ctx.rx.requests("/render")[0]
+    check(got["body"] == r["body"].encode(), "body differs:\n%r\n%r" % (got["body"], r["body"]))
+    sent = {k.lower(): v for k, v in got["headers"].items()}
+    for k, v in rh.items():
+        if k in ("webhook-timestamp", "webhook-signature"):
+            continue
+        check(sent.get(k.lower()) == v, "header %s: rendered %r, sent %r" % (k, v, sent.get(k.lower())))
+    check(sent["traceparent"] == tp and sent["tracestate"] == "rojo=00f067aa0ba902b7", "trace headers %r" % sent)
+    # ping_agent: an ordinary intent, signed and posted
+    pid = q1(ctx.db, "SELECT axme.ping_agent(%s)", (addr,))
+    doc = q1(ctx.db, "SELECT axme.wait_for(%s, '20 seconds')", (pid,))
+    check(doc and doc["status"] == "COMPLETED", "ping %r" % (doc,))
+    ping = [x for x in ctx.rx.requests("/render") if json.loads(x["body"])["intent_id"] == pid]
+    check(len(ping) == 1 and json.loads(ping[0]["body"])["intent_type"] == "axme.ping.v1", "ping request %r" % ping)
+    check(q(ctx.db, "SELECT attempt, http_status FROM axme.attempts WHERE intent_id = %s", (pid,)) == [(1, 200)],
+          "ping attempt")
+
+
+@test
+def test_traceparent_on_every_attempt(ctx):
+    """The sender's traceparent goes out on every attempt of a retried intent; without one, none."""
+    addr = agent(ctx, "trace", "/trace", {"retry": {"base_delay_ms": 100}})
+    ctx.rx.script("/trace", [{"status": 500}, {"status": 503}], default={"status": 200})
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    iid = send(ctx, addr, traceparent=tp)
+    wait_status(ctx, iid, ("COMPLETED",))
+    reqs = ctx.rx.requests("/trace")
+    check(len(reqs) == 3, "expected 3 attempts, got %d" % len(reqs))
+    check(all({k.lower(): v for k, v in x["headers"].items()}.get("traceparent") == tp for x in reqs),
+          "traceparent missing on an attempt")
+    plain = send(ctx, addr)
+    wait_status(ctx, plain, ("COMPLETED",))
+    last = ctx.rx.requests("/trace")[-1]
+    check("traceparent" not in {k.lower() for k in last["headers"]}, "traceparent without one given")
+
+
+@test
 def test_secret_option_kept_and_used(ctx):
     """A given secret is used, kept when re-registering, hidden from axme.agents."""
     raw = base64.b64encode(bytes(range(32))).decode()

@@ -393,7 +393,7 @@ SELECT note FROM axme.sec_later_by_intent;
 SELECT count(*) AS ok_view_rows FROM axme.sec_later_ok;
 RESET ROLE;
 SET ROLE sec_w1;
-SELECT note FROM axme.sec_later_by_owner;
+SELECT note FROM axme.sec_later_by_owner ORDER BY note;
 RESET ROLE;
 DROP VIEW axme.sec_later_urls, axme.sec_later_fn, axme.sec_later_ok;
 DROP TABLE axme.sec_later_by_intent, axme.sec_later_by_owner, axme.sec_later_plain;
