@@ -631,16 +631,6 @@ COMMENT ON COLUMN axme.intents.traceparent IS
     'W3C traceparent the sender gave (validated at send; none is generated when absent): sent as a header on every webhook attempt, returned by poll.';
 COMMENT ON COLUMN axme.intents.tracestate IS
     'W3C tracestate the sender gave with its traceparent: sent as a header on every webhook attempt.';
-COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
-    'Store an intent and queue it for its receiver, in the caller''s transaction. intent: '
-    '{"intent_type", "to_agent", "payload": {...}} plus optional from_agent, correlation_id, reply_to, '
-    'deadline_at, not_before, max_delivery_attempts, remind_after_seconds, remind_interval_seconds, '
-    'max_reminders, escalate_to, human_task, traceparent and tracestate (W3C Trace Context: '
-    'validated, stored, sent as headers on every webhook attempt, returned by poll and get_intent; '
-    'none is generated when absent). idempotency_key: 8..128 characters; the same key and '
-    'intent return the first intent_id. Returns the intent_id. Errors: 22023 invalid field, 22P02 '
-    'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
-    'registered, 23505 idempotency key reused with a different intent.';
 
 CREATE OR REPLACE FUNCTION axme._document(i axme.intents) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -925,7 +915,7 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
-    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'Private (delivery worker): claim due intents of http agents within the worker''s and each agent''s '
     'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
     'what to send. Moves half-open breakers and spends rate-limit tokens.';
 
@@ -1125,7 +1115,50 @@ COMMENT ON FUNCTION axme._secure() IS
     'row-level security, security_invoker views) to everything in schema axme. Idempotent; the last '
     'step of every upgrade script.';
 
--- The worker waiting for this update serves the database at its commit.
+-- Comments that named the processes by their old names: the delivery worker (formerly "the http
+-- worker", backend_type 'axme worker') and the handler worker (formerly "the internal worker").
+-- send_intent's errors: 40001 when the conflicting idempotency key is gone when read back; its
+-- trace context fields (traceparent, tracestate).
+COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
+    'Store an intent and queue it for its receiver, in the caller''s transaction. intent: '
+    '{"intent_type", "to_agent", "payload": {...}} plus optional from_agent, correlation_id, reply_to, '
+    'deadline_at, not_before, max_delivery_attempts, remind_after_seconds, remind_interval_seconds, '
+    'max_reminders, escalate_to, human_task, traceparent and tracestate (W3C Trace Context: '
+    'validated, stored, sent as headers on every webhook attempt, returned by poll and get_intent; '
+    'none is generated when absent). idempotency_key: 8..128 characters; the same key and '
+    'intent return the first intent_id. Returns the intent_id. Errors: 22023 invalid field, 22P02 '
+    'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
+    'registered, 23505 idempotency key reused with a different intent, 40001 the key it conflicted '
+    'with was removed meanwhile (retry).';
+COMMENT ON FUNCTION axme.pause_agent(text) IS
+    'Pause an agent: from the commit on, nothing more is handed out to it (poll returns no rows, '
+    'the delivery and handler workers skip it); its intents wait and are not charged attempts. '
+    'Intents already handed out keep their leases. Idempotent. Admins only. Errors: 42501 not an '
+    'admin, 22023 invalid address, P0002 agent not registered.';
+COMMENT ON FUNCTION axme._wake_http() IS
+    'Private: wake this database''s delivery worker when the current transaction commits (or have the '
+    'launcher start one).';
+COMMENT ON FUNCTION axme._http_wake_trigger() IS
+    'Private: row trigger on axme.intents; an intent became due, wake the delivery worker at commit.';
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (delivery worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
+    'Private (delivery worker): when an http agent can next be handed something (NULL: nothing due).';
+COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timestamptz[], double precision[],
+                                            integer[], text[], text[], text[], text[], bigint[]) IS
+    'Private (delivery worker): record finished attempts and move their intents on, then update the '
+    'endpoints'' breaker, slow start and health (axme._endpoint_observe).';
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the handler worker (DELIVERED).';
+COMMENT ON VIEW axme.worker_status IS
+    'The running axme workers of the cluster (shared memory): kind (delivery worker), database, pid, state '
+    '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
+    'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
+    'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';
+
+-- The database's delivery worker, waiting for this update, resumes at commit.
 SELECT axme._wake_http();
 
 -- Last: the security model covers every object, old and new.

@@ -4,7 +4,7 @@
  * Written in C because it is the hot path of every producer (often a trigger): the intent document
  * is validated in one pass over its keys, then three prepared statements store the intent and its
  * first two events (intent.created, intent.submitted) in the caller's transaction.  A stream
- * agent's wake-up NOTIFY is queued for commit (wakeup.c).
+ * agent's wake-up NOTIFY is queued for commit (doorbell.c).
  */
 #include "postgres.h"
 
@@ -27,7 +27,7 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
-#include "timers.h"
+#include "doorbell.h"
 
 PG_FUNCTION_INFO_V1(axme_send_intent);
 
@@ -363,7 +363,7 @@ text_or_null(const char *s, char *nulls, int i)
  * a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused
  * with another document; from axme._inbox_on_send(): 22023 invalid human_task, human_task to a
  * non-inbox agent or none to an inbox agent, escalate_to not an inbox, P0002 reply_to or
- * escalate_to not registered.
+ * escalate_to not registered; 40001 the key that conflicted was removed meanwhile (retry).
  */
 Datum
 axme_send_intent(PG_FUNCTION_ARGS)
@@ -568,15 +568,20 @@ axme_send_intent(PG_FUNCTION_ARGS)
 			select_plan = key_select_plan_legacy;
 		}
 		if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "axme: idempotency key insert failed");
+			elog(ERROR, "idempotency key insert failed");
 		if (SPI_processed == 0)
 		{
 			char	   *old_hash;
 			Datum		old_id;
 
-			if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT ||
-				SPI_processed != 1)
-				elog(ERROR, "axme: idempotency key lookup failed");
+			if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "idempotency key lookup failed");
+			if (SPI_processed != 1)		/* the conflicting key went away meanwhile (expired) */
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access to idempotency key \"%s\"", key),
+						 errdetail("A concurrent transaction removed the key after it conflicted with this send."),
+						 errhint("Retry the send.")));
 			old_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 			old_hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 			if (strcmp(old_hash, hash) != 0)
@@ -624,7 +629,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		args[P_KEY] = text_or_null(key, nulls, P_KEY);
 		args[P_DEFAULT_BUDGET] = Int32GetDatum(axme_max_delivery_attempts);
 		if (SPI_execute_plan(store_plan, args, nulls, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "axme: intent insert failed");
+			elog(ERROR, "intent insert failed");
 	}
 	if (SPI_processed == 0)
 	{
@@ -687,7 +692,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 			inbox_plan = axme_keep_plan("SELECT axme._inbox_on_send($1)", 1, &t);
 		}
 		if (SPI_execute_plan(inbox_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "axme: inbox send checks failed");
+			elog(ERROR, "inbox send checks failed");
 	}
 
 	/* --- the timer rows (only when asked for: the plain send path does nothing more) --- */
@@ -718,22 +723,22 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		tnulls[1] = has_deadline ? ' ' : 'n';
 		targs[2] = Int32GetDatum(remind_after);
 		tnulls[2] = remind_after >= 0 ? ' ' : 'n';
-		/* the trigger on axme.timers tells the worker at commit (timers.c) */
+		/* the trigger on axme.timers rings the delivery worker at commit (doorbell.c) */
 		if (have_table &&
 			SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "axme: timer insert failed");
+			elog(ERROR, "timer insert failed");
 	}
 	SPI_finish();
 	if (is_internal)
-		axme_internal_note_due();
-	/* a delayed stream wake-up or inbox task: the worker looks again then (timers.c) */
+		axme_ring_handler();
+	/* a delayed stream wake-up or inbox task: the delivery worker looks again then (doorbell.c, timers.c) */
 	else if (has_not_before && not_before > GetCurrentTransactionStartTimestamp() &&
 			 (is_stream || is_inbox))
-		axme_timers_note_due(not_before);
+		axme_ring_timer(not_before);
 
 	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
 	if (is_stream && !(has_not_before && not_before > GetCurrentTransactionStartTimestamp()))
-		axme_queue_notify(agent_id, id);
+		axme_ring_stream(agent_id, id);
 
 	PG_RETURN_UUID_P(id);
 }

@@ -505,7 +505,7 @@ def main():
         deadline = time.monotonic() + 10
         with waiter.cursor() as cur:
             while True:     # started by the launcher within about a second of CREATE EXTENSION
-                cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' "
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' "
                             "AND datname = current_database()")
                 row = cur.fetchone()
                 if row or time.monotonic() > deadline:
@@ -515,14 +515,14 @@ def main():
             cur.execute("SELECT current_setting('axme.http_allowed_networks', true)")
             allowed = cur.fetchone()[0]
         if worker_pid is None:
-            problems.append("no axme worker runs for this database (shared_preload_libraries?)")
+            problems.append("no axme delivery worker runs for this database (shared_preload_libraries?)")
         port = free_port()
         url, secret = register_invoicer(conn, port)
         say(f"   registered {INVOICER}: delivery mode http, endpoint_url {url}")
         say(f"     options {json.dumps(INVOICER_OPTIONS)}")
         say(f"   its signing secret, from axme.agent_secret(): {secret[:12]}... (the receiver gets it "
             "in its environment)")
-        say(f"   axme worker pid {worker_pid}; axme.http_allowed_networks = '{allowed}' "
+        say(f"   axme delivery worker pid {worker_pid}; axme.http_allowed_networks = '{allowed}' "
             "(loopback is refused by default)")
         say(f"   nothing listens on 127.0.0.1:{port}. The shop invoices orders "
             f"{', '.join(str(o) for o, _, _ in placed[:INVOICED])}:")

@@ -352,7 +352,7 @@ class TimersTest(AxmeTestCase):
 
     @contextlib.contextmanager
     def database_at_0_2_0(self, suffix):
-        """A database of its own with axme created at version 0.2.0 (this library is 0.3.0);
+        """A database of its own with axme created at version 0.2.0 (the library is newer);
         yields an autocommit cursor and drops the database afterwards."""
         admin = connect("postgres")
         db = self.dbname + suffix
@@ -377,8 +377,7 @@ class TimersTest(AxmeTestCase):
                                'to_agent', %s, 'payload', '{}'::jsonb,
                                'deadline_at', clock_timestamp() + interval '3 seconds'))""", (POLL,))
             iid = cur.fetchone()[0]
-            # to the library's version: the worker serves a database only once its SQL is as new
-            # as the library (at 0.3.0 under a 0.4.0 library it waits, and nothing times out)
+            # to the library's version: the worker serves only a database that is up to date
             cur.execute("ALTER EXTENSION axme UPDATE")
             cur.execute("SELECT kind FROM axme.timers WHERE intent_id = %s", (iid,))
             self.assertEqual(cur.fetchall(), [("deadline",)])
@@ -409,7 +408,7 @@ class TimersTest(AxmeTestCase):
                       'intent_type', 'intent.test.crash.v1', 'to_agent', %s, 'payload', '{}'::jsonb,
                       'deadline_at', clock_timestamp() + interval '1 second' + g * interval '200 microseconds'))
                   FROM generate_series(1, 3000) g""", (POLL,))
-        pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' AND datname = current_database()")
+        pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' AND datname = current_database()")
         self.assertIsNotNone(pid)
         time.sleep(1.1)  # due now, being fired
         try:
@@ -428,7 +427,7 @@ class TimersTest(AxmeTestCase):
         while True:
             try:
                 self.db = self.connect()
-                new_pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' "
+                new_pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' "
                                   "AND datname = current_database()")
                 if new_pid is not None and new_pid != pid:
                     break
@@ -436,7 +435,7 @@ class TimersTest(AxmeTestCase):
             except psycopg2.Error:
                 pass
             if time.monotonic() - t0 > 60:
-                self.fail("no new axme worker within 60 s of the kill")
+                self.fail("no new axme delivery worker within 60 s of the kill")
             time.sleep(0.2)
         while time.monotonic() - t0 < 120:
             left = self.q1("SELECT count(*) FROM axme.intents WHERE intent_type = 'intent.test.crash.v1' AND status <> 'TIMED_OUT'")
