@@ -24,7 +24,7 @@ SELECT axme.send_intent('{"intent_type": "intent.render.v1", "to_agent": "agent:
                           "correlation_id": "0190a0b0-0000-7000-8000-000000000001"}') AS rid \gset
 -- the sender: everything but the signature and the option header values
 SELECT r->>'method' AS method, r->>'url' AS url, r->'attempt' AS attempt, r->>'signature' AS signature,
-       (r->'headers') - 'webhook-id' - 'webhook-timestamp' - 'user-agent' AS headers,
+       (r->'headers') - 'webhook-id' - 'webhook-timestamp' - 'user-agent' - 'content-length' AS headers,
        r->'headers'->>'webhook-id' = :'rid' AS id_header,
        abs((r->'headers'->>'webhook-timestamp')::bigint - extract(epoch FROM now())) < 2 AS timestamp_now,
        r->'headers'->>'user-agent' LIKE 'axme/%' AS user_agent
