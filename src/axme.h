@@ -50,6 +50,16 @@ extern void axme_check_from_agent(const char *from_agent);
 
 /* url.c */
 extern char *axme_tls_file_problem(const char *value, bool must_exist);
+/* actor.c */
+extern const char *axme_set_actor(const char *actor);
+extern const char *axme_actor(void);
+
+/* render.c */
+extern bool axme_reserved_send(void);
+
+/* trace.c */
+extern bool axme_traceparent_is_valid(const char *s);
+extern bool axme_tracestate_is_valid(const char *s);
 
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);

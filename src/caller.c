@@ -146,11 +146,14 @@ axme_check_from_agent(const char *from_agent)
 
 /*
  * axme._caller() RETURNS text: the role the session runs as (current_user outside any SECURITY
- * DEFINER function; SET ROLE is honoured).
+ * DEFINER function; SET ROLE is honoured); in axme's own workers, the worker's name (actor.c),
+ * so that the events they write say which worker acted.
  */
 Datum
 axme_caller_fn(PG_FUNCTION_ARGS)
 {
+	if (axme_actor() != NULL)
+		PG_RETURN_TEXT_P(cstring_to_text(axme_actor()));
 	PG_RETURN_TEXT_P(cstring_to_text(axme_caller_name()));
 }
 

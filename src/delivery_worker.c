@@ -292,6 +292,7 @@ axme_delivery_worker_main(Datum arg)
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	axme_doorbell_is_delivery_worker();
+	axme_set_actor("axme:delivery-worker");	/* the actor of its events (actor.c) */
 	pgstat_report_appname(AXME_DELIVERY_WORKER);
 	axme_status_register(AXME_DELIVERY_WORKER_KIND);
 	wait_for_update();

@@ -403,6 +403,7 @@ axme_handler_worker_main(Datum arg)
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(AXME_HANDLER_WORKER);
+	axme_set_actor("axme:handler-worker");	/* the actor of its events (actor.c) */
 	cxt = AllocSetContextCreate(TopMemoryContext, "axme handler worker", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)

@@ -35,7 +35,8 @@ PG_FUNCTION_INFO_V1(axme_send_intent);
 static const char *const intent_keys[] = {
 	"intent_type", "to_agent", "payload", "from_agent", "correlation_id", "reply_to",
 	"deadline_at", "not_before", "max_delivery_attempts", "remind_after_seconds",
-	"remind_interval_seconds", "max_reminders", "escalate_to", "human_task"
+	"remind_interval_seconds", "max_reminders", "escalate_to", "human_task", "traceparent",
+	"tracestate"
 };
 
 #define N_INTENT_KEYS lengthof(intent_keys)
@@ -50,6 +51,7 @@ static SPIPlanPtr store_plan = NULL;
 static bool store_plan_role_oids = false;	/* which sender_role column store_plan was made for */
 static SPIPlanPtr timer_plan = NULL;
 static SPIPlanPtr inbox_plan = NULL;
+static SPIPlanPtr trace_plan = NULL;
 
 /* The parameters of store_plan, in order. */
 enum
@@ -299,7 +301,7 @@ check_unknown_keys(Jsonb *intent)
 				 errhint("Known fields: intent_type, to_agent, payload, from_agent, correlation_id, "
 						 "reply_to, deadline_at, not_before, max_delivery_attempts, "
 						 "remind_after_seconds, remind_interval_seconds, max_reminders, "
-						 "escalate_to, human_task.")));
+						 "escalate_to, human_task, traceparent, tracestate.")));
 }
 
 static void
@@ -412,6 +414,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	char	   *role;
 	Oid			role_type;
 	Jsonb	   *human_task = NULL;
+	char	   *traceparent;
+	char	   *tracestate;
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 	pg_uuid_t  *corr = palloc(sizeof(pg_uuid_t));
 	TimestampTz deadline = 0,
@@ -435,7 +439,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	 * The sender is the calling role (SET ROLE honoured), not the owner this SECURITY DEFINER
 	 * function runs as; it must be a member of axme_sender or axme_admin (42501).
 	 */
-	axme_check_caller_may_send();
+	if (!axme_reserved_send())	/* ping_agent checked its caller itself (render.c) */
+		axme_check_caller_may_send();
 	role = axme_caller_name();
 
 	/* --- validation, before any write --- */
@@ -454,6 +459,12 @@ axme_send_intent(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid intent_type \"%.300s\"", intent_type),
 				 errhint("Use a dotted lower-case name ending in a version, e.g. intent.order.process.v1.")));
+	if (strncmp(intent_type, "axme.", 5) == 0 && !axme_reserved_send())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("intent_type \"%.300s\" is reserved", intent_type),
+				 errdetail("Intent types beginning with \"axme.\" are axme's own (axme.ping.v1: axme.ping_agent)."),
+				 errhint("Name your intent types after your own domain, e.g. intent.order.process.v1.")));
 	to_agent = get_string(intent, "to_agent");
 	if (to_agent == NULL)
 		invalid("intent field \"%s\" is required", "to_agent");
@@ -527,6 +538,21 @@ axme_send_intent(PG_FUNCTION_ARGS)
 			invalid("intent field \"%s\" must be a JSON object", "human_task");
 		human_task = JsonbValueToJsonb(v);
 	}
+	traceparent = get_string(intent, "traceparent");
+	if (traceparent != NULL && !axme_traceparent_is_valid(traceparent))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("intent field \"traceparent\" is not a W3C traceparent: \"%.100s\"", traceparent),
+				 errhint("Use version-traceid-parentid-flags in lower-case hex, e.g. "
+						 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.")));
+	tracestate = get_string(intent, "tracestate");
+	if (tracestate != NULL && traceparent == NULL)
+		invalid("intent field \"%s\" needs a traceparent", "tracestate");
+	if (tracestate != NULL && !axme_tracestate_is_valid(tracestate))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("intent field \"tracestate\" is not a W3C tracestate"),
+				 errhint("Use at most 32 comma-separated key=value members, at most 512 printable ASCII characters.")));
 	if (!PG_ARGISNULL(1))
 	{
 		text	   *k = PG_GETARG_TEXT_PP(1);
@@ -659,6 +685,35 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	}
 	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+	/*
+	 * Trace context, only when given: a second statement, so that the send of an intent without
+	 * one runs exactly the statements it did before (the update is HOT: no index has its columns).
+	 */
+	if (traceparent != NULL)
+	{
+		Datum		targs[3];
+		char		tnulls[4] = "   ";
+
+		if (!axme_schema_has("intents", "traceparent"))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("intent field \"traceparent\" needs axme 0.4.0 in this database"),
+					 errhint("Run ALTER EXTENSION axme UPDATE.")));
+		if (trace_plan == NULL)
+		{
+			Oid			t[3] = {UUIDOID, TEXTOID, TEXTOID};
+
+			trace_plan = axme_keep_plan(
+				"UPDATE axme.intents SET traceparent = $2, tracestate = $3"
+				" WHERE intent_id OPERATOR(pg_catalog.=) $1", 3, t);
+		}
+		targs[0] = UUIDPGetDatum(id);
+		targs[1] = CStringGetTextDatum(traceparent);
+		targs[2] = text_or_null(tracestate, tnulls, 2);
+		if (SPI_execute_plan(trace_plan, targs, tnulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "axme: trace context update failed");
+	}
 	is_stream = strcmp(mode, "stream") == 0;
 	is_internal = strcmp(mode, "internal") == 0;
 	is_inbox = strcmp(mode, "inbox") == 0;

@@ -136,6 +136,7 @@ axme_timers_tick(int slot)
 {
 	TimestampTz now;
 	bool		poked;
+	const char *previous_actor;
 
 	if (axme_shared() == NULL || slot < 0)
 		return false;
@@ -148,6 +149,7 @@ axme_timers_tick(int slot)
 	/* while scanning, any commit of a timer pokes us (see the header comment) */
 	pg_atomic_write_u64(&my_slot->wake_at, AXME_WAKE_UNKNOWN);
 	pg_memory_barrier();
+	previous_actor = axme_set_actor("axme:timer");	/* the actor of its events (actor.c) */
 	PG_TRY();
 	{
 		next_run = run_tick();
@@ -162,6 +164,7 @@ axme_timers_tick(int slot)
 		next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 	}
 	PG_END_TRY();
+	axme_set_actor(previous_actor);
 	pg_atomic_write_u64(&my_slot->wake_at, (uint64) next_run);
 	return true;
 }

@@ -37,7 +37,9 @@ CREATE TABLE axme.intents (
     escalate_to           text,
     human_task            jsonb,
     idempotency_key       text,
-    event_seq             integer NOT NULL DEFAULT 0
+    event_seq             integer NOT NULL DEFAULT 0,
+    traceparent           text,
+    tracestate            text
 );
 COMMENT ON TABLE axme.intents IS
     'One row per intent: its current status, attempt counter, due time and lease. '
@@ -47,6 +49,10 @@ COMMENT ON TABLE axme.intents IS
 COMMENT ON COLUMN axme.intents.sender_role IS
     'The role (by OID) that sent the intent; it may read the intent. A role created later under '
     'the same name is another role and may not.';
+COMMENT ON COLUMN axme.intents.traceparent IS
+    'W3C traceparent the sender gave (validated at send; none is generated when absent): sent as a header on every webhook attempt, returned by poll.';
+COMMENT ON COLUMN axme.intents.tracestate IS
+    'W3C tracestate the sender gave with its traceparent: sent as a header on every webhook attempt.';
 COMMENT ON COLUMN axme.intents.due_at IS
     'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
 -- The claim path: due intents of one agent, oldest due first.
@@ -111,7 +117,9 @@ COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
     'Store an intent and queue it for its receiver, in the caller''s transaction. intent: '
     '{"intent_type", "to_agent", "payload": {...}} plus optional from_agent, correlation_id, reply_to, '
     'deadline_at, not_before, max_delivery_attempts, remind_after_seconds, remind_interval_seconds, '
-    'max_reminders, escalate_to, human_task. idempotency_key: 8..128 characters; the same key and '
+    'max_reminders, escalate_to, human_task, traceparent and tracestate (W3C Trace Context: '
+    'validated, stored, sent as headers on every webhook attempt, returned by poll and get_intent; '
+    'none is generated when absent). idempotency_key: 8..128 characters; the same key and '
     'intent return the first intent_id. Returns the intent_id. Errors: 22023 invalid field, 22P02 '
     'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
     'registered, 23505 idempotency key reused with a different intent, 40001 the key it conflicted '
@@ -128,7 +136,8 @@ LANGUAGE sql STABLE AS $$
         'dead_letter_reason', i.dead_letter_reason, 'created_at', i.created_at,
         'updated_at', i.updated_at, 'deadline_at', i.deadline_at, 'not_before', i.not_before,
         'next_attempt_at', CASE WHEN i.status = 'SUBMITTED' THEN i.due_at END,
-        'lease_until', i.lease_until, 'human_task', i.human_task)
+        'lease_until', i.lease_until, 'human_task', i.human_task,
+        'traceparent', i.traceparent, 'tracestate', i.tracestate)
 $$;
 
 -- Append an event that is not a transition (intent.reminder, intent.escalated) to a locked intent.

@@ -131,7 +131,7 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT i.attempt - i.attempt_base < i.max_delivery_
 -- nothing, and nothing of it is dead-lettered or timed out by the claim either (its intents wait).
 CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
-               correlation_id uuid, attempt integer, lease_until timestamptz)
+               correlation_id uuid, attempt integer, lease_until timestamptz, traceparent text)
 LANGUAGE plpgsql AS $$
 DECLARE
     a axme.agents;
@@ -219,6 +219,7 @@ BEGIN
                 correlation_id := r.correlation_id;
                 attempt := r.attempt;
                 lease_until := r.lease_until;
+                traceparent := r.traceparent;
                 RETURN NEXT;
             ELSE
                 PERFORM axme._wake_waiters(r.intent_id);
@@ -233,7 +234,8 @@ COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
     'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
     'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
     'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
-    'Only the agent''s receiver role (option db_role) and admins may poll. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. traceparent: the '
+    'sender''s W3C trace context, NULL when it gave none. '
     'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
     'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
 
@@ -449,6 +451,49 @@ COMMENT ON FUNCTION axme.resolve(uuid, text, jsonb) IS
     'End a non-terminal intent with COMPLETED, FAILED or CANCELED, whoever holds it; result is '
     'stored as the result (as the error for FAILED). Errors: 22023 NULL or invalid status, '
     'P0002 unknown intent, 55000 already terminal.';
+
+-- The sender's twin of resolve(intent_id, 'CANCELED'): the same transition and intent.canceled
+-- event, allowed to the role that sent the intent (and admins) rather than to its receiver.
+CREATE FUNCTION axme.cancel(intent_id uuid, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF length(reason) > 2000 THEN
+        RAISE EXCEPTION 'argument "reason" must be at most 2000 characters, got %', length(reason)
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO i FROM axme.intents x WHERE x.intent_id = cancel.intent_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    -- sec: the sending role (sender_role) or an admin; a receiver ends an intent with resolve
+    IF NOT (axme._is_admin() OR axme._caller_has(i.sender_role)) THEN
+        RAISE EXCEPTION 'permission denied for cancel: role "%" did not send intent %', axme._caller(), i.intent_id
+            USING ERRCODE = '42501',
+                  HINT = 'Only the role that sent an intent and members of axme_admin may cancel it; its receiver uses resolve(intent_id, ''CANCELED'').';
+    END IF;
+    IF reason IS NOT NULL THEN
+        i.result := jsonb_build_object('reason', reason);
+    END IF;
+    -- _transition raises 55000 when the intent is already terminal; the trigger on axme.intents
+    -- closes an open task thread and removes its timers; an http attempt in flight is recorded
+    -- when it ends but no longer moves the intent (axme._http_record), and a handler's run rolls
+    -- back (internal.c)
+    PERFORM axme._transition(i, 'CANCELED', 'intent.canceled',
+        jsonb_build_object('canceled', true) || CASE WHEN reason IS NULL THEN '{}'::jsonb
+                                                     ELSE jsonb_build_object('reason', reason) END);
+END $$;
+COMMENT ON FUNCTION axme.cancel(uuid, text) IS
+    'End a non-terminal intent as CANCELED, by the role that sent it (sender_role) or an admin; '
+    'event intent.canceled with {"canceled": true, "reason"}; reason (at most 2000 characters) is '
+    'also kept as the result {"reason": ...}. A receiver''s later ack/complete/fail gets 55000; an '
+    'http attempt already in flight is still recorded in delivery_attempts but no longer moves the '
+    'intent. Errors: 22023 NULL intent_id or reason too long, P0002 unknown intent, 42501 not its '
+    'sender, 55000 already terminal.';
 
 -- When an intent becomes terminal, by whatever path (_transition, poll's timeouts, complete_many,
 -- the http recorder): its timers go, its open task thread closes, and with reply_to a completion

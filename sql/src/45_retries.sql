@@ -75,36 +75,68 @@ COMMENT ON FUNCTION axme.replay(uuid) IS
     'Send a dead-lettered intent again with a fresh attempt budget (-> SUBMITTED, event '
     'intent.replayed). Errors: 22023 NULL, P0002 unknown intent, 55000 not a dead letter.';
 
--- Replay every dead letter of an agent; an http agent's re-drives go through the
--- slow-start ramp with their due times spread (axme._ramp_start).
-CREATE OR REPLACE FUNCTION axme.replay_dead_letters(agent text, since timestamptz DEFAULT NULL) RETURNS bigint
+-- Replay the dead letters of an agent that match a filter, oldest dead letter first, in batches
+-- of at most 1000 (bounded memory however many there are); an http agent's re-drives go through
+-- the slow-start ramp with their due times spread (axme._ramp_start).  Rows are locked FOR UPDATE:
+-- a concurrent replay waits, then skips what it no longer finds dead-lettered, so no dead letter
+-- is replayed twice.
+CREATE FUNCTION axme.replay_dead_letters(agent text, since timestamptz DEFAULT NULL,
+                                         until timestamptz DEFAULT NULL, error_class text DEFAULT NULL,
+                                         max_count integer DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     a axme.agents := axme._agent(agent, 'agent');
     n bigint := 0;
-    r record;
+    batch integer;
+    ids uuid[];
+    id uuid;
 BEGIN
     PERFORM axme._check_receiver(a.agent_id, 'replay_dead_letters');   -- sec
-    FOR r IN
-        SELECT i.intent_id FROM axme.intents i
-        WHERE i.agent_id = a.agent_id AND i.status = 'FAILED' AND i.dead_letter_reason IS NOT NULL
-          AND (since IS NULL OR i.dead_lettered_at >= since)
-        ORDER BY i.dead_lettered_at
+    IF max_count < 1 THEN
+        RAISE EXCEPTION 'argument "max_count" must be at least 1 (NULL: all), got %', max_count
+            USING ERRCODE = '22023';
+    END IF;
+    IF since > until THEN
+        RAISE EXCEPTION 'argument "since" (%) must not be after "until" (%)', since, until
+            USING ERRCODE = '22023';
+    END IF;
+    IF length(error_class) > 100 THEN
+        RAISE EXCEPTION 'argument "error_class" must be at most 100 characters, got %', length(error_class)
+            USING ERRCODE = '22023';
+    END IF;
     LOOP
-        PERFORM axme.replay(r.intent_id);
-        n := n + 1;
+        batch := least(1000, coalesce(max_count - n, 1000));
+        EXIT WHEN batch <= 0;
+        ids := ARRAY(
+            SELECT i.intent_id FROM axme.intents i
+            WHERE i.agent_id = a.agent_id AND i.dead_letter_reason IS NOT NULL AND i.status = 'FAILED'
+              AND (since IS NULL OR i.dead_lettered_at >= since)
+              AND (until IS NULL OR i.dead_lettered_at < until)
+              AND (error_class IS NULL OR i.error->>'class' = error_class OR i.dead_letter_reason = error_class)
+            ORDER BY i.dead_lettered_at
+            LIMIT batch
+            FOR UPDATE OF i);
+        FOREACH id IN ARRAY ids LOOP
+            PERFORM axme.replay(id);
+        END LOOP;
+        n := n + cardinality(ids);
+        EXIT WHEN cardinality(ids) < batch;
     END LOOP;
     IF n > 0 AND a.delivery_mode = 'http' THEN
         PERFORM axme._ramp_start(a.agent_id, true);
     END IF;
     RETURN n;
 END $$;
-COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz) IS
-    'Replay every dead letter of an agent (dead-lettered at or after since, when given) with a fresh '
-    'attempt budget. For an http agent they go out through the slow-start ramp (1, 2, 4 ... '
-    'max_in_flight in flight) with their due times spread by jitter. Returns how many. '
-    'The agent''s receiver role and admins only. '
-    'Errors: 22023 invalid address, P0002 agent not registered, 42501 not its receiver.';
+COMMENT ON FUNCTION axme.replay_dead_letters(text, timestamptz, timestamptz, text, integer) IS
+    'Replay the dead letters of an agent with a fresh attempt budget, oldest first: those '
+    'dead-lettered at or after since and before until (each when given), whose last error has '
+    'class error_class or whose dead-letter reason is error_class (when given: dns, connect, tls, '
+    'timeout, network, http, redirect, ssrf_blocked, invalid_url; exhausted, non_retryable, '
+    'handler_error ...), at most max_count of them (NULL: all, in batches of 1000). For an http '
+    'agent they go out through the slow-start ramp (1, 2, 4 ... max_in_flight in flight) with '
+    'their due times spread by jitter. Returns how many were replayed. The agent''s receiver role '
+    'and admins only. Errors: 22023 invalid address, max_count < 1, since after until or '
+    'error_class over 100 characters, P0002 agent not registered, 42501 not its receiver.';
 
 CREATE FUNCTION axme.purge_dead_letters(agent text, before timestamptz DEFAULT now()) RETURNS bigint
 LANGUAGE plpgsql AS $$

@@ -39,6 +39,17 @@ COMMENT ON TABLE axme.delivery_attempts IS
     '(when a retry is due; NULL when none follows).';
 SELECT pg_catalog.pg_extension_config_dump('axme.delivery_attempts', '');
 
+-- delivery_attempts read by agent address: the same rows with the agent's address beside its id.
+CREATE VIEW axme.attempts AS
+    SELECT d.intent_id, d.attempt, a.address AS agent, d.started_at, d.duration_ms, d.http_status,
+           d.error_class, d.error, d.response_excerpt, d.next_attempt_at, d.agent_id
+    FROM axme.delivery_attempts d
+    LEFT JOIN axme.agents a ON a.agent_id = d.agent_id;
+COMMENT ON VIEW axme.attempts IS
+    'axme.delivery_attempts with the agent''s address (agent; NULL once the agent is unregistered): '
+    'one row per http delivery attempt, e.g. SELECT * FROM axme.attempts WHERE agent = '
+    '''agent://acme/prod/billing'' ORDER BY started_at DESC. Rows as readable as in delivery_attempts.';
+
 -- Sends, replays, retries and mode changes make an intent due: wake the worker at commit.
 CREATE TRIGGER intents_http_wake AFTER INSERT OR UPDATE OF due_at ON axme.intents
     FOR EACH ROW WHEN (NEW.status = 'SUBMITTED' AND NEW.due_at IS NOT NULL)
@@ -56,6 +67,9 @@ DECLARE
     rated_tokens double precision[] := '{}';
 BEGIN
     PERFORM axme._disable_roleless('http');   -- an agent whose db_role is gone: disabled
+    -- webhook bodies carry created_at in UTC whatever the server's TimeZone (axme.render_request
+    -- renders them the same way); local to the worker's claim transaction
+    PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
     -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
     -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
     IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
@@ -175,6 +189,12 @@ BEGIN
             'created_at', r.created_at, 'attempt', r.attempt)::text;
         secrets := r.agent_secrets;
         headers := r.agent_headers;
+        IF r.traceparent IS NOT NULL THEN   -- W3C Trace Context, on every attempt
+            headers := headers || ('traceparent: ' || r.traceparent);
+            IF r.tracestate IS NOT NULL THEN
+                headers := headers || ('tracestate: ' || r.tracestate);
+            END IF;
+        END IF;
         timeout_ms := r.tmo;
         ca_file := r.options->>'ca_file';
         client_cert_file := r.options->>'client_cert_file';
@@ -363,3 +383,129 @@ COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timesta
                                             integer[], text[], text[], text[], text[], bigint[]) IS
     'Private (delivery worker): record finished attempts and move their intents on, then update the '
     'endpoints'' breaker, slow start and health (axme._endpoint_observe).';
+
+-- The request as the worker sends it (axme.render_request) and a test event (axme.ping_agent).
+CREATE FUNCTION axme._webhook_signature(msg_id text, ts bigint, body text, secrets text[]) RETURNS text
+    LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'axme_webhook_signature';
+COMMENT ON FUNCTION axme._webhook_signature(text, bigint, text, text[]) IS
+    'Private: the webhook-signature header value for msg_id, Unix time ts and body with the given '
+    'secrets (the worker''s own signing, src/sign.c); NULL without a secret.';
+
+CREATE FUNCTION axme._user_agent() RETURNS text
+    LANGUAGE c IMMUTABLE AS 'MODULE_PATHNAME', 'axme_user_agent';
+COMMENT ON FUNCTION axme._user_agent() IS
+    'Private: the user-agent header the http worker sends (axme/<library version>).';
+
+CREATE FUNCTION axme._send_reserved(intent jsonb) RETURNS uuid
+    LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'axme_send_reserved';
+COMMENT ON FUNCTION axme._send_reserved(jsonb) IS
+    'Private: send_intent for one of axme''s own intent types (axme.ping.v1), which send_intent '
+    'refuses from users; the caller checks who may.';
+
+-- The webhook body of an intent's attempt, byte for byte as axme._http_claim builds it: its
+-- created_at in UTC (as the claim formats it), whatever the session's TimeZone.
+CREATE FUNCTION axme._webhook_body(i axme.intents, attempt integer) RETURNS text
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    session_tz text := current_setting('TimeZone');
+    body text;
+BEGIN
+    PERFORM set_config('TimeZone', 'UTC', true);
+    body := jsonb_build_object(
+        'intent_id', i.intent_id, 'intent_type', i.intent_type, 'from_agent', i.from_agent,
+        'to_agent', i.to_agent, 'correlation_id', i.correlation_id, 'payload', i.payload,
+        'created_at', i.created_at, 'attempt', attempt)::text;
+    PERFORM set_config('TimeZone', session_tz, true);
+    RETURN body;
+END $$;
+COMMENT ON FUNCTION axme._webhook_body(axme.intents, integer) IS
+    'Private: the body the http worker posts for attempt of the intent (as axme._http_claim builds it).';
+
+CREATE FUNCTION axme.render_request(intent_id uuid) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    a axme.agents;
+    v_attempt integer;
+    v_body text;
+    v_ts bigint := floor(extract(epoch FROM now()))::bigint;
+    v_admin boolean := axme._is_admin();
+    v_secrets text[];
+    v_sig text;
+    hdrs jsonb;
+BEGIN
+    PERFORM axme._check_intent_reader(intent_id);   -- sec: 22023 NULL, P0002 unknown, 42501 not a reader
+    SELECT * INTO i FROM axme.intents x WHERE x.intent_id = render_request.intent_id;
+    SELECT * INTO a FROM axme.agents g WHERE g.agent_id = i.agent_id;
+    IF a.delivery_mode IS DISTINCT FROM 'http' THEN
+        RAISE EXCEPTION 'intent % goes to agent "%" of delivery mode %, which receives no http requests',
+                        i.intent_id, i.to_agent, coalesce(a.delivery_mode, 'unknown')
+            USING ERRCODE = '55000', HINT = 'render_request renders the requests of http agents.';
+    END IF;
+    -- the next attempt of an intent waiting to be sent, else the last one (in flight or done)
+    v_attempt := CASE WHEN i.status = 'SUBMITTED' THEN i.attempt + 1 ELSE greatest(i.attempt, 1) END;
+    v_body := axme._webhook_body(i, v_attempt);
+    hdrs := jsonb_build_object(
+        'host', regexp_replace(substring(a.endpoint_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)'), '^.*@', ''),
+        'accept', '*/*',
+        'content-type', 'application/json',
+        'content-length', octet_length(v_body)::text,
+        'user-agent', axme._user_agent(),
+        'webhook-id', i.intent_id::text,
+        'webhook-timestamp', v_ts::text)
+        || CASE WHEN i.traceparent IS NULL THEN '{}'::jsonb
+                ELSE jsonb_strip_nulls(jsonb_build_object('traceparent', i.traceparent, 'tracestate', i.tracestate)) END;
+    v_secrets := ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                       WHERE s.agent_id = a.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                       ORDER BY s.created_at DESC);
+    -- sec: a signature is a replayable credential (valid for minutes): admins only
+    IF v_admin AND cardinality(v_secrets) > 0 THEN
+        v_sig := axme._webhook_signature(i.intent_id::text, v_ts, v_body, v_secrets);
+        IF v_sig IS NOT NULL THEN
+            hdrs := hdrs || jsonb_build_object('webhook-signature', v_sig);
+        END IF;
+    END IF;
+    -- the agent's own headers (option headers); their values only for admins, who may read the
+    -- options (an Authorization header is a credential)
+    hdrs := hdrs || coalesce((SELECT jsonb_object_agg(h.key, CASE WHEN v_admin THEN h.value ELSE '(hidden)' END)
+                              FROM jsonb_each_text(a.options->'headers') h), '{}');
+    RETURN jsonb_build_object(
+        'method', 'POST', 'url', a.endpoint_url, 'headers', hdrs, 'body', v_body, 'attempt', v_attempt,
+        'signature', CASE WHEN cardinality(v_secrets) = 0 THEN 'none'
+                          WHEN v_sig IS NOT NULL THEN 'included'
+                          ELSE 'hidden' END);
+END $$;
+COMMENT ON FUNCTION axme.render_request(uuid) IS
+    'The http request the worker sends for an intent: {method, url, headers, body, attempt, '
+    'signature}. attempt: the next attempt of a SUBMITTED intent, else the last one; body: the exact '
+    'bytes posted (created_at in UTC); headers: every header sent (host, accept, '
+    'content-type, content-length, user-agent, webhook-id, webhook-timestamp = now(), '
+    'webhook-signature, traceparent and tracestate when the intent has them, the agent''s option '
+    'headers). The signature (a credential replayable for '
+    'minutes) and option header values are shown to admins only: signature is included, hidden '
+    '(not an admin) or none (the agent has no secret); secrets never. The intent''s readers only '
+    '(sender, receiver, admins). Errors: 22023 NULL, P0002 unknown intent, 42501 not a reader, '
+    '55000 not an http agent''s intent.';
+
+CREATE FUNCTION axme.ping_agent(agent text) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents := axme._agent(agent, 'agent');
+BEGIN
+    PERFORM axme._check_receiver(a.agent_id, 'ping_agent');   -- sec: the endpoint's owner, admins
+    IF a.delivery_mode <> 'http' THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which receives no http requests', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'ping_agent sends a test event to an http agent.';
+    END IF;
+    RETURN axme._send_reserved(jsonb_build_object(
+        'intent_type', 'axme.ping.v1', 'to_agent', a.address, 'max_delivery_attempts', 1,
+        'payload', jsonb_build_object('ping', true, 'sent_at', clock_timestamp())));
+END $$;
+COMMENT ON FUNCTION axme.ping_agent(text) IS
+    'Queue a test event to an http agent: an ordinary intent of the reserved type axme.ping.v1 '
+    '(types beginning with axme. are refused from send_intent) with payload {"ping": true, '
+    '"sent_at"}, signed and posted like any other, one attempt (max_delivery_attempts 1, no '
+    'retries). Returns its intent_id: wait_for it, read its attempts in axme.attempts. A paused '
+    'or disabled agent gets it when resumed; with completion explicit it stays DELIVERED after its '
+    '2xx. The agent''s receiver role and admins only. Errors: 22023 invalid address, P0002 agent '
+    'not registered, 42501 not its receiver, 55000 not an http agent.';

@@ -2,43 +2,46 @@
 -- and the calls of the people who decide (inbox, inbox_thread, inbox_changes, decide, reply,
 -- delegate).
 
--- Task types: canonical name -> its outcomes and the intent status each outcome leads to
--- (the AXME protocol's task types).  Aliases map to a canonical name.
+-- Task types: the AXME protocol's 14, each with its outcomes and the intent status each outcome
+-- leads to.  Types that behave alike keep their own names (and, where they were once folded into
+-- another type, that type's outcome names, so that tasks sent before 0.4.0 keep their outcomes).
 CREATE FUNCTION axme._task_outcomes(task_type text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE task_type
-        WHEN 'approval'      THEN '{"approved": "COMPLETED", "rejected": "CANCELED"}'
-        WHEN 'confirmation'  THEN '{"confirmed": "COMPLETED", "rejected": "CANCELED"}'
-        WHEN 'review'        THEN '{"approved": "COMPLETED", "changes_requested": "COMPLETED", "rejected": "CANCELED"}'
-        WHEN 'assignment'    THEN '{"assigned": "COMPLETED", "declined": "CANCELED"}'
-        WHEN 'form'          THEN '{"completed": "COMPLETED"}'
-        WHEN 'clarification' THEN '{"provided": "COMPLETED"}'
-        WHEN 'manual_action' THEN '{"completed": "COMPLETED", "failed": "FAILED"}'
-        WHEN 'override'      THEN '{"override_approved": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'approval'            THEN '{"approved": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'review'              THEN '{"approved": "COMPLETED", "changes_requested": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'clarification'       THEN '{"provided": "COMPLETED"}'
+        WHEN 'provide_data'        THEN '{"completed": "COMPLETED"}'
+        WHEN 'attach_file'         THEN '{"completed": "COMPLETED"}'
+        WHEN 'manual_action'       THEN '{"completed": "COMPLETED", "failed": "FAILED"}'
+        WHEN 'confirmation'        THEN '{"confirmed": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'validate_real_world' THEN '{"confirmed": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'validate_output'     THEN '{"confirmed": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'assignment'          THEN '{"assigned": "COMPLETED", "declined": "CANCELED"}'
+        WHEN 'delegation'          THEN '{"assigned": "COMPLETED", "declined": "CANCELED"}'
+        WHEN 'reroute'             THEN '{"assigned": "COMPLETED", "declined": "CANCELED"}'
+        WHEN 'override'            THEN '{"override_approved": "COMPLETED", "rejected": "CANCELED"}'
+        WHEN 'escalate'            THEN '{"approved": "COMPLETED", "rejected": "CANCELED"}'
     END::jsonb
 $$;
 COMMENT ON FUNCTION axme._task_outcomes(text) IS
-    'Private: the outcomes of a canonical task type as {outcome: intent status}, NULL for an unknown type.';
+    'Private: the outcomes of a task type (one of the 14 of the AXME protocol) as {outcome: intent status}, NULL for an unknown type.';
 
 CREATE FUNCTION axme._task_type(name text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE name
-        WHEN 'provide_data' THEN 'form'
-        WHEN 'attach_file' THEN 'form'
-        WHEN 'validate_real_world' THEN 'confirmation'
-        WHEN 'validate_output' THEN 'confirmation'
-        WHEN 'delegation' THEN 'assignment'
-        WHEN 'reroute' THEN 'assignment'
-        WHEN 'escalate' THEN 'approval'
+        -- not an AXME type: the structured input of axme before 0.4.0, now provide_data
+        WHEN 'form' THEN 'provide_data'
         ELSE CASE WHEN axme._task_outcomes(name) IS NOT NULL THEN name END
     END
 $$;
 COMMENT ON FUNCTION axme._task_type(text) IS
-    'Private: the canonical task type of a type name or alias, NULL when unknown.';
+    'Private: the task type of a type name (form, accepted from before 0.4.0, is provide_data), NULL when unknown.';
 
--- Validate a human_task (22023 naming the field) and return it normalised: task_type canonical
--- (the name sent kept as type_name), allowed_outcomes filled with the type's outcomes when absent,
--- required_comment and evidence_required as booleans with their type defaults.
+-- Validate a human_task (22023 naming the field) and return it normalised: task_type one of the
+-- 14 (the name sent kept as type_name), allowed_outcomes filled with the type's outcomes when
+-- absent, required_comment and evidence_required as booleans with their type defaults
+-- (required_comment: clarification, override; evidence_required: manual_action, attach_file).
 CREATE FUNCTION axme._check_human_task(task jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
@@ -71,9 +74,9 @@ BEGIN
     IF canonical IS NULL THEN
         RAISE EXCEPTION '"human_task.task_type" names no known task type: "%"', left(task->>'task_type', 100)
             USING ERRCODE = '22023',
-                  HINT = 'Use approval, confirmation, review, assignment, form, clarification, manual_action, '
-                         'override, or an alias: provide_data, attach_file, validate_real_world, '
-                         'validate_output, delegation, reroute, escalate.';
+                  HINT = 'Use approval, review, clarification, provide_data, attach_file, manual_action, '
+                         'confirmation, validate_real_world, validate_output, assignment, delegation, '
+                         'reroute, override or escalate.';
     END IF;
     outcomes := axme._task_outcomes(canonical);
     IF jsonb_typeof(task->'title') IS DISTINCT FROM 'string' OR btrim(task->>'title') = '' THEN
@@ -169,11 +172,11 @@ BEGIN
         'allowed_outcomes', allowed,
         'required_comment', coalesce((task->>'required_comment')::boolean, false)
                             OR canonical IN ('clarification', 'override'),
-        'evidence_required', coalesce((task->>'evidence_required')::boolean, canonical = 'manual_action'));
+        'evidence_required', coalesce((task->>'evidence_required')::boolean, canonical IN ('manual_action', 'attach_file')));
 END $$;
 COMMENT ON FUNCTION axme._check_human_task(jsonb) IS
-    'Private: validate a human_task (22023 naming the field) and return it normalised (canonical '
-    'task_type, type_name as sent, allowed_outcomes filled, required_comment, evidence_required).';
+    'Private: validate a human_task (22023 naming the field) and return it normalised (task_type '
+    'one of the 14, type_name as sent, allowed_outcomes filled, required_comment, evidence_required).';
 
 CREATE TABLE axme.threads (
     thread_id  uuid PRIMARY KEY,
@@ -528,6 +531,26 @@ COMMENT ON FUNCTION axme.inbox_thread(uuid) IS
     'intent''s sending and receiving roles and admins. Errors: 22023 NULL, P0002 unknown thread, '
     '42501 not allowed to read it.';
 
+-- The task's assignees (AXME: the people who may respond) bind decide and reply while the task
+-- is in the inbox it was sent to: the actor named (or the calling role's name) must be one of
+-- them.  Once delegated or escalated, the thread's new owner decides who acts.
+CREATE FUNCTION axme._check_assignee(t axme.threads, sent_to bigint, actor text, what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF t.kind = 'task' AND t.owner_id = sent_to AND jsonb_typeof(t.task->'assignees') = 'array'
+       AND jsonb_array_length(t.task->'assignees') > 0
+       AND NOT (t.task->'assignees' ? coalesce(actor, '') OR t.task->'assignees' ? axme._caller()) THEN
+        RAISE EXCEPTION 'permission denied for %: "%" is not an assignee of this task', what,
+                        left(coalesce(actor, axme._caller()), 255)
+            USING ERRCODE = '42501',
+                  DETAIL = 'Assignees: ' || (SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(t.task->'assignees') x) || '.',
+                  HINT = 'Pass actor => one of the assignees, or delegate the thread to another inbox.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_assignee(axme.threads, bigint, text, text) IS
+    'Private: 42501 when the task thread has assignees, is still in the inbox it was sent to '
+    '(sent_to), and neither actor nor the calling role''s name is one of them.';
+
 CREATE FUNCTION axme.decide(intent_id uuid, outcome text, comment text DEFAULT NULL, data jsonb DEFAULT '{}',
                             actor text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -567,6 +590,7 @@ BEGIN
             USING ERRCODE = '55000';
     END IF;
     PERFORM axme._check_receiver(t.owner_id, 'decide');   -- sec: the thread's current owner
+    PERFORM axme._check_assignee(t, i.agent_id, actor, 'decide');
     task := t.task;
     IF outcome IS NULL THEN
         RAISE EXCEPTION 'argument "outcome" must not be null' USING ERRCODE = '22023';
@@ -636,15 +660,18 @@ END $$;
 COMMENT ON FUNCTION axme.decide(uuid, text, text, jsonb, text) IS
     'Decide a human task. outcome: one of the task''s allowed_outcomes; comment: required when the '
     'task says required_comment and always for clarification and override (at most 10000 '
-    'characters); data: a JSON object, must hold "evidence" when evidence is required (manual_action) '
-    'and satisfy the form_schema''s required fields and basic types; actor: a display name (at most '
-    '255 characters) kept beside the recorded actor, which is always the current role (SET ROLE '
-    'honoured). The intent takes the status of the outcome (approved/confirmed/assigned/completed/'
-    'provided/changes_requested/override_approved -> COMPLETED, rejected/declined -> CANCELED, '
-    'failed -> FAILED) with result {outcome, comment, data, actor, actor_name, decided_at}. '
+    'characters); data: a JSON object, must hold "evidence" when evidence is required (default for '
+    'manual_action and attach_file) and satisfy the form_schema''s required fields and basic types; '
+    'actor: a display name (at most 255 characters) kept beside the recorded actor, which is always '
+    'the current role (SET ROLE honoured); when the task has assignees and is still in the inbox it '
+    'was sent to, actor (or the role''s name) must be one of them. The intent takes the status of '
+    'the outcome (approved/confirmed/assigned/completed/provided/changes_requested/'
+    'override_approved -> COMPLETED, rejected/declined -> CANCELED, failed -> FAILED) with result '
+    '{outcome, comment, data, actor, actor_name, decided_at}. '
     'Only the role of the task thread''s current owner (option db_role of that inbox) and admins may '
     'decide. Errors: 22023 NULL or invalid argument, P0002 unknown intent, 42501 not the owner''s '
-    'role, 55000 not a human task, not assigned yet, or already finished (deciding twice).';
+    'role or not an assignee, 55000 not a human task, not assigned yet, or already finished '
+    '(deciding twice).';
 
 -- The thread row locked, or P0002.
 CREATE FUNCTION axme._lock_thread(p_thread_id uuid) RETURNS axme.threads
@@ -682,15 +709,18 @@ BEGIN
     IF t.status = 'done' THEN
         RAISE EXCEPTION 'thread % is done', t.thread_id USING ERRCODE = '55000';
     END IF;
+    PERFORM axme._check_assignee(t, (SELECT x.agent_id FROM axme.intents x WHERE x.intent_id = t.intent_id),
+                                 actor, 'reply');
     PERFORM axme._thread_message(t.thread_id, 'reply', actor, message);
     UPDATE axme.threads SET status = 'active', updated_at = now() WHERE threads.thread_id = t.thread_id;
     PERFORM axme._thread_changed(t.thread_id, t.intent_id, ARRAY[t.owner_id]);
 END $$;
 COMMENT ON FUNCTION axme.reply(uuid, text, text) IS
     'Add a message (1..10000 characters) to an open thread; the thread becomes active. actor: a '
-    'display name kept beside the recorded role (the caller, SET ROLE honoured). The owner''s role '
-    'and admins only. Errors: 22023 NULL or invalid argument, P0002 unknown thread, 42501 not the '
-    'owner''s role, 55000 thread done.';
+    'display name kept beside the recorded role (the caller, SET ROLE honoured); on a task with '
+    'assignees still in the inbox it was sent to, actor (or the role''s name) must be one of them. '
+    'The owner''s role and admins only. Errors: 22023 NULL or invalid argument, P0002 unknown '
+    'thread, 42501 not the owner''s role or not an assignee, 55000 thread done.';
 
 CREATE FUNCTION axme.delegate(thread_id uuid, to_owner text, note text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$

@@ -159,6 +159,61 @@ def test_signature_headers_and_body(ctx):
 
 
 @test
+def test_render_request_is_what_is_sent(ctx):
+    """render_request shows the request the worker then sends: the same body bytes, the same
+    headers (traceparent and tracestate included) but for the time-dependent ones, and a signature
+    that the reference verifier accepts; ping_agent posts a test event like any other."""
+    addr = agent(ctx, "render", "/render", {"headers": {"x-tenant": "acme"}})
+    q(ctx.db, "SELECT axme.pause_agent(%s)", (addr,))
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    iid = send(ctx, addr, {"text": "grüße"}, traceparent=tp, tracestate="rojo=00f067aa0ba902b7")
+    r = q1(ctx.db, "SELECT axme.render_request(%s)", (iid,))
+    secret = q1(ctx.db, "SELECT axme.agent_secret(%s)", (addr,))
+    rh = r["headers"]
+    check(r["method"] == "POST" and r["url"] == ctx.rx.url("/render") and r["attempt"] == 1, "render %r" % r)
+    rc, out = node_verify([{"secret": secret, "id": rh["webhook-id"], "timestamp": rh["webhook-timestamp"],
+                            "signature": rh["webhook-signature"], "body": r["body"]}])
+    check(rc == 0, "rendered signature does not verify: %s" % out)
+    check(secret not in json.dumps(r), "secret in the rendering")
+    q(ctx.db, "SELECT axme.resume_agent(%s)", (addr,))
+    wait_status(ctx, iid, ("COMPLETED",))
+    got = ctx.rx.requests("/render")[0]
+    check(got["body"] == r["body"].encode(), "body differs:\n%r\n%r" % (got["body"], r["body"]))
+    sent = {k.lower(): v for k, v in got["headers"].items()}
+    for k, v in rh.items():
+        if k in ("webhook-timestamp", "webhook-signature"):
+            continue
+        check(sent.get(k.lower()) == v, "header %s: rendered %r, sent %r" % (k, v, sent.get(k.lower())))
+    check(sent["traceparent"] == tp and sent["tracestate"] == "rojo=00f067aa0ba902b7", "trace headers %r" % sent)
+    # ping_agent: an ordinary intent, signed and posted
+    pid = q1(ctx.db, "SELECT axme.ping_agent(%s)", (addr,))
+    doc = q1(ctx.db, "SELECT axme.wait_for(%s, '20 seconds')", (pid,))
+    check(doc and doc["status"] == "COMPLETED", "ping %r" % (doc,))
+    ping = [x for x in ctx.rx.requests("/render") if json.loads(x["body"])["intent_id"] == pid]
+    check(len(ping) == 1 and json.loads(ping[0]["body"])["intent_type"] == "axme.ping.v1", "ping request %r" % ping)
+    check(q(ctx.db, "SELECT attempt, http_status FROM axme.attempts WHERE intent_id = %s", (pid,)) == [(1, 200)],
+          "ping attempt")
+
+
+@test
+def test_traceparent_on_every_attempt(ctx):
+    """The sender's traceparent goes out on every attempt of a retried intent; without one, none."""
+    addr = agent(ctx, "trace", "/trace", {"retry": {"base_delay_ms": 100}})
+    ctx.rx.script("/trace", [{"status": 500}, {"status": 503}], default={"status": 200})
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    iid = send(ctx, addr, traceparent=tp)
+    wait_status(ctx, iid, ("COMPLETED",))
+    reqs = ctx.rx.requests("/trace")
+    check(len(reqs) == 3, "expected 3 attempts, got %d" % len(reqs))
+    check(all({k.lower(): v for k, v in x["headers"].items()}.get("traceparent") == tp for x in reqs),
+          "traceparent missing on an attempt")
+    plain = send(ctx, addr)
+    wait_status(ctx, plain, ("COMPLETED",))
+    last = ctx.rx.requests("/trace")[-1]
+    check("traceparent" not in {k.lower() for k in last["headers"]}, "traceparent without one given")
+
+
+@test
 def test_secret_option_kept_and_used(ctx):
     """A given secret is used, kept when re-registering, hidden from axme.agents."""
     raw = base64.b64encode(bytes(range(32))).decode()
@@ -253,6 +308,13 @@ def test_completion_on_2xx_result(ctx):
           "result of a JSON body")
     check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (b,)) is None,
           "result without a body")
+    # the delivery worker names itself as the actor, not the superuser it connects as
+    actors = q(ctx.db, "SELECT event_type, actor FROM axme.events WHERE intent_id = %s AND seq > 2 ORDER BY seq", (a,))
+    check(actors == [("intent.delivered", "axme:delivery-worker"), ("intent.completed", "axme:delivery-worker")],
+          "worker actors: %r" % (actors,))
+    # delivery_attempts by agent address
+    check(q(ctx.db, "SELECT intent_id, http_status FROM axme.attempts WHERE agent = %s ORDER BY started_at", (addr,))
+          == [(a, 200), (b, 204)], "axme.attempts by agent address")
 
 
 @test
@@ -298,6 +360,27 @@ def test_ack_while_request_runs(ctx):
     check(status(ctx, iid) == "ACKNOWLEDGED", "ack failed")
     wait_status(ctx, iid, ("COMPLETED",))
     check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (iid,)) == {"ok": 1}, "result")
+
+
+@test
+def test_cancel_while_request_runs(ctx):
+    """The sender cancels while the request is in flight: the attempt is still recorded when it
+    ends, but its 2xx no longer moves the intent (CANCELED stays, one intent.canceled event)."""
+    addr = agent(ctx, "cancelrun", "/cancelrun")
+    ctx.rx.script("/cancelrun", [{"hang": 1.5, "status": 200, "body": {"ok": 1}}])
+    iid = send(ctx, addr)
+    ctx.rx.wait_requests("/cancelrun", 1, 10)
+    q(ctx.db, "SELECT axme.cancel(%s, 'changed my mind')", (iid,))
+    check(status(ctx, iid) == "CANCELED", "cancel failed")
+    wait_until(lambda: attempts(ctx, iid), 15, "the attempt row")
+    check([r[:3] for r in attempts(ctx, iid)] == [(1, 200, None)], "attempt recorded: %r" % (attempts(ctx, iid),))
+    check(status(ctx, iid) == "CANCELED", "still CANCELED")
+    check(q1(ctx.db, "SELECT result FROM axme.intents WHERE intent_id = %s", (iid,)) == {"reason": "changed my mind"},
+          "result is the reason, not the response")
+    ev = [r[0] for r in q(ctx.db, "SELECT event_type FROM axme.events WHERE intent_id = %s ORDER BY seq", (iid,))]
+    check(ev == ["intent.created", "intent.submitted", "intent.delivered", "intent.canceled"], "events %r" % ev)
+    time.sleep(0.5)
+    check(len(ctx.rx.requests("/cancelrun")) == 1, "not sent again")
 
 
 @test

@@ -108,6 +108,10 @@ class InternalTest(AxmeTestCase):
         self.assertEqual(self.events(iid), ["intent.created", "intent.submitted", "intent.delivered",
                                             "intent.completed"])
         self.assertEqual(self.q1("SELECT count(*) FROM ih.log WHERE intent_id = %s", (iid,)), 1)
+        # the handler worker names itself as the actor of what it did
+        self.assertEqual(self.q("SELECT event_type, actor FROM axme.events WHERE intent_id = %s AND seq > 2 ORDER BY seq",
+                                (iid,)),
+                         [("intent.delivered", "axme:handler-worker"), ("intent.completed", "axme:handler-worker")])
 
     def test_runs_as_db_role(self):
         iid = self.send(ROLE, payload={"qty": 1, "price": 1})

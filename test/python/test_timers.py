@@ -174,6 +174,9 @@ class TimersTest(AxmeTestCase):
         self.assertLess(late, 5.0)
         self.assertEqual(self.events(iid), ["intent.created", "intent.submitted", "intent.timed_out"])
         self.assertEqual(self.q1("SELECT count(*) FROM axme.timers WHERE intent_id = %s", (iid,)), 0)
+        # the timer loop names itself as the actor, not the superuser it connects as
+        self.assertEqual(self.q1("SELECT actor FROM axme.events WHERE intent_id = %s AND event_type = 'intent.timed_out'",
+                                 (iid,)), "axme:timer")
 
     def test_deadline_poll_leased(self):
         iid = self.send_at(POLL, deadline=1.0)

@@ -319,6 +319,42 @@ class UpgradeTest(unittest.TestCase):
             q(self.admin, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.UP)
             for r in roles:
                 q(self.admin, "DROP ROLE IF EXISTS %s" % r)
+    def test_update_to_0_4_0_unfolds_task_types(self):
+        """Tasks sent under 0.3.0 with a type it folded into another get the type they were sent
+        as (form: provide_data), keep their outcomes and rules, and stay decidable; a delayed
+        attach_file sent then keeps evidence optional, as it was."""
+        up = connect(self.UP)
+        self.conns = [up]
+        inbox = "agent://myorg/prod/up-inbox"
+        q(up, "CREATE EXTENSION axme VERSION '0.3.0'")
+        q(up, "SELECT axme.register_agent(%s, 'inbox')", (inbox,))
+
+        def task(tt, **extra):
+            doc = {"intent_type": "intent.up.task.v1", "to_agent": inbox, "payload": {},
+                   "human_task": {"task_type": tt, "title": "t"}}
+            doc.update(extra)
+            return q1(up, "SELECT axme.send_intent(%s)", (json.dumps(doc),))
+
+        ids = {tt: task(tt) for tt in ("provide_data", "delegation", "escalate", "form", "attach_file", "approval")}
+        delayed = task("attach_file", not_before="2999-01-01T00:00:00Z")
+        self.assertEqual(q1(up, "SELECT task_type FROM axme.threads WHERE intent_id = %s", (ids["delegation"],)),
+                         "assignment")
+        q(up, "ALTER EXTENSION axme UPDATE")
+        got = dict(q(up, "SELECT i.human_task->>'task_type', t.task_type || ' ' || (t.task->>'task_type') "
+                         "FROM axme.threads t JOIN axme.intents i USING (intent_id)"))
+        self.assertEqual(got, {"provide_data": "provide_data provide_data", "delegation": "delegation delegation",
+                               "escalate": "escalate escalate", "form": "provide_data provide_data",
+                               "attach_file": "attach_file attach_file", "approval": "approval approval"})
+        # decided with the outcomes stored before the update; attach_file without evidence as before
+        for tt, outcome in (("provide_data", "completed"), ("delegation", "assigned"), ("escalate", "rejected"),
+                            ("form", "completed"), ("attach_file", "completed"), ("approval", "approved")):
+            q(up, "SELECT axme.decide(%s, %s)", (ids[tt], outcome))
+        self.assertEqual(q1(up, "SELECT count(*) FROM axme.intents WHERE status IN ('COMPLETED', 'CANCELED')"), 6)
+        self.assertEqual(q1(up, "SELECT human_task->'evidence_required' FROM axme.intents WHERE intent_id = %s",
+                            (delayed,)), False)
+        # a new attach_file asks for evidence
+        self.assertEqual(q1(up, "SELECT task->'evidence_required' FROM axme.threads WHERE intent_id = %s",
+                            (task("attach_file"),)), True)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ INSERT INTO decisions VALUES
     ('override', 'override_approved', 'CFO said so', '{}', '{}'),
     ('override', 'rejected', 'policy stands', '{}', '{}'),
     ('provide_data', 'completed', NULL, '{}', '{}'),
-    ('attach_file', 'completed', NULL, '{"file": "a.pdf"}', '{}'),
+    ('attach_file', 'completed', NULL, '{"file": "a.pdf", "evidence": "a.pdf"}', '{}'),
     ('validate_real_world', 'confirmed', NULL, '{}', '{}'),
     ('validate_output', 'rejected', NULL, '{}', '{}'),
     ('delegation', 'assigned', NULL, '{}', '{}'),
