@@ -12,11 +12,23 @@ COMMENT ON FUNCTION axme._valid_address(text) IS
 COMMENT ON DOMAIN axme.intent_status IS
     'An intent status: CREATED, SUBMITTED, DELIVERED, ACKNOWLEDGED, IN_PROGRESS, WAITING, COMPLETED, FAILED, CANCELED or TIMED_OUT.';
 
+-- The set-based send (src/send_batch.c).
+CREATE FUNCTION axme.send_intents(intents jsonb[], idempotency_keys text[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intents';
+COMMENT ON FUNCTION axme.send_intents(jsonb[], text[]) IS
+    'Send many intents in one call (at most 10000), in the caller''s transaction: each element is '
+    'an intent document as for send_intent; idempotency_keys, when given, holds one key (or NULL) '
+    'per element. Returns the intent ids in input order; a key used before or earlier in the same '
+    'call with the same document returns the first intent''s id. Written set-based (one statement '
+    'for all intents and their events). Errors: those of send_intent, the message prefixed with '
+    'the element''s 1-based position, "intents[N]: ", and nothing of the call written; 22023 NULL '
+    'intents, a NULL element, arrays of different lengths, more than 10000 elements.';
+
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel',
+    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'get_intent', 'intent_events', 'wait_for', 'channel',
                                'inbox_thread'];   -- the thread of a human task it sent
     agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
                               'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',

@@ -112,6 +112,17 @@ COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
     'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
     'registered, 23505 idempotency key reused with a different intent.';
 
+CREATE FUNCTION axme.send_intents(intents jsonb[], idempotency_keys text[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intents';
+COMMENT ON FUNCTION axme.send_intents(jsonb[], text[]) IS
+    'Send many intents in one call (at most 10000), in the caller''s transaction: each element is '
+    'an intent document as for send_intent; idempotency_keys, when given, holds one key (or NULL) '
+    'per element. Returns the intent ids in input order; a key used before or earlier in the same '
+    'call with the same document returns the first intent''s id. Written set-based (one statement '
+    'for all intents and their events). Errors: those of send_intent, the message prefixed with '
+    'the element''s 1-based position, "intents[N]: ", and nothing of the call written; 22023 NULL '
+    'intents, a NULL element, arrays of different lengths, more than 10000 elements.';
+
 CREATE FUNCTION axme._document(i axme.intents) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
