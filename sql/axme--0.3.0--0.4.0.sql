@@ -24,6 +24,67 @@ COMMENT ON FUNCTION axme.send_intents(jsonb[], text[]) IS
     'the element''s 1-based position, "intents[N]: ", and nothing of the call written; 22023 NULL '
     'intents, a NULL element, arrays of different lengths, more than 10000 elements.';
 
+-- Background work bounded by what is due (issue 12 item 3).
+-- Assign the delayed tasks (not_before) whose time has come: for the timer loop, or anyone.
+-- Returns how many were assigned.  Driven from the inbox agents, each read through the claim
+-- index (agent_id, due_at) up to now: the cost follows what is due, never the size of history
+-- (a join on delivery_mode let the planner scan all of axme.intents once it grew).
+CREATE OR REPLACE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer := 0;
+BEGIN
+    FOR i IN
+        SELECT x.* FROM axme.agents a
+        CROSS JOIN LATERAL (
+            SELECT y.* FROM axme.intents y
+            WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
+              AND y.human_task IS NOT NULL
+            ORDER BY y.due_at LIMIT max_count
+            FOR UPDATE OF y SKIP LOCKED) x
+        WHERE a.delivery_mode = 'inbox'
+        ORDER BY x.due_at LIMIT max_count
+    LOOP
+        PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- One turn of the worker's time-driven steps besides firing timers (src/timers.c): stream
+-- wake-ups, delayed inbox tasks whose not_before came (axme._inbox_assign_due, when the inbox
+-- feature is installed), and when to look next: the earliest timer, delayed stream or inbox
+-- intent; within a second while stream agents exist (their leases and backoffs end unannounced).
+-- internal_agents: whether the internal worker is needed.  Every query goes through an index
+-- that holds only due or pending rows (timers_due_idx, the claim index), per agent of the mode it
+-- serves, and a mode no agent uses costs one look at axme.agents: a turn stays the same with
+-- millions of finished intents in history (bench/background).
+CREATE OR REPLACE FUNCTION axme._timers_turn(since timestamptz, upto timestamptz,
+                                  OUT next_due timestamptz, OUT internal_agents boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    modes text[] := ARRAY(SELECT DISTINCT a.delivery_mode::text FROM axme.agents a);
+BEGIN
+    next_due := (SELECT min(t.due_at) FROM axme.timers t);
+    IF 'stream' = ANY (modes) THEN
+        next_due := least(axme._wake_streams(since, upto), next_due, upto + interval '1 second');
+    END IF;
+    IF 'inbox' = ANY (modes)
+       AND pg_catalog.to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL THEN
+        IF axme._inbox_assign_due(1000) >= 1000 THEN
+            next_due := upto;       -- more to assign: at once
+        END IF;
+        next_due := least(next_due,
+            (SELECT min(f.due_at) FROM axme.agents a
+             CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
+                                 WHERE i.agent_id = a.agent_id AND i.due_at > upto
+                                 ORDER BY i.due_at LIMIT 1) f
+             WHERE a.delivery_mode = 'inbox'));
+    END IF;
+    internal_agents := 'internal' = ANY (modes);
+END $$;
+
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
