@@ -46,7 +46,14 @@ COMMENT ON TABLE axme.intents IS
     'be handed out (SUBMITTED) or when its lease runs out (handed out); NULL when nothing is due.';
 COMMENT ON COLUMN axme.intents.due_at IS
     'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
--- The claim path: due intents of one agent, oldest due first.
+-- The claim path: due intents of one agent, oldest due first.  Per-key ordering and priorities
+-- (issue 13) join this index rather than add another: priority as the second column,
+-- (agent_id, priority DESC, due_at), keeps "higher priority first, FIFO by due time within a
+-- priority" one index range per agent; ordering keys are enforced at claim by "no earlier
+-- non-terminal intent of the same (agent_id, ordering_key)", a partial index on
+-- (agent_id, ordering_key, created_at) WHERE ordering_key IS NOT NULL AND the intent is not
+-- terminal, so unkeyed intents pay nothing.  send_intents (src/send_batch.c) takes the new
+-- fields as one more array each.
 CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX intents_dead_letter_idx ON axme.intents (dead_lettered_at)
     WHERE dead_letter_reason IS NOT NULL;
