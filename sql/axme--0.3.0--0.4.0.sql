@@ -316,5 +316,8 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The database's delivery worker, waiting for this update, resumes at commit.
+SELECT axme._wake_http();
+
 -- Last: the security model covers every object, old and new.
 SELECT axme._secure();

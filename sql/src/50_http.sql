@@ -8,6 +8,9 @@ COMMENT ON FUNCTION axme._wake_http() IS
     'Private: wake this database''s http worker when the current transaction commits (or have the '
     'launcher start one).';
 
+-- The database's delivery worker starts once the install commits (the launcher is woken).
+SELECT axme._wake_http(), axme._agents_changed();
+
 CREATE FUNCTION axme._http_wake_trigger() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'axme_http_wake_trigger';
 COMMENT ON FUNCTION axme._http_wake_trigger() IS
