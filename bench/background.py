@@ -18,8 +18,8 @@ import psycopg2
 HERE = os.path.dirname(os.path.abspath(__file__))
 HISTORY = int(os.environ.get("BENCH_HISTORY", "1000000"))
 CALLS = int(os.environ.get("BENCH_CALLS", "20"))
-STREAM = "agent://bench/bg/stream"
-POLL = "agent://bench/bg/poll"
+STREAM = "agent://bench/history/stream"
+POLL = "agent://bench/history/poll"
 
 OLD = """
 CREATE SCHEMA IF NOT EXISTS bench;

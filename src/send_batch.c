@@ -52,7 +52,7 @@ static const Oid batch_elem_types[N_BATCH_ARRAYS] = {
 /*
  * One statement stores every new intent of the call, in input order, and its first two events:
  * the same rows and values as send.c's store_plan.  The receiving agents were looked up before
- * (agent_plan), so nothing is written for a call that names an unregistered agent.  The events
+ * (agent_plan), so no intent is written for a call that names an unregistered agent.  The events
  * are made from the intents' RETURNING rows, so the input (payloads included) is read once and
  * never copied into a CTE's tuplestore.
  */
@@ -265,7 +265,14 @@ axme_send_intents(PG_FUNCTION_ARGS)
 				WITH_INDEX(i, axme_check_from_agent(p[i].from_agent));
 		}
 
-		/* the receiving agent, before anything is written: P0002 when not registered */
+		axme_new_intent_id(&ids[i]);
+		if (p[i].key != NULL)
+			WITH_INDEX(i, existing[i] = axme_idempotency_claim(&p[i], role, &ids[i]));
+		if (existing[i])
+			continue;			/* as send_intent: a known key answers before the agent is looked at */
+		n_new++;
+
+		/* the receiving agent, before the intents are written: P0002 when not registered */
 		for (int c = 0; c < n_agents && ref == NULL; c++)
 			if (strcmp(agents[c].address, p[i].to_agent) == 0)
 				ref = &agents[c];
@@ -301,12 +308,6 @@ axme_send_intents(PG_FUNCTION_ARGS)
 		modes[i] = ref->mode;
 		if (p[i].budget < 0)
 			p[i].budget = ref->retry_max >= 0 ? ref->retry_max : axme_max_delivery_attempts;
-
-		axme_new_intent_id(&ids[i]);
-		if (p[i].key != NULL)
-			WITH_INDEX(i, existing[i] = axme_idempotency_claim(&p[i], role, &ids[i]));
-		if (!existing[i])
-			n_new++;
 	}
 
 	/* --- every new intent and its first two events, in one statement --- */
