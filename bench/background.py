@@ -66,6 +66,9 @@ END $$;
 
 """
 
+STATS = ("SELECT coalesce(seq_scan, 0), coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)"
+         " FROM pg_stat_xact_user_tables WHERE relid = 'axme.intents'::regclass")
+
 PERIODIC = [
     ("timer turn (axme._timers_turn)", "SELECT * FROM axme._timers_turn(now() - interval '1 second', now())"),
     ("timer turn of 0.3.0", "SELECT * FROM bench.timers_turn_0_3(now() - interval '1 second', now())"),
@@ -103,8 +106,8 @@ def main():
     fill_s = time.time() - t0
     # a few live intents: due now, delayed, handed out
     for n in range(10):
-        cur.execute("SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.x.v1', 'to_agent', %s, 'payload', '{}'))", (POLL,))
-        cur.execute("SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.x.v1', 'to_agent', %s, 'payload', '{}', 'not_before', now() + interval '1 hour'))", (STREAM,))
+        cur.execute("SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.x.v1', 'to_agent', %s, 'payload', '{}'::jsonb))", (POLL,))
+        cur.execute("SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.x.v1', 'to_agent', %s, 'payload', '{}'::jsonb, 'not_before', now() + interval '1 hour'))", (STREAM,))
     cur.execute("SELECT count(*) FROM axme.poll(%s, 5)", (POLL,))
     cur.execute("SELECT pg_size_pretty(pg_total_relation_size('axme.intents'))")
     size = cur.fetchone()[0]
@@ -115,13 +118,16 @@ def main():
         seq = fetched = 0
         for i in range(CALLS):
             c.autocommit = False
+            # the backend's pending counts (pg_stat_xact_*) hold earlier transactions until they
+            # are flushed: the difference around the statement is what it read
+            cur.execute(STATS)
+            s0 = cur.fetchone()
             t = time.perf_counter()
             cur.execute(sql)
             times.append((time.perf_counter() - t) * 1000)
-            cur.execute("SELECT coalesce(seq_scan, 0), coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)"
-                        " FROM pg_stat_xact_user_tables WHERE relid = 'axme.intents'::regclass")
-            s, sr, f = cur.fetchone()
-            seq, seqrows, fetched = s, sr, f
+            cur.execute(STATS)
+            s1 = cur.fetchone()
+            seq, seqrows, fetched = (s1[0] - s0[0], s1[1] - s0[1], s1[2] - s0[2])
             c.rollback()
             c.autocommit = True
             if name.endswith("0.3.0") and i >= 2:
