@@ -21,6 +21,11 @@ PACKAGES=(
     nodejs                     # the npm standardwebhooks verifier in the http tests
     openssl                    # the http tests' private CA and TLS certificates
     ca-certificates
+    libmicrohttpd-dev          # axme-gateway's HTTP server (epoll, suspend/resume for SSE)
+    libpq-dev                  # axme-gateway's database connections
+    chromium                   # the web inbox's browser test (headless)
+    chromium-driver            # ... driven by selenium through chromedriver
+    python3-selenium
 )
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -1,36 +1,35 @@
 /*
- * axme.h: declarations shared by the C files of axme.
+ * axme.h: declarations shared by the C files of axme: the version, the settings, and the small
+ * helpers every part uses (plans and schema probes, address and type rules, the caller's roles,
+ * the retry backoff).
  */
 #ifndef AXME_H
 #define AXME_H
 
 #include "executor/spi.h"
-#include "storage/condition_variable.h"
-#include "utils/uuid.h"
 
 #define AXME_VERSION "0.4.0"
 
-/* wait_for callers sleep on one of these, chosen by a hash of the intent id */
-#define AXME_WAIT_BUCKETS 128
-
-typedef struct AxmeShared
-{
-	ConditionVariable waiters[AXME_WAIT_BUCKETS];
-} AxmeShared;
-
-/* GUCs (axme.c) */
+/* guc.c */
+extern void axme_define_gucs(void);
 extern int	axme_max_delivery_attempts;
 extern int	axme_max_payload_bytes;
+extern int	axme_max_in_flight;
+extern int	axme_max_database_workers;
+extern int	axme_disable_after;
+extern int	axme_cleanup_interval;
+extern int	axme_retention_terminal;
+extern int	axme_retention_dead_letters;
+extern int	axme_idempotency_ttl;
+extern int	axme_attempts_retention;
+extern int	axme_cleanup_batch_size;
+extern int	axme_alert_dead_letter_threshold;
+extern double axme_alert_success_rate;
 
-/* axme.c */
-extern AxmeShared *axme_shmem(void);
+/* schema.c */
 extern SPIPlanPtr axme_keep_plan(const char *sql, int nargs, Oid *argtypes);
+extern bool axme_schema_has(const char *relname, const char *colname);
 extern bool axme_lock_extension(void);
-
-/* wakeup.c */
-extern void axme_wakeup_init(void);
-extern int	axme_wait_bucket(const pg_uuid_t *id);
-extern void axme_queue_notify(int64 agent_id, const pg_uuid_t *id);
 
 /* validate.c */
 extern bool axme_address_is_valid(const char *s, size_t len);
@@ -42,7 +41,6 @@ extern char *axme_caller_name(void);
 extern bool axme_caller_has(const char *role);
 extern void axme_check_caller_may_send(void);
 extern void axme_check_from_agent(const char *from_agent);
-extern bool axme_schema_has(const char *relname, const char *colname);
 
 /* backoff.c */
 extern int64 axme_backoff(int64 base_ms, int64 max_ms, int failures);

@@ -29,7 +29,7 @@ axme_backoff(int64 base_ms, int64 max_ms, int failures)
 	if (max_ms < base_ms)
 		max_ms = base_ms;
 	for (int i = 1; i < failures && d < max_ms; i++)
-		d *= 2;
+		d = d > max_ms / 2 ? max_ms : d * 2;	/* never past max_ms, so never overflowing */
 	if (d > max_ms)
 		d = max_ms;
 	return d / 2 + (int64) (pg_prng_double(&pg_global_prng_state) * (double) (d - d / 2));

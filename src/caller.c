@@ -74,24 +74,6 @@ axme_check_caller_may_send(void)
 }
 
 /*
- * Whether table axme.<relname> exists now, and when colname is not NULL, whether it has that
- * column.  The library of a newer release may run against the SQL of an older one until ALTER
- * EXTENSION axme UPDATE; the few statements that need a table or column added since check with
- * this (syscache lookups, cheap enough for every call).
- */
-bool
-axme_schema_has(const char *relname, const char *colname)
-{
-	Oid			nsp = get_namespace_oid("axme", true);
-	Oid			rel;
-
-	if (!OidIsValid(nsp))
-		return false;
-	rel = get_relname_relid(relname, nsp);
-	return OidIsValid(rel) && (colname == NULL || get_attnum(rel, colname) != InvalidAttrNumber);
-}
-
-/*
  * Raise 42501 unless the caller may name from_agent as the intent's sender: when from_agent is a
  * registered agent with a db_role, only roles that receive for it (have that role) and admins may
  * send as it.  An unregistered address, or an agent without db_role, is an unchecked label.
@@ -118,7 +100,7 @@ axme_check_from_agent(const char *from_agent)
 	}
 	args[0] = CStringGetTextDatum(from_agent);
 	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "axme: from_agent lookup failed");
+		elog(ERROR, "from_agent lookup failed");
 	if (SPI_processed == 0)
 		return;
 	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -1,6 +1,7 @@
 /*
- * delivery.h: declarations shared by the files of the http delivery mode
- * (worker.c, queue.c, http.c, sign.c, ssrf.c).
+ * delivery.h: declarations shared by the files of the http delivery pipeline, run by the delivery
+ * worker (delivery_worker.c): claim and record (claim.c), requests (http.c), signing (sign.c),
+ * the SSRF check (ssrf.c).
  */
 #ifndef AXME_DELIVERY_H
 #define AXME_DELIVERY_H
@@ -15,15 +16,12 @@
 #define AXME_RESPONSE_CAP 65536
 #define AXME_EXCERPT_CAP 1024
 
-/* GUCs (worker.c, ssrf.c) */
-extern int	axme_max_in_flight;
-extern int	axme_max_database_workers;
-extern int	axme_disable_after;
+/* GUC (ssrf.c; the others are in axme.h) */
 extern char *axme_http_allowed_networks;
 
 /*
- * One claimed delivery: what to send (filled by queue.c from axme._http_claim), the request
- * state (http.c) and its outcome (http.c, recorded by queue.c).  Allocated in the worker's
+ * One claimed delivery: what to send (filled by claim.c from axme._http_claim), the request
+ * state (http.c) and its outcome (http.c, recorded by claim.c).  Allocated in the worker's
  * delivery context and freed once recorded.
  */
 typedef struct AxmeDelivery
@@ -59,19 +57,7 @@ typedef struct AxmeDelivery
 	double		duration_ms;
 } AxmeDelivery;
 
-/* worker.c */
-extern void axme_delivery_init(void);
-extern void axme_worker_wake(Oid dboid);
-extern bool axme_agents_generation(uint32 *gen);
-extern void axme_agents_bump(void);
-extern bool axme_is_http_worker;
-
-/* wakeup.c */
-extern void axme_wake_http_at_commit(void);
-PGDLLEXPORT extern void axme_launcher_main(Datum arg);
-PGDLLEXPORT extern void axme_worker_main(Datum arg);
-
-/* queue.c */
+/* claim.c */
 extern bool axme_queue_ready(bool full_check);
 extern List *axme_queue_claim(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 							  TimestampTz *next_due, bool *ext_gone);

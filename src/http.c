@@ -1,5 +1,5 @@
 /*
- * http.c: the request pipeline of the http worker, on libcurl's multi interface.
+ * http.c: the http request pipeline of the delivery worker, on libcurl's multi interface.
  *
  * Requests are added as they are claimed and taken out as they finish, so the pipeline stays
  * full (no batch-and-wait).  curl's sockets are waited on through PostgreSQL's WaitEventSet

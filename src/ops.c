@@ -1,7 +1,7 @@
 /*
- * ops.c: operations: the retention and alert GUCs, axme._ops_settings(), the periodic cleanup
- * and alert checks the database worker runs between deliveries, and the check of the installed
- * SQL version against the library's.
+ * ops.c: operations: the periodic cleanup and alert checks the delivery worker runs between
+ * deliveries, and the check of the installed SQL version against the library's (the settings
+ * they read are in guc.c).
  *
  * The worker calls axme_ops_tick() on every turn of its loop; it does something only when an
  * alert check (every 10 s) or a cleanup batch (every axme.cleanup_interval, then batch after
@@ -29,19 +29,11 @@
 #include "utils/timestamp.h"
 
 #include "axme.h"
-#include "ops.h"
+#include "status.h"
+#include "worker.h"
 #include "worker_tx.h"
 
 #define ALERT_CHECK_MS 10000
-
-int			axme_cleanup_interval = 300;	/* seconds */
-int			axme_retention_terminal = 7 * 86400;
-int			axme_retention_dead_letters = 30 * 86400;
-int			axme_idempotency_ttl = 7 * 86400;
-int			axme_attempts_retention = 14 * 86400;
-int			axme_cleanup_batch_size = 5000;
-int			axme_alert_dead_letter_threshold = 100;
-double		axme_alert_success_rate = 0.9;
 
 char		axme_ops_dbname[NAMEDATALEN] = "";
 
@@ -57,77 +49,6 @@ next_cleanup(void)
 		last_cleanup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												   30000 - (int64) axme_cleanup_interval * 1000);
 	return TimestampTzPlusMilliseconds(last_cleanup, (int64) axme_cleanup_interval * 1000);
-}
-
-PG_FUNCTION_INFO_V1(axme_ops_settings);
-
-/*
- * The operations GUCs (always), and with preload the worker status shared memory.
- */
-void
-axme_ops_init(void)
-{
-	DefineCustomIntVariable("axme.cleanup_interval",
-							"How often the worker runs axme.cleanup().",
-							"A time with units, e.g. '5min'; at least 1 s.",
-							&axme_cleanup_interval, 300, 1, INT_MAX,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("axme.retention_terminal",
-							"How long intents that ended (COMPLETED, FAILED, CANCELED, TIMED_OUT) are kept.",
-							"Dead letters have their own setting, axme.retention_dead_letters.",
-							&axme_retention_terminal, 7 * 86400, 1, INT_MAX,
-							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("axme.retention_dead_letters",
-							"How long dead-lettered intents (and alerts) are kept.",
-							NULL,
-							&axme_retention_dead_letters, 30 * 86400, 1, INT_MAX,
-							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("axme.idempotency_ttl",
-							"How long an idempotency key is remembered (at least 24 hours).",
-							"A key outlives its intent if need be and still returns the original intent_id.",
-							&axme_idempotency_ttl, 7 * 86400, 86400, INT_MAX,
-							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("axme.attempts_retention",
-							"How long http delivery attempt rows are kept.",
-							NULL,
-							&axme_attempts_retention, 14 * 86400, 1, INT_MAX,
-							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("axme.cleanup_batch_size",
-							"Most rows of each kind axme.cleanup() deletes per batch.",
-							"The worker commits after each batch.",
-							&axme_cleanup_batch_size, 5000, 1, 1000000,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("axme.alert_dead_letter_threshold",
-							"Dead letters of one agent that raise a dead_letter_threshold alert (0: never).",
-							NULL,
-							&axme_alert_dead_letter_threshold, 100, 0, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomRealVariable("axme.alert_success_rate",
-							 "Success rate over 5 minutes below which an agent raises success_rate_low (0: never).",
-							 "Needs at least 10 outcomes in the window; agent_recovered follows when it is reached again.",
-							 &axme_alert_success_rate, 0.9, 0.0, 1.0,
-							 PGC_SUSET, 0, NULL, NULL, NULL);
-
-	if (process_shared_preload_libraries_in_progress)
-		axme_status_shmem_init();
-}
-
-/*
- * axme._ops_settings() RETURNS jsonb: the settings above as the session sees them (seconds).
- */
-Datum
-axme_ops_settings(PG_FUNCTION_ARGS)
-{
-	char	   *s = psprintf("{\"retention_terminal\": %d, \"retention_dead_letters\": %d, "
-							 "\"idempotency_ttl\": %d, \"attempts_retention\": %d, "
-							 "\"cleanup_batch_size\": %d, \"cleanup_interval\": %d, "
-							 "\"alert_dead_letter_threshold\": %d, \"alert_success_rate\": %.6f}",
-							 axme_retention_terminal, axme_retention_dead_letters,
-							 axme_idempotency_ttl, axme_attempts_retention,
-							 axme_cleanup_batch_size, axme_cleanup_interval,
-							 axme_alert_dead_letter_threshold, axme_alert_success_rate);
-
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(s));
 }
 
 /* "1.2.3" as a number to compare: 1002003 (parts above 999 are clamped). */
@@ -159,7 +80,7 @@ axme_ops_check_version(char *installed, size_t len)
 {
 	int			result = -1;
 
-	axme_tx_begin("axme: checking the extension version");
+	axme_tx_begin("axme delivery worker: checking the extension version");
 	strlcpy(axme_ops_dbname, get_database_name(MyDatabaseId) ? get_database_name(MyDatabaseId) : "?",
 			sizeof(axme_ops_dbname));
 	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'axme'",
@@ -217,7 +138,7 @@ run_step(const char *sql, const char *what)
 
 		/* giving way to DDL is expected: not worth a WARNING */
 		ereport(edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ? DEBUG1 : WARNING,
-				(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
+				(errmsg("axme delivery worker: %s failed, will retry: %s", what, edata->message)));
 		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 			axme_status_error(edata->message);
 		FreeErrorData(edata);
@@ -230,7 +151,7 @@ run_step(const char *sql, const char *what)
 }
 
 /*
- * Called by the database worker on every turn of its loop, outside any transaction: checks the
+ * Called by the delivery worker on every turn of its loop, outside any transaction: checks the
  * alert conditions every 10 s and runs one cleanup batch when one is due.
  */
 void

@@ -4,7 +4,7 @@
  * Written in C because it is the hot path of every producer (often a trigger): the intent document
  * is validated in one pass over its keys, then three prepared statements store the intent and its
  * first two events (intent.created, intent.submitted) in the caller's transaction.  A stream
- * agent's wake-up NOTIFY is queued for commit (wakeup.c).
+ * agent's wake-up NOTIFY is queued for commit (doorbell.c).
  */
 #include "postgres.h"
 
@@ -27,8 +27,8 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
+#include "doorbell.h"
 #include "send.h"
-#include "timers.h"
 
 PG_FUNCTION_INFO_V1(axme_send_intent);
 
@@ -483,7 +483,8 @@ axme_new_intent_id(pg_uuid_t *id)
  * id into *id and return true (nothing to store).  Scoped by the sending role too: roles sharing an
  * unmapped from_agent label never share keys.  SPI connected; the row is visible to the next
  * statement of the transaction, so a key repeated in one send_intents call finds its first use.
- * Errors: 23505 the key was used with a different document.
+ * Errors: 23505 the key was used with a different document; 40001 the key that conflicted was
+ * removed meanwhile (retry).
  */
 bool
 axme_idempotency_claim(const AxmeIntent *p, const char *role, pg_uuid_t *id)
@@ -518,12 +519,17 @@ axme_idempotency_claim(const AxmeIntent *p, const char *role, pg_uuid_t *id)
 		select_plan = key_select_plan_legacy;
 	}
 	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "axme: idempotency key insert failed");
+		elog(ERROR, "idempotency key insert failed");
 	if (SPI_processed > 0)
 		return false;
-	if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "axme: idempotency key lookup failed");
+	if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "idempotency key lookup failed");
+	if (SPI_processed != 1)		/* the conflicting key went away meanwhile (expired) */
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access to idempotency key \"%s\"", p->key),
+				 errdetail("A concurrent transaction removed the key after it conflicted with this send."),
+				 errhint("Retry the send.")));
 	old_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	old_hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	if (strcmp(old_hash, hash) != 0)
@@ -563,7 +569,7 @@ axme_after_store(const AxmeIntent *p, pg_uuid_t *id, const char *mode)
 			inbox_plan = axme_keep_plan("SELECT axme._inbox_on_send($1)", 1, &t);
 		}
 		if (SPI_execute_plan(inbox_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "axme: inbox send checks failed");
+			elog(ERROR, "inbox send checks failed");
 	}
 
 	/* --- the timer rows (only when asked for: the plain send path does nothing more) --- */
@@ -594,10 +600,10 @@ axme_after_store(const AxmeIntent *p, pg_uuid_t *id, const char *mode)
 		tnulls[1] = p->has_deadline ? ' ' : 'n';
 		targs[2] = Int32GetDatum(p->remind_after);
 		tnulls[2] = p->remind_after >= 0 ? ' ' : 'n';
-		/* the trigger on axme.timers tells the worker at commit (timers.c) */
+		/* the trigger on axme.timers rings the delivery worker at commit (doorbell.c) */
 		if (have_table &&
 			SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "axme: timer insert failed");
+			elog(ERROR, "timer insert failed");
 	}
 }
 
@@ -613,14 +619,14 @@ axme_after_commit_wakeups(const AxmeIntent *p, int64 agent_id, const pg_uuid_t *
 		p->not_before > GetCurrentTransactionStartTimestamp();
 
 	if (strcmp(mode, "internal") == 0)
-		axme_internal_note_due();
-	/* a delayed stream wake-up or inbox task: the worker looks again then (timers.c) */
+		axme_ring_handler();
+	/* a delayed stream wake-up or inbox task: the delivery worker looks again then (doorbell.c, timers.c) */
 	else if (delayed && (is_stream || strcmp(mode, "inbox") == 0))
-		axme_timers_note_due(p->not_before);
+		axme_ring_timer(p->not_before);
 
 	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
 	if (is_stream && !delayed)
-		axme_queue_notify(agent_id, id);
+		axme_ring_stream(agent_id, id);
 }
 
 /*
@@ -634,7 +640,7 @@ axme_after_commit_wakeups(const AxmeIntent *p, int64 agent_id, const pg_uuid_t *
  * a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused
  * with another document; from axme._inbox_on_send(): 22023 invalid human_task, human_task to a
  * non-inbox agent or none to an inbox agent, escalate_to not an inbox, P0002 reply_to or
- * escalate_to not registered.
+ * escalate_to not registered; 40001 the key that conflicted was removed meanwhile (retry).
  */
 Datum
 axme_send_intent(PG_FUNCTION_ARGS)
@@ -702,7 +708,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		args[P_KEY] = text_or_null(p.key, nulls, P_KEY);
 		args[P_DEFAULT_BUDGET] = Int32GetDatum(axme_max_delivery_attempts);
 		if (SPI_execute_plan(store_plan, args, nulls, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "axme: intent insert failed");
+			elog(ERROR, "intent insert failed");
 	}
 	if (SPI_processed == 0)
 	{

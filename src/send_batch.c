@@ -283,7 +283,7 @@ axme_send_intents(PG_FUNCTION_ARGS)
 			AgentRef   *slot = n_agents < AGENT_CACHE ? &agents[n_agents++] : &agents[AGENT_CACHE - 1];
 
 			if (SPI_execute_plan(agent_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
-				elog(ERROR, "axme: agent lookup failed");
+				elog(ERROR, "agent lookup failed");
 			if (SPI_processed == 0)
 			{
 				WITH_INDEX(i, axme_check_address(p[i].to_agent, "to_agent"));
@@ -360,7 +360,7 @@ axme_send_intents(PG_FUNCTION_ARGS)
 		args[B_ROLE] = CStringGetTextDatum(role);
 		if (SPI_execute_plan(batch_plan, args, NULL, false, 0) != SPI_OK_INSERT ||
 			SPI_processed != (uint64) n_new * 2)
-			elog(ERROR, "axme: batch intent insert failed");
+			elog(ERROR, "batch intent insert failed");
 
 		/* human tasks and timers: send_intent's per-intent steps, for the elements that have them */
 		for (volatile int i = 0; i < n; i++)

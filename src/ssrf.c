@@ -1,5 +1,5 @@
 /*
- * ssrf.c: which addresses the http worker may connect to.
+ * ssrf.c: which addresses the delivery worker may connect to over http.
  *
  * Every connection libcurl opens goes through axme_ssrf_opensocket (CURLOPT_OPENSOCKETFUNCTION),
  * which sees the address actually dialled, after DNS: a name that resolves (or re-resolves) to a
@@ -269,7 +269,7 @@ void
 axme_ssrf_define_guc(void)
 {
 	DefineCustomStringVariable("axme.http_allowed_networks",
-							   "Non-public networks the http worker may connect to.",
+							   "Non-public networks the delivery worker may connect to.",
 							   "Comma-separated CIDRs such as 10.1.0.0/16, 127.0.0.0/8. By default "
 							   "only public (global unicast) addresses are reached.",
 							   &axme_http_allowed_networks,

@@ -2,7 +2,7 @@
  * wait.c: axme.wait_for(intent_id, timeout), the sender's blocking wait for a terminal status.
  *
  * The waiter sleeps on the condition variable of its intent's bucket; the transaction that makes
- * the intent terminal broadcasts it at commit (wakeup.c).  Every sleep is also capped at one
+ * the intent terminal broadcasts it at commit (doorbell.c).  Every sleep is also capped at one
  * second, so a wake-up that cannot come (a prepared transaction, a row changed by hand) only
  * delays the return.  Without shared memory (library not preloaded) it re-checks every 50 ms.
  */
@@ -23,6 +23,7 @@
 #include "utils/uuid.h"
 
 #include "axme.h"
+#include "doorbell.h"
 
 PG_FUNCTION_INFO_V1(axme_wait_for);
 
@@ -79,7 +80,7 @@ check_intent(Datum id, bool *mine)
 		status_plan_legacy = axme_keep_plan("SELECT status, xmin FROM axme.intents WHERE intent_id = $1",
 											1, argtypes);
 	if (SPI_execute_plan(secured ? status_plan : status_plan_legacy, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "axme: status query failed");
+		elog(ERROR, "intent status query failed");
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -118,7 +119,7 @@ axme_wait_for(PG_FUNCTION_ARGS)
 	Datum		id;
 	long		budget_ms;
 	TimestampTz start;
-	AxmeShared *shared = axme_shmem();
+	AxmeShared *shared = axme_shared();
 	ConditionVariable *cv = NULL;
 	Datum		result = (Datum) 0;
 	bool		found = false;
@@ -162,9 +163,13 @@ axme_wait_for(PG_FUNCTION_ARGS)
 			Datum		args[1] = {id};
 			bool		isnull;
 
-			if (SPI_execute_plan(document_plan, args, NULL, false, 1) != SPI_OK_SELECT ||
-				SPI_processed != 1)
-				elog(ERROR, "axme: get_intent query failed");
+			if (SPI_execute_plan(document_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "get_intent query failed");
+			if (SPI_processed != 1)		/* deleted since check_intent (cleanup, by hand) */
+				ereport(ERROR,
+						(errcode(ERRCODE_NO_DATA_FOUND),
+						 errmsg("intent %s does not exist",
+								DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
 			result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 			result = SPI_datumTransfer(result, false, -1);
 			found = true;

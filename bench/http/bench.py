@@ -185,7 +185,7 @@ def python_sender(n, threads):
 
 
 def worker_rss_kb(admin, dbname):
-    rows = q(admin, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' AND datname = %s", (dbname,))
+    rows = q(admin, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' AND datname = %s", (dbname,))
     if not rows:
         return None
     with open("/proc/%d/status" % rows[0][0]) as f:
@@ -276,7 +276,7 @@ def main():
         py16 = python_sender(args.n, 16)
         cluster_conn[0] = cluster.connect
         bl = backlog(db, admin, args.backlog_n, args.backlog) if args.backlog else None
-        rss = q(admin, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' AND datname = 'axbench'")
+        rss = q(admin, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' AND datname = 'axbench'")
         rss_kb = None
         if rss:
             with open("/proc/%d/status" % rss[0][0]) as f:
@@ -294,11 +294,11 @@ def main():
         print("| axme: commit -> receiver latency, idle (%d sends) | p50 %.1f ms, p99 %.1f ms |" % (nlat, p50, p99))
         print("| hand-written Python sender, 1 keep-alive connection | %.0f requests/s |" % py1)
         print("| hand-written Python sender, 16 threads | %.0f requests/s |" % py16)
-        print("| axme worker private memory (RssAnon) after the run | %s kB |" % rss_kb)
+        print("| axme delivery worker private memory (RssAnon) after the run | %s kB |" % rss_kb)
         if bl:
             print("| backlog: %d intents sent during a %d s receiver outage (%d failed attempts meanwhile), drained after it | %.0f deliveries/s (%.1f s); peak in flight %d (cap %d); %d not completed |"
                   % (args.backlog_n, args.backlog, bl["failed_attempts"], bl["rate"], bl["drain_s"], bl["peak"], bl["cap"], bl["not_completed"]))
-            print("| axme worker private memory (RssAnon) before / after the backlog | %s kB / %s kB |" % (bl["rss_before"], bl["rss_after"]))
+            print("| axme delivery worker private memory (RssAnon) before / after the backlog | %s kB / %s kB |" % (bl["rss_before"], bl["rss_after"]))
         print("\n(fsync=off; 2-core machine shared with other work; nginx, PostgreSQL and the senders on one host)")
     finally:
         cluster.destroy()

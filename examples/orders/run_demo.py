@@ -19,7 +19,8 @@
    invoice's events and delivery attempts (axme.delivery_attempts).
 6. A person and a SQL function (approvals.py): an order above the approval limit becomes an
    approval task in an inbox agent's queue; reminders fire while nobody answers; an approver
-   decides from psql and the sender's wait_for sees the decision. Then an internal agent (a SQL
+   approves it in axme-gateway's web inbox in a headless browser (from psql where no browser is
+   installed) and the sender's wait_for sees the decision. Then an internal agent (a SQL
    function run by axme's worker) computes the order's invoice total.
 
 Exit status 0 when every order was completed with the right total and every invoice was completed
@@ -505,7 +506,7 @@ def main():
         deadline = time.monotonic() + 10
         with waiter.cursor() as cur:
             while True:     # started by the launcher within about a second of CREATE EXTENSION
-                cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' "
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' "
                             "AND datname = current_database()")
                 row = cur.fetchone()
                 if row or time.monotonic() > deadline:
@@ -515,14 +516,14 @@ def main():
             cur.execute("SELECT current_setting('axme.http_allowed_networks', true)")
             allowed = cur.fetchone()[0]
         if worker_pid is None:
-            problems.append("no axme worker runs for this database (shared_preload_libraries?)")
+            problems.append("no axme delivery worker runs for this database (shared_preload_libraries?)")
         port = free_port()
         url, secret = register_invoicer(conn, port)
         say(f"   registered {INVOICER}: delivery mode http, endpoint_url {url}")
         say(f"     options {json.dumps(INVOICER_OPTIONS)}")
         say(f"   its signing secret, from axme.agent_secret(): {secret[:12]}... (the receiver gets it "
             "in its environment)")
-        say(f"   axme worker pid {worker_pid}; axme.http_allowed_networks = '{allowed}' "
+        say(f"   axme delivery worker pid {worker_pid}; axme.http_allowed_networks = '{allowed}' "
             "(loopback is refused by default)")
         say(f"   nothing listens on 127.0.0.1:{port}. The shop invoices orders "
             f"{', '.join(str(o) for o, _, _ in placed[:INVOICED])}:")
@@ -690,7 +691,8 @@ def main():
             f"failed attempts during the outage; {verified_requests} request(s) from axme, every "
             f"signature verified; {len(forged)} forged requests refused, a redelivery de-duplicated")
         say(f"   order {approved_order} waited for a person: reminded while nobody answered, approved "
-            "from psql; its invoice total came from a SQL handler run by axme's worker")
+            f"{'in the web inbox' if approvals.web_approval.available() else 'from psql'}; its invoice "
+            "total came from a SQL handler run by axme's worker")
         say(f"   demo took {time.monotonic() - started:.1f} s")
         return 0
     if not_completed is not None:

@@ -439,7 +439,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme.pause_agent(text) IS
     'Pause an agent: from the commit on, nothing more is handed out to it (poll returns no rows, '
-    'the http and internal workers skip it); its intents wait and are not charged attempts. '
+    'the delivery and handler workers skip it); its intents wait and are not charged attempts. '
     'Intents already handed out keep their leases. Idempotent. Admins only. Errors: 42501 not an '
     'admin, 22023 invalid address, P0002 agent not registered.';
 

@@ -117,7 +117,8 @@ COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
     'max_reminders, escalate_to, human_task. idempotency_key: 8..128 characters; the same key and '
     'intent return the first intent_id. Returns the intent_id. Errors: 22023 invalid field, 22P02 '
     'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
-    'registered, 23505 idempotency key reused with a different intent.';
+    'registered, 23505 idempotency key reused with a different intent, 40001 the key it conflicted '
+    'with was removed meanwhile (retry).';
 
 CREATE FUNCTION axme.send_intents(intents jsonb[], idempotency_keys text[] DEFAULT NULL)
 RETURNS SETOF uuid LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intents';

@@ -1,11 +1,12 @@
--- The http delivery mode, SQL side: the worker's claim (axme._http_claim) and record
--- (axme._http_record_batch) transactions and the delivery_attempts table.  The curl pipeline is
--- src/http.c, signing src/sign.c, the SSRF check src/ssrf.c.
+-- The http delivery mode, SQL side: the delivery worker's claim (axme._http_claim) and record
+-- (axme._http_record_batch) transactions and the delivery_attempts table.  Their C side is
+-- src/claim.c, the curl pipeline src/http.c, signing src/sign.c, the SSRF check src/ssrf.c, the
+-- commit-time wake-up src/doorbell.c.
 
 CREATE FUNCTION axme._wake_http() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_wake_http';
 COMMENT ON FUNCTION axme._wake_http() IS
-    'Private: wake this database''s http worker when the current transaction commits (or have the '
+    'Private: wake this database''s delivery worker when the current transaction commits (or have the '
     'launcher start one).';
 
 -- The database's delivery worker starts once the install commits (the launcher is woken).
@@ -14,7 +15,7 @@ SELECT axme._wake_http(), axme._agents_changed();
 CREATE FUNCTION axme._http_wake_trigger() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'axme_http_wake_trigger';
 COMMENT ON FUNCTION axme._http_wake_trigger() IS
-    'Private: row trigger on axme.intents; an intent became due, wake the http worker at commit.';
+    'Private: row trigger on axme.intents; an intent became due, wake the delivery worker at commit.';
 
 CREATE TABLE axme.delivery_attempts (
     intent_id        uuid NOT NULL,
@@ -192,7 +193,7 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
-    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'Private (delivery worker): claim due intents of http agents within the worker''s and each agent''s '
     'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
     'what to send. Moves half-open breakers and spends rate-limit tokens.';
 
@@ -229,7 +230,7 @@ BEGIN
       AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
 END $$;
 COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
-    'Private (http worker): when an http agent can next be handed something (NULL: nothing due).';
+    'Private (delivery worker): when an http agent can next be handed something (NULL: nothing due).';
 
 -- Record one finished attempt: the attempt row, and the intent's next state.  The outcome only
 -- moves the intent if it is still the attempt handed out (nobody resolved or re-claimed it since).
@@ -359,5 +360,5 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timestamptz[], double precision[],
                                             integer[], text[], text[], text[], text[], bigint[]) IS
-    'Private (http worker): record finished attempts and move their intents on, then update the '
+    'Private (delivery worker): record finished attempts and move their intents on, then update the '
     'endpoints'' breaker, slow start and health (axme._endpoint_observe).';

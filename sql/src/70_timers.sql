@@ -232,11 +232,11 @@ COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
     'Private: NOTIFY each stream agent whose delayed, backed-off or lease-expired intents became '
     'due in (since, upto]; returns the next such due time.';
 
--- One turn of the worker's time-driven steps besides firing timers (src/timers.c): stream
+-- One turn of the delivery worker's time-driven steps besides firing timers (src/timers.c): stream
 -- wake-ups, delayed inbox tasks whose not_before came (axme._inbox_assign_due, when the inbox
 -- feature is installed), and when to look next: the earliest timer, delayed stream or inbox
 -- intent; within a second while stream agents exist (their leases and backoffs end unannounced).
--- internal_agents: whether the internal worker is needed.  Every query goes through an index
+-- internal_agents: whether the handler worker is needed.  Every query goes through an index
 -- that holds only due or pending rows (timers_due_idx, the claim index), per agent of the mode it
 -- serves, and a mode no agent uses costs one look at axme.agents: a turn stays the same with
 -- millions of finished intents in history (bench/background).

@@ -6,7 +6,7 @@ CREATE FUNCTION axme._wake_internal() RETURNS void
 COMMENT ON FUNCTION axme._wake_internal() IS
     'Private: at commit, wake the worker that runs internal handlers.';
 
--- Internal delivery: handlers run by the internal worker of each database (src/internal.c), one
+-- Internal delivery: handlers run by the handler worker of each database (src/handler_worker.c), one
 -- intent at a time: claim (this function, its own transaction: DELIVERED, lease timeout_ms + 30 s),
 -- then the handler and axme._internal_done / axme._internal_failed in a second transaction.
 -- Returns no row when nothing is due, with next_due (NULL: nothing pending) in a row whose
@@ -74,7 +74,7 @@ BEGIN
     RETURN;
 END $$;
 COMMENT ON FUNCTION axme._internal_claim() IS
-    'Private: hand the oldest due intent of an internal agent to the internal worker (DELIVERED).';
+    'Private: hand the oldest due intent of an internal agent to the handler worker (DELIVERED).';
 
 -- The handler of attempt p_attempt returned: COMPLETED with its result.  Raises 40001 when the
 -- intent is no longer that attempt (timed out, canceled or re-claimed meanwhile): the caller then

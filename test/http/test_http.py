@@ -95,7 +95,7 @@ def attempts(ctx, iid, conn=None):
 
 def worker_pids(ctx, dbname="axt"):
     return [r[0] for r in q(ctx.admin, """SELECT pid FROM pg_stat_activity
-                                         WHERE backend_type = 'axme worker' AND datname = %s""",
+                                         WHERE backend_type = 'axme delivery worker' AND datname = %s""",
                             (dbname,))]
 
 
@@ -112,10 +112,10 @@ def test_workers_visible(ctx):
     """backend_type starts with axme: one launcher, one worker for the database with axme."""
     wait_until(lambda: q1(ctx.admin, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'axme launcher'") == 1,
                10, "axme launcher")
-    wait_until(lambda: len(worker_pids(ctx)) == 1, 10, "axme worker of axt")
+    wait_until(lambda: len(worker_pids(ctx)) == 1, 10, "axme delivery worker of axt")
     # the database without the extension has no worker
     check(q1(ctx.admin, """SELECT count(*) FROM pg_stat_activity
-                           WHERE backend_type = 'axme worker' AND datname = 'postgres'""") == 0,
+                           WHERE backend_type = 'axme delivery worker' AND datname = 'postgres'""") == 0,
           "a worker serves postgres, which has no axme")
 
 
@@ -725,16 +725,16 @@ def test_database_worker_cap_warns(ctx):
             q(c, "CREATE EXTENSION axme")
             c.close()
         served = wait_until(lambda: q(admin, """SELECT datname FROM pg_stat_activity
-                                               WHERE backend_type = 'axme worker'
+                                               WHERE backend_type = 'axme delivery worker'
                                                  AND datname LIKE 'capped%%'"""), 15, "a worker")
         check(len(served) == 1, "workers %s" % served)
         other = "capped_b" if served[0][0] == "capped_a" else "capped_a"
         wait_until(lambda: "axme.max_database_workers (1) reached" in c2.log() and '"%s"' % other in c2.log(),
                    20, "the WARNING naming %s" % other)
         time.sleep(1)
-        check(len(q(admin, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'axme worker'")) == 1,
+        check(len(q(admin, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'axme delivery worker'")) == 1,
               "cap exceeded")
-        check(q(admin, "SELECT datname FROM pg_stat_activity WHERE backend_type = 'axme worker'") == served,
+        check(q(admin, "SELECT datname FROM pg_stat_activity WHERE backend_type = 'axme delivery worker'") == served,
               "the served database changed")
         admin.close()
     except Exception:
@@ -758,7 +758,7 @@ def test_worker_processes_exhausted_warns(ctx):
         c.close()
         wait_until(lambda: "no background worker slot free" in c3.log() and '"starved"' in c3.log(),
                    20, "the WARNING naming starved")
-        check(q(admin, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'axme worker'") == [],
+        check(q(admin, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'axme delivery worker'") == [],
               "a worker runs without a slot")
         admin.close()
     finally:
@@ -767,7 +767,7 @@ def test_worker_processes_exhausted_warns(ctx):
 
 @test
 def test_hot_standby_waits_then_serves_after_promotion(ctx):
-    """No axme workers on a hot standby; after promotion they start and deliver."""
+    """No axme delivery workers on a hot standby; after promotion they start and deliver."""
     from cluster import _as_postgres
     primary = Cluster(ctx.cluster.bindir, ctx.cluster.port + 1)
     standby = None

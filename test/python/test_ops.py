@@ -122,10 +122,10 @@ class OpsTest(AxmeTestCase):
                                            FROM axme.worker_status WHERE database = current_database()"""), 15)
         self.assertEqual(len(row), 1, row)
         kind, pid, state, in_flight, started, total0 = row[0]
-        self.assertEqual(kind, "http")
+        self.assertEqual(kind, "delivery worker")
         self.assertTrue(started)
         self.assertEqual(self.q1("""SELECT backend_type FROM pg_stat_activity WHERE pid = %s
-                                    AND datname = current_database()""", (pid,)), "axme worker")
+                                    AND datname = current_database()""", (pid,)), "axme delivery worker")
         self.assertIn(state, ("idle", "delivering", "checking alerts", "cleanup"))
         # one delivery (refused or blocked: nothing listens on port 9) is one outcome recorded
         self.q("SELECT axme.register_agent(%s, 'http', 'http://127.0.0.1:9/', '{\"retry\": {\"max_attempts\": 1}}')",
@@ -139,7 +139,7 @@ class OpsTest(AxmeTestCase):
         rate = self.q1("SELECT deliveries_per_second FROM axme.worker_status WHERE database = current_database()")
         self.assertGreaterEqual(rate, 0)
         metrics = self.q1("SELECT axme.metrics()")
-        self.assertIn('axme_worker_deliveries_total{kind="http",pid="%d"} %d' % (pid, total), metrics)
+        self.assertIn('axme_worker_deliveries_total{kind="delivery worker",pid="%d"} %d' % (pid, total), metrics)
 
     def test_worker_cleans_up_every_interval(self):
         self.register(CLEAN)

@@ -405,7 +405,7 @@ class TimersTest(AxmeTestCase):
                       'intent_type', 'intent.test.crash.v1', 'to_agent', %s, 'payload', '{}'::jsonb,
                       'deadline_at', clock_timestamp() + interval '1 second' + g * interval '200 microseconds'))
                   FROM generate_series(1, 3000) g""", (POLL,))
-        pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' AND datname = current_database()")
+        pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' AND datname = current_database()")
         self.assertIsNotNone(pid)
         time.sleep(1.1)  # due now, being fired
         try:
@@ -424,7 +424,7 @@ class TimersTest(AxmeTestCase):
         while True:
             try:
                 self.db = self.connect()
-                new_pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme worker' "
+                new_pid = self.q1("SELECT pid FROM pg_stat_activity WHERE backend_type = 'axme delivery worker' "
                                   "AND datname = current_database()")
                 if new_pid is not None and new_pid != pid:
                     break
@@ -432,7 +432,7 @@ class TimersTest(AxmeTestCase):
             except psycopg2.Error:
                 pass
             if time.monotonic() - t0 > 60:
-                self.fail("no new axme worker within 60 s of the kill")
+                self.fail("no new axme delivery worker within 60 s of the kill")
             time.sleep(0.2)
         while time.monotonic() - t0 < 120:
             left = self.q1("SELECT count(*) FROM axme.intents WHERE intent_type = 'intent.test.crash.v1' AND status <> 'TIMED_OUT'")

@@ -60,9 +60,9 @@ class WorkerLifecycleTest(unittest.TestCase):
         return c
 
     def workers(self):
-        """[(pid,)] of the axme workers of the test database (pg_stat_activity)."""
+        """[(pid,)] of the axme delivery workers of the test database (pg_stat_activity)."""
         return q(self.admin, """SELECT pid FROM pg_stat_activity
-                                WHERE backend_type = 'axme worker' AND datname = %s""", (self.DB,))
+                                WHERE backend_type = 'axme delivery worker' AND datname = %s""", (self.DB,))
 
     def status(self, conn):
         return q(conn, "SELECT pid, state FROM axme.worker_status WHERE database = current_database()")

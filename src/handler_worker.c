@@ -1,6 +1,7 @@
 /*
- * internal.c: the internal-handler worker of a database.  Started (and restarted, and stopped)
- * by that database's http worker (timers.c) while internal agents exist.
+ * handler_worker.c: the axme handler worker of a database: runs the SQL handlers of its internal
+ * agents.  Started (and restarted, and stopped) by that database's delivery worker
+ * (delivery_worker.c) while internal agents exist.
  *
  * One intent at a time: claim it (axme._internal_claim, its own transaction: DELIVERED with a
  * lease of timeout_ms + 30 s), then in a second transaction run the agent's handler
@@ -12,7 +13,7 @@
  * (axme._internal_done), or a failed attempt (axme._internal_failed: retry after the backoff,
  * then dead letter handler_error).  When the intent stopped being this run's meanwhile (its
  * deadline passed, someone canceled it), the whole transaction rolls back, the handler's work
- * with it.  A handler never runs in the http worker, so it cannot delay webhooks or timers.
+ * with it.  A handler never runs in the delivery worker, so it cannot delay webhooks or timers.
  */
 #include "postgres.h"
 
@@ -44,7 +45,8 @@
 #include "utils/wait_event.h"
 
 #include "axme.h"
-#include "timers.h"
+#include "doorbell.h"
+#include "worker.h"
 #include "worker_tx.h"
 
 #define IDLE_RECHECK_MS 5000L
@@ -60,25 +62,26 @@ typedef struct Claim
 	int			timeout_ms;
 } Claim;
 
-static TimerSlot *slot = NULL;
+static AxmeDbSlot *slot = NULL;
 
+/* At exit: the delivery worker notices and starts another one if internal agents remain. */
 static void
-internal_detach(int code, Datum arg)
+handler_detach(int code, Datum arg)
 {
-	Latch	   *http_latch;
+	AxmeShared *shared = axme_shared();
+	Latch	   *delivery_latch;
 
-	SpinLockAcquire(axme_timer_mutex());
-	if (slot->internal_pid == MyProcPid)
+	SpinLockAcquire(&shared->mutex);
+	if (slot->handler_pid == MyProcPid)
 	{
-		slot->internal_pid = 0;
-		slot->internal_latch = NULL;
+		slot->handler_pid = 0;
+		slot->handler_latch = NULL;
 	}
-	http_latch = slot->http_latch;
-	SpinLockRelease(axme_timer_mutex());
-	/* the http worker notices and starts another one if internal agents remain */
+	delivery_latch = slot->delivery_latch;
+	SpinLockRelease(&shared->mutex);
 	pg_atomic_write_u32(&slot->poke, 1);
-	if (http_latch)
-		SetLatch(http_latch);
+	if (delivery_latch)
+		SetLatch(delivery_latch);
 }
 
 static void
@@ -88,10 +91,10 @@ report_and_abort(MemoryContext cxt, const char *what)
 
 	if (edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE)
 		ereport(LOG,
-				(errmsg("axme: %s: %s", what, edata->message),
+				(errmsg("axme handler worker: %s: %s", what, edata->message),
 				 errdetail("The handler's work was rolled back.")));
 	else
-		ereport(WARNING, (errmsg("axme: %s failed: %s", what, edata->message)));
+		ereport(WARNING, (errmsg("axme handler worker: %s failed: %s", what, edata->message)));
 	FreeErrorData(edata);
 }
 
@@ -109,7 +112,7 @@ claim(Claim *c, TimestampTz *next_due, MemoryContext cxt)
 		bool		isnull;
 		bool		ready;
 
-		axme_tx_begin("axme: claiming for internal handlers");	/* in cxt */
+		axme_tx_begin("axme handler worker: claiming");	/* in cxt */
 		ready = axme_lock_extension();
 		if (ready)
 		{
@@ -121,7 +124,7 @@ claim(Claim *c, TimestampTz *next_due, MemoryContext cxt)
 		if (!ready)
 		{
 			axme_tx_commit();
-			proc_exit(0);		/* no axme 0.3.0 here: the http worker starts us when needed */
+			proc_exit(0);		/* no axme 0.3.0 here: the delivery worker starts us when needed */
 		}
 		if (SPI_execute("SELECT intent_id, attempt, handler, run_as, run_as_checked, timeout_ms,"
 						" next_due FROM axme._internal_claim()", false, 0) != SPI_OK_SELECT)
@@ -204,7 +207,9 @@ run(Claim *c, MemoryContext cxt)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, c->handler);
 		if (!axme_lock_extension())
-			elog(ERROR, "axme was dropped");
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("extension \"axme\" was dropped")));
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		args[0] = c->intent_id;
@@ -358,40 +363,41 @@ run(Claim *c, MemoryContext cxt)
 }
 
 /*
- * Entry point of the internal worker (a dynamic background worker started by the http worker
- * of the database; bgw_main_arg = its slot in timers.c's shared memory, bgw_extra = database).
+ * Entry point of the handler worker (started by the delivery worker of the database;
+ * bgw_main_arg: the database's slot, bgw_extra: the database).
  */
 void
-axme_internal_main(Datum arg)
+axme_handler_worker_main(Datum arg)
 {
 	Oid			dboid;
 	bool		taken;
 	MemoryContext cxt;
 
-	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
+	AxmeShared *shared = axme_shared();
+	int			index = DatumGetInt32(arg);
 
-	slot = axme_timer_slot_at(DatumGetInt32(arg));
-	if (slot == NULL)
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	axme_worker_init_signals();
+	if (shared == NULL || index < 0 || index >= AXME_DB_SLOTS)
 		proc_exit(0);
-	SpinLockAcquire(axme_timer_mutex());
-	taken = slot->dboid != dboid ||
-		(slot->internal_pid != 0 && kill(slot->internal_pid, 0) == 0);
+	slot = &shared->slots[index];
+	SpinLockAcquire(&shared->mutex);
+	taken = slot->dboid != dboid || slot->leave ||
+		(slot->handler_pid != 0 && kill(slot->handler_pid, 0) == 0);
 	if (!taken)
 	{
-		slot->internal_pid = MyProcPid;
-		slot->internal_latch = MyLatch;
+		slot->handler_pid = MyProcPid;
+		slot->handler_latch = MyLatch;
 	}
-	SpinLockRelease(axme_timer_mutex());
+	SpinLockRelease(&shared->mutex);
 	if (taken)
 		proc_exit(0);
-	before_shmem_exit(internal_detach, 0);
+	before_shmem_exit(handler_detach, 0);
+	axme_worker_set_slot(index);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	pgstat_report_appname("axme internal worker");
-	cxt = AllocSetContextCreate(TopMemoryContext, "axme internal worker", ALLOCSET_DEFAULT_SIZES);
+	pgstat_report_appname(AXME_HANDLER_WORKER);
+	cxt = AllocSetContextCreate(TopMemoryContext, "axme handler worker", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
@@ -401,12 +407,7 @@ axme_internal_main(Datum arg)
 		long		timeout;
 
 		MemoryContextSwitchTo(cxt);
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+		axme_worker_check();
 		if (claim(&c, &next_due, cxt))
 		{
 			run(&c, cxt);

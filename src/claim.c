@@ -1,5 +1,6 @@
 /*
- * queue.c: the http worker's two short transactions, through SPI.
+ * claim.c: the claim and the record of http deliveries: the delivery worker's two short
+ * transactions, through SPI.
  *
  * Claim: axme._http_claim hands out due intents of http agents (FOR UPDATE SKIP LOCKED, a lease
  * of timeout_ms + 30 s) and returns what to send.  Record: axme._http_record stores each finished
@@ -26,8 +27,9 @@
 
 #include "axme.h"
 #include "delivery.h"
+#include "status.h"
+#include "worker.h"
 #include "worker_tx.h"
-#include "ops.h"
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
@@ -45,7 +47,7 @@ recover_from_error(MemoryContext cxt, const char *what)
 	ErrorData  *edata = axme_tx_abort(cxt);
 
 	ereport(WARNING,
-			(errmsg("axme: %s failed, will retry: %s", what, edata->message)));
+			(errmsg("axme delivery worker: %s failed, will retry: %s", what, edata->message)));
 	axme_status_error(edata->message);	/* shown in axme.worker_status */
 	FreeErrorData(edata);
 }
@@ -65,7 +67,7 @@ axme_queue_ready(bool full_check)
 {
 	bool		ok;
 
-	axme_tx_begin("axme: checking the extension");
+	axme_tx_begin("axme delivery worker: checking the extension");
 	ok = extension_exists();
 	if (ok && full_check)
 	{
@@ -158,7 +160,7 @@ claim_tx(int max_total, int nbusy, int64 *busy_agents, int *busy_counts,
 		delivery_context = AllocSetContextCreate(TopMemoryContext, "axme deliveries",
 												 ALLOCSET_DEFAULT_SIZES);
 	caller = CurrentMemoryContext;
-	axme_tx_begin("axme: claiming deliveries");
+	axme_tx_begin("axme delivery worker: claiming deliveries");
 	if (!extension_exists())
 	{
 		axme_tx_commit();
@@ -323,7 +325,7 @@ record_tx(List *done)
 		return true;
 	/* in intent_id order, the order in which other sessions had better lock many intents too */
 	list_sort(done, by_intent_id);
-	axme_tx_begin("axme: recording deliveries");
+	axme_tx_begin("axme delivery worker: recording deliveries");
 	if (!extension_exists())
 	{
 		axme_tx_commit();
