@@ -11,6 +11,10 @@
 #                                and the plans inside poll and complete (bench/PROFILE.md)
 #   bash bench/run.sh experiments  the sketches of the performance proposals in bench/README.md,
 #                                measured next to the shipped functions (bench/EXPERIMENTS.md)
+#   bash bench/run.sh peers      axme next to PgQ and pgmq (when installed) in one interleaved
+#                                run, WAL bytes per lifecycle, one fsync=on row (bench/PEERS.md)
+#   bash bench/run.sh background the worker's periodic queries with millions of finished intents
+#                                in history: plans and ms per call (bench/BACKGROUND.md)
 #
 # Environment: BENCH_SECONDS (per throughput run, default 10), BENCH_ROUNDS (default 3),
 # BENCH_LAT_N (stream sends, default 1000), BENCH_WAIT_N (wait_for wakes, default 500),
@@ -58,7 +62,11 @@ case "${1:-bench}" in
             /usr/bin/python3 "$here/profile.py" ;;
     experiments)
         exec pg_virtualenv -t -o shared_preload_libraries=axme /usr/bin/python3 "$here/experiments.py" ;;
+    peers)
+        exec pg_virtualenv -t -o shared_preload_libraries=axme /usr/bin/python3 "$here/peers.py" ;;
+    background)
+        exec pg_virtualenv -t -o shared_preload_libraries=axme /usr/bin/python3 "$here/background.py" ;;
     *)
-        echo "usage: bash bench/run.sh [bench|profile|experiments]" >&2
+        echo "usage: bash bench/run.sh [bench|profile|experiments|peers|background]" >&2
         exit 2 ;;
 esac

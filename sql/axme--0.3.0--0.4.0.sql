@@ -557,12 +557,15 @@ DECLARE
 BEGIN
     PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
     FOR i IN
-        SELECT x.* FROM axme.intents x JOIN axme.agents a ON a.agent_id = x.agent_id
-        WHERE a.delivery_mode = 'inbox' AND x.due_at <= now() AND x.status = 'SUBMITTED'
-          AND a.disabled_at IS NULL
-          AND x.human_task IS NOT NULL
+        SELECT x.* FROM axme.agents a
+        CROSS JOIN LATERAL (
+            SELECT y.* FROM axme.intents y
+            WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
+              AND y.human_task IS NOT NULL
+            ORDER BY y.due_at LIMIT max_count
+            FOR UPDATE OF y SKIP LOCKED) x
+        WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
         ORDER BY x.due_at LIMIT max_count
-        FOR UPDATE OF x SKIP LOCKED
     LOOP
         PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
         n := n + 1;
@@ -672,12 +675,37 @@ COMMENT ON FUNCTION axme.extend_lease(uuid, interval, integer) IS
 CREATE OR REPLACE FUNCTION axme.complete(intent_id uuid, result jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    i axme.intents := axme._lock_receipt(intent_id, attempt, 'complete');
+    i axme.intents;
+    n integer;
 BEGIN
     IF result IS NULL THEN
         RAISE EXCEPTION 'argument "result" must not be null' USING ERRCODE = '22023',
             HINT = 'Pass ''{}'' for no result.';
     END IF;
+    WITH u AS (
+        UPDATE axme.intents x SET
+            status = 'COMPLETED', result = complete.result, due_at = NULL, lease_until = NULL,
+            updated_at = now(), event_seq = x.event_seq + 1
+        FROM axme.agents a
+        WHERE x.intent_id = complete.intent_id AND a.agent_id = x.agent_id
+          AND x.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          -- the receipt: given and current, or not required here (the slow path checks the agent's
+          -- option and raises 55000 when a required receipt is missing)
+          AND (x.attempt = complete.attempt OR (complete.attempt IS NULL AND NOT axme._receipts_required()))
+          -- sec: the receiver's role (agent option db_role) or an admin, as _check_receiver
+          AND (axme._caller_has(a.db_role) OR axme._is_admin())
+        RETURNING x.intent_id, x.event_seq, x.attempt
+    ), e AS (
+        INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),
+               jsonb_build_object('attempt', u.attempt)
+        FROM u
+    )
+    SELECT count(*) INTO n FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+    IF n > 0 THEN
+        RETURN;
+    END IF;
+    i := axme._lock_receipt(intent_id, attempt, 'complete');
     i.result := result;
     PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
 END $$;
@@ -1104,7 +1132,7 @@ COMMENT ON FUNCTION axme._worker_status() IS
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
+    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
                                'render_request',
                                'inbox_thread'];   -- the thread of a human task it sent
     agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
@@ -2535,6 +2563,125 @@ COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
     'what to send. Moves half-open breakers and spends rate-limit tokens.';
 
 
+
+
+-- The set-based send (src/send_batch.c).
+CREATE FUNCTION axme.send_intents(intents jsonb[], idempotency_keys text[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intents';
+COMMENT ON FUNCTION axme.send_intents(jsonb[], text[]) IS
+    'Send many intents in one call (at most 10000), in the caller''s transaction: each element is '
+    'an intent document as for send_intent; idempotency_keys, when given, holds one key (or NULL) '
+    'per element. Returns the intent ids in input order; a key used before or earlier in the same '
+    'call with the same document returns the first intent''s id. Written set-based (one statement '
+    'for all intents and their events). Errors: those of send_intent, the message prefixed with '
+    'the element''s 1-based position, "intents[N]: ", and nothing of the call written; 22023 NULL '
+    'intents, a NULL element, arrays of different lengths, more than 10000 elements.';
+
+-- Background work bounded by what is due.
+-- Assign the delayed tasks (not_before) whose time has come: for the timer loop, or anyone.
+-- Returns how many were assigned.  Driven from the inbox agents, each read through the claim
+-- index (agent_id, due_at) up to now: the cost follows what is due, never the size of history
+-- (a join on delivery_mode let the planner scan all of axme.intents once it grew).
+CREATE OR REPLACE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer := 0;
+BEGIN
+    PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
+    FOR i IN
+        SELECT x.* FROM axme.agents a
+        CROSS JOIN LATERAL (
+            SELECT y.* FROM axme.intents y
+            WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
+              AND y.human_task IS NOT NULL
+            ORDER BY y.due_at LIMIT max_count
+            FOR UPDATE OF y SKIP LOCKED) x
+        WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
+        ORDER BY x.due_at LIMIT max_count
+    LOOP
+        PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- One turn of the worker's time-driven steps besides firing timers (src/timers.c): stream
+-- wake-ups, delayed inbox tasks whose not_before came (axme._inbox_assign_due, when the inbox
+-- feature is installed), and when to look next: the earliest timer, delayed stream or inbox
+-- intent; within a second while stream agents exist (their leases and backoffs end unannounced).
+-- internal_agents: whether the internal worker is needed.  Every query goes through an index
+-- that holds only due or pending rows (timers_due_idx, the claim index), per agent of the mode it
+-- serves, and a mode no agent uses costs one look at axme.agents: a turn stays the same with
+-- millions of finished intents in history (bench/background).
+CREATE OR REPLACE FUNCTION axme._timers_turn(since timestamptz, upto timestamptz,
+                                  OUT next_due timestamptz, OUT internal_agents boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    modes text[] := ARRAY(SELECT DISTINCT a.delivery_mode::text FROM axme.agents a);
+BEGIN
+    next_due := (SELECT min(t.due_at) FROM axme.timers t);
+    IF 'stream' = ANY (modes) THEN
+        next_due := least(axme._wake_streams(since, upto), next_due, upto + interval '1 second');
+    END IF;
+    IF 'inbox' = ANY (modes)
+       AND pg_catalog.to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL THEN
+        IF axme._inbox_assign_due(1000) >= 1000 THEN
+            next_due := upto;       -- more to assign: at once
+        END IF;
+        next_due := least(next_due,
+            (SELECT min(f.due_at) FROM axme.agents a
+             CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
+                                 WHERE i.agent_id = a.agent_id AND i.due_at > upto
+                                 ORDER BY i.due_at LIMIT 1) f
+             WHERE a.delivery_mode = 'inbox'));
+    END IF;
+    internal_agents := 'internal' = ANY (modes);
+END $$;
+
+-- complete in one statement on its fast path.
+-- complete: the fast path is one statement (complete_many's rule for one id): the UPDATE to
+-- COMPLETED with the receiver's role check and the receipt check in its WHERE, the event INSERT
+-- and the wait_for wake-up in the same CTE.  When it matches no row, the slow path takes the
+-- same checks one at a time (_lock_intent, _transition) and raises the one that failed (22023,
+-- P0002, 42501, 55000), so the errors are those of every other receipt call.
+CREATE OR REPLACE FUNCTION axme.complete(intent_id uuid, result jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer;
+BEGIN
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'argument "result" must not be null' USING ERRCODE = '22023',
+            HINT = 'Pass ''{}'' for no result.';
+    END IF;
+    WITH u AS (
+        UPDATE axme.intents x SET
+            status = 'COMPLETED', result = complete.result, due_at = NULL, lease_until = NULL,
+            updated_at = now(), event_seq = x.event_seq + 1
+        FROM axme.agents a
+        WHERE x.intent_id = complete.intent_id AND a.agent_id = x.agent_id
+          AND x.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          -- the receipt: given and current, or not required here (the slow path checks the agent's
+          -- option and raises 55000 when a required receipt is missing)
+          AND (x.attempt = complete.attempt OR (complete.attempt IS NULL AND NOT axme._receipts_required()))
+          -- sec: the receiver's role (agent option db_role) or an admin, as _check_receiver
+          AND (axme._caller_has(a.db_role) OR axme._is_admin())
+        RETURNING x.intent_id, x.event_seq, x.attempt
+    ), e AS (
+        INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),
+               jsonb_build_object('attempt', u.attempt)
+        FROM u
+    )
+    SELECT count(*) INTO n FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+    IF n > 0 THEN
+        RETURN;
+    END IF;
+    i := axme._lock_receipt(intent_id, attempt, 'complete');
+    i.result := result;
+    PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
+END $$;
 
 
 -- The database's delivery worker, waiting for this update, resumes at commit.

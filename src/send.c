@@ -28,6 +28,7 @@
 
 #include "axme.h"
 #include "doorbell.h"
+#include "send.h"
 
 PG_FUNCTION_INFO_V1(axme_send_intent);
 
@@ -386,311 +387,240 @@ text_or_null(const char *s, char *nulls, int i)
 }
 
 /*
- * axme.send_intent(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
- *
- * Validates the intent document (REFERENCE.md section 1), stores it SUBMITTED with events 1 and
- * 2, and returns its id; with an idempotency key already used by the same sender for the same
- * document, returns the first intent's id instead.  Runs in the caller's transaction.
- * Errors: 42501 the caller is not a member of axme_sender (or axme_admin), or names as from_agent an
- * agent mapped to a role it does not have; 22023 invalid or unknown field, 22P02 correlation_id not
- * a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused
- * with another document; from axme._inbox_on_send(): 22023 invalid human_task, human_task to a
- * non-inbox agent or none to an inbox agent, escalate_to not an inbox, P0002 reply_to or
- * escalate_to not registered; 40001 the key that conflicted was removed meanwhile (retry).
+ * axme_parse_intent: validate one intent document (REFERENCE.md section 1) and its idempotency key
+ * into *p, before anything is written; shared by send_intent and send_intents (send_batch.c).
+ * intent NULL is refused like a non-object; key may be NULL.  No SPI: pure checks, in the caller's
+ * memory context.  Errors: 22023 invalid or unknown field or key, 22P02 correlation_id not a UUID,
+ * 54000 payload over axme.max_payload_bytes.
  */
-Datum
-axme_send_intent(PG_FUNCTION_ARGS)
+void
+axme_parse_intent(Jsonb *intent, text *idem_key, AxmeIntent *p)
 {
-	Jsonb	   *intent;
 	JsonbValue *v;
-	Jsonb	   *payload;
-	char	   *intent_type,
-			   *to_agent,
-			   *from_agent,
-			   *reply_to,
-			   *escalate_to,
-			   *corr_text,
-			   *key = NULL;
-	char	   *role;
-	Oid			role_type;
-	Jsonb	   *human_task = NULL;
-	char	   *traceparent;
-	char	   *tracestate;
-	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
-	pg_uuid_t  *corr = palloc(sizeof(pg_uuid_t));
-	TimestampTz deadline = 0,
-				not_before = 0;
-	bool		has_deadline = false,
-				has_not_before = false;
-	int32		budget,
-				remind_after,
-				remind_interval,
-				max_reminders;
 	size_t		payload_bytes;
-	char		hash[33];
-	int64		agent_id;
-	bool		is_stream;
-	char	   *mode;
-	bool		is_internal;
-	bool		is_inbox;
-	bool		isnull;
 
-	/*
-	 * The sender is the calling role (SET ROLE honoured), not the owner this SECURITY DEFINER
-	 * function runs as; it must be a member of axme_sender or axme_admin (42501).
-	 */
-	if (!axme_reserved_send())	/* ping_agent checked its caller itself (render.c) */
-		axme_check_caller_may_send();
-	role = axme_caller_name();
-
-	/* --- validation, before any write --- */
-	if (PG_ARGISNULL(0))
+	memset(p, 0, sizeof(*p));
+	p->budget = p->remind_after = p->remind_interval = p->max_reminders = -1;
+	if (intent == NULL)
 		invalid("argument \"%s\" must not be null", "intent");
-	intent = PG_GETARG_JSONB_P(0);
 	if (!JB_ROOT_IS_OBJECT(intent) || JB_ROOT_IS_SCALAR(intent))
 		invalid("argument \"%s\" must be a JSON object", "intent");
+	p->doc = intent;
 	check_unknown_keys(intent);
 
-	intent_type = get_string(intent, "intent_type");
-	if (intent_type == NULL)
+	p->intent_type = get_string(intent, "intent_type");
+	if (p->intent_type == NULL)
 		invalid("intent field \"%s\" is required", "intent_type");
-	if (!axme_intent_type_is_valid(intent_type, strlen(intent_type)))
+	if (!axme_intent_type_is_valid(p->intent_type, strlen(p->intent_type)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid intent_type \"%.300s\"", intent_type),
+				 errmsg("invalid intent_type \"%.300s\"", p->intent_type),
 				 errhint("Use a dotted lower-case name ending in a version, e.g. intent.order.process.v1.")));
-	if (strncmp(intent_type, "axme.", 5) == 0 && !axme_reserved_send())
+	if (strncmp(p->intent_type, "axme.", 5) == 0 && !axme_reserved_send())
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("intent_type \"%.300s\" is reserved", intent_type),
+				 errmsg("intent_type \"%.300s\" is reserved", p->intent_type),
 				 errdetail("Intent types beginning with \"axme.\" are axme's own (axme.ping.v1: axme.ping_agent)."),
 				 errhint("Name your intent types after your own domain, e.g. intent.order.process.v1.")));
-	to_agent = get_string(intent, "to_agent");
-	if (to_agent == NULL)
+	p->to_agent = get_string(intent, "to_agent");
+	if (p->to_agent == NULL)
 		invalid("intent field \"%s\" is required", "to_agent");
 
 	v = get_key(intent, "payload");
 	if (v == NULL || !is_object(v))
 		invalid("intent field \"%s\" is required and must be a JSON object", "payload");
-	payload = JsonbValueToJsonb(v);
-	payload_bytes = strlen(JsonbToCString(NULL, &payload->root, VARSIZE(payload)));
+	p->payload = JsonbValueToJsonb(v);
+	payload_bytes = strlen(JsonbToCString(NULL, &p->payload->root, VARSIZE(p->payload)));
 	if (payload_bytes > (size_t) axme_max_payload_bytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("payload is %zu bytes, larger than axme.max_payload_bytes (%d)",
 						payload_bytes, axme_max_payload_bytes)));
 
-	from_agent = get_string(intent, "from_agent");
-	if (from_agent != NULL)
-		axme_check_address(from_agent, "from_agent");
-	reply_to = get_string(intent, "reply_to");
-	if (reply_to != NULL)
-		axme_check_address(reply_to, "reply_to");
-	escalate_to = get_string(intent, "escalate_to");
-	if (escalate_to != NULL)
-		axme_check_address(escalate_to, "escalate_to");
+	p->from_agent = get_string(intent, "from_agent");
+	if (p->from_agent != NULL)
+		axme_check_address(p->from_agent, "from_agent");
+	p->reply_to = get_string(intent, "reply_to");
+	if (p->reply_to != NULL)
+		axme_check_address(p->reply_to, "reply_to");
+	p->escalate_to = get_string(intent, "escalate_to");
+	if (p->escalate_to != NULL)
+		axme_check_address(p->escalate_to, "escalate_to");
 
 	v = get_key(intent, "correlation_id");
 	if (v != NULL && v->type != jbvString)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("intent field \"correlation_id\" must be a UUID string")));
-	corr_text = get_string(intent, "correlation_id");
-	if (corr_text != NULL)
-		corr = DatumGetUUIDP(parse_field(uuid_in, corr_text, "correlation_id", "UUID",
-										 ERRCODE_INVALID_TEXT_REPRESENTATION));
-	else
-		new_uuid(corr);
+	{
+		char	   *corr_text = get_string(intent, "correlation_id");
+
+		if (corr_text != NULL)
+			memcpy(&p->corr, DatumGetUUIDP(parse_field(uuid_in, corr_text, "correlation_id", "UUID",
+													   ERRCODE_INVALID_TEXT_REPRESENTATION)),
+				   sizeof(pg_uuid_t));
+		else
+			new_uuid(&p->corr);
+	}
 
 	{
 		char	   *s = get_string(intent, "deadline_at");
 
 		if (s != NULL)
 		{
-			deadline = DatumGetTimestampTz(parse_field(timestamptz_in, s, "deadline_at", "timestamp",
-													   ERRCODE_INVALID_PARAMETER_VALUE));
-			has_deadline = true;
-			if (TIMESTAMP_NOT_FINITE(deadline))
+			p->deadline = DatumGetTimestampTz(parse_field(timestamptz_in, s, "deadline_at", "timestamp",
+														  ERRCODE_INVALID_PARAMETER_VALUE));
+			p->has_deadline = true;
+			if (TIMESTAMP_NOT_FINITE(p->deadline))
 				invalid("intent field \"%s\" must be a finite timestamp", "deadline_at");
-			if (deadline <= GetCurrentTimestamp())
+			if (p->deadline <= GetCurrentTimestamp())
 				invalid("intent field \"%s\" is not in the future", "deadline_at");
 		}
 		s = get_string(intent, "not_before");
 		if (s != NULL)
 		{
-			not_before = DatumGetTimestampTz(parse_field(timestamptz_in, s, "not_before", "timestamp",
-														 ERRCODE_INVALID_PARAMETER_VALUE));
-			has_not_before = true;
-			if (TIMESTAMP_NOT_FINITE(not_before))
+			p->not_before = DatumGetTimestampTz(parse_field(timestamptz_in, s, "not_before", "timestamp",
+															ERRCODE_INVALID_PARAMETER_VALUE));
+			p->has_not_before = true;
+			if (TIMESTAMP_NOT_FINITE(p->not_before))
 				invalid("intent field \"%s\" must be a finite timestamp", "not_before");
 		}
-		if (has_deadline && has_not_before && not_before >= deadline)
+		if (p->has_deadline && p->has_not_before && p->not_before >= p->deadline)
 			invalid("intent field \"%s\" is not before deadline_at", "not_before");
 	}
-	budget = get_int(intent, "max_delivery_attempts", 1, 1000);
-	remind_after = get_int(intent, "remind_after_seconds", 1, 31536000);
-	remind_interval = get_int(intent, "remind_interval_seconds", 1, 31536000);
-	max_reminders = get_int(intent, "max_reminders", 0, 1000);
+	p->budget = get_int(intent, "max_delivery_attempts", 1, 1000);
+	p->remind_after = get_int(intent, "remind_after_seconds", 1, 31536000);
+	p->remind_interval = get_int(intent, "remind_interval_seconds", 1, 31536000);
+	p->max_reminders = get_int(intent, "max_reminders", 0, 1000);
 	v = get_key(intent, "human_task");
 	if (v != NULL)
 	{
 		if (!is_object(v))
 			invalid("intent field \"%s\" must be a JSON object", "human_task");
-		human_task = JsonbValueToJsonb(v);
+		p->human_task = JsonbValueToJsonb(v);
 	}
-	traceparent = get_string(intent, "traceparent");
-	if (traceparent != NULL && !axme_traceparent_is_valid(traceparent))
+	p->traceparent = get_string(intent, "traceparent");
+	if (p->traceparent != NULL && !axme_traceparent_is_valid(p->traceparent))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("intent field \"traceparent\" is not a W3C traceparent: \"%.100s\"", traceparent),
+				 errmsg("intent field \"traceparent\" is not a W3C traceparent: \"%.100s\"", p->traceparent),
 				 errhint("Use version-traceid-parentid-flags in lower-case hex, e.g. "
 						 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.")));
-	tracestate = get_string(intent, "tracestate");
-	if (tracestate != NULL && traceparent == NULL)
+	p->tracestate = get_string(intent, "tracestate");
+	if (p->tracestate != NULL && p->traceparent == NULL)
 		invalid("intent field \"%s\" needs a traceparent", "tracestate");
-	if (tracestate != NULL && !axme_tracestate_is_valid(tracestate))
+	if (p->tracestate != NULL && !axme_tracestate_is_valid(p->tracestate))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("intent field \"tracestate\" is not a W3C tracestate"),
 				 errhint("Use at most 32 comma-separated key=value members, at most 512 printable ASCII characters.")));
-	if (!PG_ARGISNULL(1))
+	if (idem_key != NULL)
 	{
-		text	   *k = PG_GETARG_TEXT_PP(1);
-		int			chars = pg_mbstrlen_with_len(VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k));
+		int			chars = pg_mbstrlen_with_len(VARDATA_ANY(idem_key), VARSIZE_ANY_EXHDR(idem_key));
 
 		if (chars < 8 || chars > 128)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("argument \"idempotency_key\" must be 8..128 characters, got %d", chars)));
-		key = text_to_cstring(k);
+		p->key = text_to_cstring(idem_key);
 	}
+}
 
-	SPI_connect();
-	role_type = axme_schema_column_type("intents", "sender_role");
-	prepare_plans(role_type == REGROLEOID);
-	axme_check_from_agent(from_agent);	/* 42501: a mapped agent's name is its role's */
-	new_uuid_v7(id);			/* time-ordered: keeps primary key inserts at the right edge */
+/* A new intent id: UUIDv7, time-ordered (see new_uuid_v7). */
+void
+axme_new_intent_id(pg_uuid_t *id)
+{
+	new_uuid_v7(id);
+}
 
-	/*
-	 * --- idempotency: (sender_role, coalesce(from_agent, sender_role), key) -> one intent ---
-	 * Scoped by the sending role too: roles sharing an unmapped from_agent label never share keys.
-	 */
-	if (key != NULL)
+/*
+ * axme_idempotency_claim: with p->key set, record (sender_role, coalesce(from_agent, sender_role),
+ * key) -> *id, or when that key is already recorded for the same document, put the first intent's
+ * id into *id and return true (nothing to store).  Scoped by the sending role too: roles sharing an
+ * unmapped from_agent label never share keys.  SPI connected; the row is visible to the next
+ * statement of the transaction, so a key repeated in one send_intents call finds its first use.
+ * Errors: 23505 the key was used with a different document; 40001 the key that conflicted was
+ * removed meanwhile (retry).
+ */
+bool
+axme_idempotency_claim(const AxmeIntent *p, const char *role, pg_uuid_t *id)
+{
+	char	   *doc = JsonbToCString(NULL, &p->doc->root, VARSIZE(p->doc));
+	const char *errstr = NULL;
+	char		hash[33];
+	Datum		args[5];
+	SPIPlanPtr	insert_plan,
+				select_plan;
+	char	   *old_hash;
+	Datum		old_id;
+	bool		isnull;
+	Oid			role_type;
+
+	if (!pg_md5_hash(doc, strlen(doc), hash, &errstr))
+		elog(ERROR, "could not compute MD5 hash: %s", errstr);
+	args[0] = CStringGetTextDatum(p->from_agent ? p->from_agent : role);
+	args[1] = CStringGetTextDatum(p->key);
+	args[2] = UUIDPGetDatum(id);
+	args[3] = CStringGetTextDatum(hash);
+	args[4] = CStringGetTextDatum(role);
+	role_type = axme_schema_column_type("idempotency_keys", "sender_role");
+	if (role_type == REGROLEOID)
 	{
-		char	   *doc = JsonbToCString(NULL, &intent->root, VARSIZE(intent));
-		const char *errstr = NULL;
-		Datum		args[5];
-		SPIPlanPtr	insert_plan,
-					select_plan;
-
-		if (!pg_md5_hash(doc, strlen(doc), hash, &errstr))
-			elog(ERROR, "could not compute MD5 hash: %s", errstr);
-		args[0] = CStringGetTextDatum(from_agent ? from_agent : role);
-		args[1] = CStringGetTextDatum(key);
-		args[2] = UUIDPGetDatum(id);
-		args[3] = CStringGetTextDatum(hash);
-		args[4] = CStringGetTextDatum(role);
-		if (role_type == REGROLEOID)
-		{
-			/* 0.4.0: the sending role by OID, so a later role of the same name has other keys */
-			args[4] = ObjectIdGetDatum(GetOuterUserId());
-			prepare_key_plans();
-			insert_plan = key_insert_plan;
-			select_plan = key_select_plan;
-		}
-		else if (axme_schema_has("idempotency_keys", "sender_role"))
-		{
-			prepare_text_key_plans();
-			insert_plan = key_insert_plan_text;
-			select_plan = key_select_plan_text;
-		}
-		else
-		{
-			prepare_legacy_key_plans();
-			insert_plan = key_insert_plan_legacy;
-			select_plan = key_select_plan_legacy;
-		}
-		if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "idempotency key insert failed");
-		if (SPI_processed == 0)
-		{
-			char	   *old_hash;
-			Datum		old_id;
-
-			if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "idempotency key lookup failed");
-			if (SPI_processed != 1)		/* the conflicting key went away meanwhile (expired) */
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access to idempotency key \"%s\"", key),
-						 errdetail("A concurrent transaction removed the key after it conflicted with this send."),
-						 errhint("Retry the send.")));
-			old_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			old_hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-			if (strcmp(old_hash, hash) != 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNIQUE_VIOLATION),
-						 errmsg("idempotency key \"%s\" was already used with a different intent", key),
-						 errdetail("It created intent %s.",
-								   DatumGetCString(DirectFunctionCall1(uuid_out, old_id)))));
-			memcpy(id, DatumGetUUIDP(old_id), sizeof(pg_uuid_t));
-			SPI_finish();
-			PG_RETURN_UUID_P(id);
-		}
+		/* 0.4.0: the sending role by OID, so a later role of the same name has other keys */
+		args[4] = ObjectIdGetDatum(GetOuterUserId());
+		prepare_key_plans();
+		insert_plan = key_insert_plan;
+		select_plan = key_select_plan;
 	}
-
-	/* --- the intent and its first two events, in one statement --- */
+	else if (OidIsValid(role_type))
 	{
-		Datum		args[N_STORE_PARAMS];
-		char		nulls[N_STORE_PARAMS + 1];
-
-		memset(nulls, ' ', N_STORE_PARAMS);
-		nulls[N_STORE_PARAMS] = '\0';
-		args[P_ID] = UUIDPGetDatum(id);
-		args[P_TYPE] = CStringGetTextDatum(intent_type);
-		args[P_FROM] = text_or_null(from_agent, nulls, P_FROM);
-		args[P_TO] = CStringGetTextDatum(to_agent);
-		args[P_ROLE] = CStringGetTextDatum(role);
-		args[P_CORR] = UUIDPGetDatum(corr);
-		args[P_REPLY] = text_or_null(reply_to, nulls, P_REPLY);
-		args[P_PAYLOAD] = JsonbPGetDatum(payload);
-		args[P_BUDGET] = Int32GetDatum(budget);
-		nulls[P_BUDGET] = budget < 0 ? 'n' : ' ';
-		args[P_DEADLINE] = TimestampTzGetDatum(deadline);
-		nulls[P_DEADLINE] = has_deadline ? ' ' : 'n';
-		args[P_NOT_BEFORE] = TimestampTzGetDatum(not_before);
-		nulls[P_NOT_BEFORE] = has_not_before ? ' ' : 'n';
-		args[P_REMIND_AFTER] = Int32GetDatum(remind_after);
-		nulls[P_REMIND_AFTER] = remind_after < 0 ? 'n' : ' ';
-		args[P_REMIND_INTERVAL] = Int32GetDatum(remind_interval);
-		nulls[P_REMIND_INTERVAL] = remind_interval < 0 ? 'n' : ' ';
-		args[P_MAX_REMINDERS] = Int32GetDatum(max_reminders);
-		nulls[P_MAX_REMINDERS] = max_reminders < 0 ? 'n' : ' ';
-		args[P_ESCALATE] = text_or_null(escalate_to, nulls, P_ESCALATE);
-		args[P_TASK] = PointerGetDatum(human_task);
-		nulls[P_TASK] = human_task ? ' ' : 'n';
-		args[P_KEY] = text_or_null(key, nulls, P_KEY);
-		args[P_DEFAULT_BUDGET] = Int32GetDatum(axme_max_delivery_attempts);
-		args[P_ROLE_ID] = ObjectIdGetDatum(GetOuterUserId());
-		if (SPI_execute_plan(store_plan, args, nulls, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "intent insert failed");
+		prepare_text_key_plans();
+		insert_plan = key_insert_plan_text;
+		select_plan = key_select_plan_text;
 	}
-	if (SPI_processed == 0)
+	else
 	{
-		axme_check_address(to_agent, "to_agent");
+		prepare_legacy_key_plans();
+		insert_plan = key_insert_plan_legacy;
+		select_plan = key_select_plan_legacy;
+	}
+	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "idempotency key insert failed");
+	if (SPI_processed > 0)
+		return false;
+	if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "idempotency key lookup failed");
+	if (SPI_processed != 1)		/* the conflicting key went away meanwhile (expired) */
 		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("agent \"%s\" is not registered", to_agent),
-				 errhint("Register it first: SELECT axme.register_agent('%s', 'poll');", to_agent)));
-	}
-	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access to idempotency key \"%s\"", p->key),
+				 errdetail("A concurrent transaction removed the key after it conflicted with this send."),
+				 errhint("Retry the send.")));
+	old_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	old_hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (strcmp(old_hash, hash) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("idempotency key \"%s\" was already used with a different intent", p->key),
+				 errdetail("It created intent %s.",
+						   DatumGetCString(DirectFunctionCall1(uuid_out, old_id)))));
+	memcpy(id, DatumGetUUIDP(old_id), sizeof(pg_uuid_t));
+	return true;
+}
 
+/*
+ * axme_after_store: what follows the store of one intent, SPI connected: the inbox checks and
+ * task assignment (axme._inbox_on_send) and the timer rows.  mode is the receiving agent's
+ * delivery mode.  Errors: those of axme._inbox_on_send (see axme_send_intent).
+ */
+void
+axme_after_store(const AxmeIntent *p, pg_uuid_t *id, const char *mode)
+{
 	/*
 	 * Trace context, only when given: a second statement, so that the send of an intent without
 	 * one runs exactly the statements it did before (the update is HOT: no index has its columns).
 	 */
-	if (traceparent != NULL)
+	if (p->traceparent != NULL)
 	{
 		Datum		targs[3];
 		char		tnulls[4] = "   ";
@@ -709,14 +639,11 @@ axme_send_intent(PG_FUNCTION_ARGS)
 				" WHERE intent_id OPERATOR(pg_catalog.=) $1", 3, t);
 		}
 		targs[0] = UUIDPGetDatum(id);
-		targs[1] = CStringGetTextDatum(traceparent);
-		targs[2] = text_or_null(tracestate, tnulls, 2);
+		targs[1] = CStringGetTextDatum(p->traceparent);
+		targs[2] = text_or_null(p->tracestate, tnulls, 2);
 		if (SPI_execute_plan(trace_plan, targs, tnulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "axme: trace context update failed");
+			elog(ERROR, "trace context update failed");
 	}
-	is_stream = strcmp(mode, "stream") == 0;
-	is_internal = strcmp(mode, "internal") == 0;
-	is_inbox = strcmp(mode, "inbox") == 0;
 
 	/*
 	 * Human tasks, reply_to and escalate_to are checked, and a task assigned, by
@@ -724,7 +651,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	 * with the statement.  Plain intents skip it, and so does a database still at axme 0.2.0
 	 * with this library installed (no inbox before ALTER EXTENSION axme UPDATE).
 	 */
-	if ((human_task != NULL || reply_to != NULL || escalate_to != NULL || strcmp(mode, "inbox") == 0)
+	if ((p->human_task != NULL || p->reply_to != NULL || p->escalate_to != NULL ||
+		 strcmp(mode, "inbox") == 0)
 		&& axme_schema_has("threads", NULL))
 	{
 		Datum		arg = UUIDPGetDatum(id);
@@ -740,7 +668,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	}
 
 	/* --- the timer rows (only when asked for: the plain send path does nothing more) --- */
-	if (has_deadline || remind_after >= 0)
+	if (p->has_deadline || p->remind_after >= 0)
 	{
 		Datum		targs[3];
 		char		tnulls[4] = "   ";
@@ -763,26 +691,135 @@ axme_send_intent(PG_FUNCTION_ARGS)
 				" WHERE v.due_at IS NOT NULL", 3, t);
 		}
 		targs[0] = UUIDPGetDatum(id);
-		targs[1] = TimestampTzGetDatum(deadline);
-		tnulls[1] = has_deadline ? ' ' : 'n';
-		targs[2] = Int32GetDatum(remind_after);
-		tnulls[2] = remind_after >= 0 ? ' ' : 'n';
+		targs[1] = TimestampTzGetDatum(p->deadline);
+		tnulls[1] = p->has_deadline ? ' ' : 'n';
+		targs[2] = Int32GetDatum(p->remind_after);
+		tnulls[2] = p->remind_after >= 0 ? ' ' : 'n';
 		/* the trigger on axme.timers rings the delivery worker at commit (doorbell.c) */
 		if (have_table &&
 			SPI_execute_plan(timer_plan, targs, tnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "timer insert failed");
 	}
-	SPI_finish();
-	if (is_internal)
+}
+
+/*
+ * axme_after_commit_wakeups: the wake-ups of one stored intent, after SPI_finish: the internal
+ * worker, the timer loop for a delayed stream or inbox intent, a stream agent's NOTIFY.
+ */
+void
+axme_after_commit_wakeups(const AxmeIntent *p, int64 agent_id, const pg_uuid_t *id, const char *mode)
+{
+	bool		is_stream = strcmp(mode, "stream") == 0;
+	bool		delayed = p->has_not_before &&
+		p->not_before > GetCurrentTransactionStartTimestamp();
+
+	if (strcmp(mode, "internal") == 0)
 		axme_ring_handler();
 	/* a delayed stream wake-up or inbox task: the delivery worker looks again then (doorbell.c, timers.c) */
-	else if (has_not_before && not_before > GetCurrentTransactionStartTimestamp() &&
-			 (is_stream || is_inbox))
-		axme_ring_timer(not_before);
+	else if (delayed && (is_stream || strcmp(mode, "inbox") == 0))
+		axme_ring_timer(p->not_before);
 
 	/* a delayed intent's wake-up comes from the worker when it becomes due (timers.c) */
-	if (is_stream && !(has_not_before && not_before > GetCurrentTransactionStartTimestamp()))
+	if (is_stream && !delayed)
 		axme_ring_stream(agent_id, id);
+}
+
+/*
+ * axme.send_intent(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+ *
+ * Validates the intent document (REFERENCE.md section 1), stores it SUBMITTED with events 1 and
+ * 2, and returns its id; with an idempotency key already used by the same sender for the same
+ * document, returns the first intent's id instead.  Runs in the caller's transaction.
+ * Errors: 42501 the caller is not a member of axme_sender (or axme_admin), or names as from_agent an
+ * agent mapped to a role it does not have; 22023 invalid or unknown field, 22P02 correlation_id not
+ * a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not registered, 23505 key reused
+ * with another document; from axme._inbox_on_send(): 22023 invalid human_task, human_task to a
+ * non-inbox agent or none to an inbox agent, escalate_to not an inbox, P0002 reply_to or
+ * escalate_to not registered; 40001 the key that conflicted was removed meanwhile (retry).
+ */
+Datum
+axme_send_intent(PG_FUNCTION_ARGS)
+{
+	AxmeIntent	p;
+	char	   *role;
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+	int64		agent_id;
+	char	   *mode;
+	bool		isnull;
+
+	/*
+	 * The sender is the calling role (SET ROLE honoured), not the owner this SECURITY DEFINER
+	 * function runs as; it must be a member of axme_sender or axme_admin (42501).
+	 */
+	if (!axme_reserved_send())	/* ping_agent checked its caller itself (render.c) */
+		axme_check_caller_may_send();
+	role = axme_caller_name();
+
+	/* --- validation, before any write --- */
+	axme_parse_intent(PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0),
+					  PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), &p);
+
+	SPI_connect();
+	prepare_plans(axme_schema_column_type("intents", "sender_role") == REGROLEOID);
+	axme_check_from_agent(p.from_agent);	/* 42501: a mapped agent's name is its role's */
+	new_uuid_v7(id);			/* time-ordered: keeps primary key inserts at the right edge */
+
+	/* --- idempotency: (sender_role, coalesce(from_agent, sender_role), key) -> one intent --- */
+	if (p.key != NULL && axme_idempotency_claim(&p, role, id))
+	{
+		SPI_finish();
+		PG_RETURN_UUID_P(id);
+	}
+
+	/* --- the intent and its first two events, in one statement --- */
+	{
+		Datum		args[N_STORE_PARAMS];
+		char		nulls[N_STORE_PARAMS + 1];
+
+		memset(nulls, ' ', N_STORE_PARAMS);
+		nulls[N_STORE_PARAMS] = '\0';
+		args[P_ID] = UUIDPGetDatum(id);
+		args[P_TYPE] = CStringGetTextDatum(p.intent_type);
+		args[P_FROM] = text_or_null(p.from_agent, nulls, P_FROM);
+		args[P_TO] = CStringGetTextDatum(p.to_agent);
+		args[P_ROLE] = CStringGetTextDatum(role);
+		args[P_CORR] = UUIDPGetDatum(&p.corr);
+		args[P_REPLY] = text_or_null(p.reply_to, nulls, P_REPLY);
+		args[P_PAYLOAD] = JsonbPGetDatum(p.payload);
+		args[P_BUDGET] = Int32GetDatum(p.budget);
+		nulls[P_BUDGET] = p.budget < 0 ? 'n' : ' ';
+		args[P_DEADLINE] = TimestampTzGetDatum(p.deadline);
+		nulls[P_DEADLINE] = p.has_deadline ? ' ' : 'n';
+		args[P_NOT_BEFORE] = TimestampTzGetDatum(p.not_before);
+		nulls[P_NOT_BEFORE] = p.has_not_before ? ' ' : 'n';
+		args[P_REMIND_AFTER] = Int32GetDatum(p.remind_after);
+		nulls[P_REMIND_AFTER] = p.remind_after < 0 ? 'n' : ' ';
+		args[P_REMIND_INTERVAL] = Int32GetDatum(p.remind_interval);
+		nulls[P_REMIND_INTERVAL] = p.remind_interval < 0 ? 'n' : ' ';
+		args[P_MAX_REMINDERS] = Int32GetDatum(p.max_reminders);
+		nulls[P_MAX_REMINDERS] = p.max_reminders < 0 ? 'n' : ' ';
+		args[P_ESCALATE] = text_or_null(p.escalate_to, nulls, P_ESCALATE);
+		args[P_TASK] = PointerGetDatum(p.human_task);
+		nulls[P_TASK] = p.human_task ? ' ' : 'n';
+		args[P_KEY] = text_or_null(p.key, nulls, P_KEY);
+		args[P_DEFAULT_BUDGET] = Int32GetDatum(axme_max_delivery_attempts);
+		args[P_ROLE_ID] = ObjectIdGetDatum(GetOuterUserId());
+		if (SPI_execute_plan(store_plan, args, nulls, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "intent insert failed");
+	}
+	if (SPI_processed == 0)
+	{
+		axme_check_address(p.to_agent, "to_agent");
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("agent \"%s\" is not registered", p.to_agent),
+				 errhint("Register it first: SELECT axme.register_agent('%s', 'poll');", p.to_agent)));
+	}
+	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	axme_after_store(&p, id, mode);
+	SPI_finish();
+	axme_after_commit_wakeups(&p, agent_id, id, mode);
 
 	PG_RETURN_UUID_P(id);
 }

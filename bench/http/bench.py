@@ -62,6 +62,26 @@ def wrk_ceiling():
     return float(m.group(1)) if m else None
 
 
+CPU_SPLIT = []
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process in clock ticks (0 when it is gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except OSError:
+        return 0
+
+
+def server_cpu(db):
+    """{pid: ticks} of every server process pg_stat_activity lists, and the http worker's pid."""
+    rows = q(db, "SELECT pid, backend_type FROM pg_stat_activity")
+    worker = [r[0] for r in rows if r[1] == "axme worker"]
+    return {r[0]: cpu_ticks(r[0]) for r in rows}, (worker[0] if worker else None)
+
+
 def axme_throughput(db, n):
     addr = "agent://acme/bench/nginx"
     q(db, "SELECT axme.register_agent(%s, 'http', %s, '{\"max_in_flight\": 256}')",
@@ -71,6 +91,13 @@ def axme_throughput(db, n):
     q(db, """SELECT count(axme.send_intent(jsonb_build_object('intent_type', 'intent.bench.v1',
                  'to_agent', %s, 'payload', jsonb_build_object('n', g))))
              FROM generate_series(1, %s) g""", (addr, n))
+    cpu0, worker = server_cpu(db)
+    perf = None
+    if os.environ.get("BENCH_PERF") and worker:
+        # BENCH_PERF=file: perf record of the http worker during the first 2 s of delivery
+        perf = subprocess.Popen(["perf", "record", "-g", "-p", str(worker), "-o", os.environ["BENCH_PERF"],
+                                 "--", "sleep", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
     db.commit()
     t_commit = time.time()
     db.autocommit = True
@@ -81,6 +108,15 @@ def axme_throughput(db, n):
             break
         time.sleep(0.05)
     last = q(db, "SELECT extract(epoch FROM max(updated_at)) FROM axme.intents WHERE to_agent = %s", (addr,))[0][0]
+    cpu1, _ = server_cpu(db)
+    if perf:
+        perf.wait()
+    # CPU per delivery from the commit to the end: the http worker, and every other server process
+    # (backends, walwriter, checkpointer, autovacuum ...; this polling session included)
+    hz = os.sysconf("SC_CLK_TCK")
+    w = (cpu1.get(worker, 0) - cpu0.get(worker, 0)) if worker else 0
+    rest = sum(cpu1[p] - cpu0.get(p, 0) for p in cpu1 if p != worker)
+    CPU_SPLIT[:] = [w / hz / n * 1e6, rest / hz / n * 1e6]
     attempts = q(db, "SELECT count(*) FROM axme.delivery_attempts a JOIN axme.agents g USING (agent_id) WHERE g.address = %s", (addr,))[0][0]
     return n / (float(last) - t_commit), float(last) - t_commit, attempts, t_commit - t_send
 
@@ -252,6 +288,9 @@ def main():
         print("| nginx ceiling (wrk -t2 -c64, POST) | %.0f requests/s |" % ceiling)
         print("| axme: %d intents, commit -> last recorded delivery | %.0f deliveries/s (%.2f s, %d attempt rows; sending them took %.2f s) |"
               % (args.n, rate, secs, attempts, send_s))
+        if CPU_SPLIT:
+            print("| axme: CPU per delivery from the commit to the last record | http worker %.0f µs, the rest of PostgreSQL %.0f µs |"
+                  % tuple(CPU_SPLIT))
         print("| axme: commit -> receiver latency, idle (%d sends) | p50 %.1f ms, p99 %.1f ms |" % (nlat, p50, p99))
         print("| hand-written Python sender, 1 keep-alive connection | %.0f requests/s |" % py1)
         print("| hand-written Python sender, 16 threads | %.0f requests/s |" % py16)

@@ -55,7 +55,14 @@ COMMENT ON COLUMN axme.intents.tracestate IS
     'W3C tracestate the sender gave with its traceparent: sent as a header on every webhook attempt.';
 COMMENT ON COLUMN axme.intents.due_at IS
     'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
--- The claim path: due intents of one agent, oldest due first.
+-- The claim path: due intents of one agent, oldest due first.  Per-key ordering and priorities
+-- join this index rather than add another: priority as the second column,
+-- (agent_id, priority DESC, due_at), keeps "higher priority first, FIFO by due time within a
+-- priority" one index range per agent; ordering keys are enforced at claim by "no earlier
+-- non-terminal intent of the same (agent_id, ordering_key)", a partial index on
+-- (agent_id, ordering_key, created_at) WHERE ordering_key IS NOT NULL AND the intent is not
+-- terminal, so unkeyed intents pay nothing.  send_intents (src/send_batch.c) takes the new
+-- fields as one more array each.
 CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX intents_dead_letter_idx ON axme.intents (dead_lettered_at)
     WHERE dead_letter_reason IS NOT NULL;
@@ -124,6 +131,17 @@ COMMENT ON FUNCTION axme.send_intent(jsonb, text) IS
     'correlation_id not a UUID, 54000 payload over axme.max_payload_bytes, P0002 to_agent not '
     'registered, 23505 idempotency key reused with a different intent, 40001 the key it conflicted '
     'with was removed meanwhile (retry).';
+
+CREATE FUNCTION axme.send_intents(intents jsonb[], idempotency_keys text[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intents';
+COMMENT ON FUNCTION axme.send_intents(jsonb[], text[]) IS
+    'Send many intents in one call (at most 10000), in the caller''s transaction: each element is '
+    'an intent document as for send_intent; idempotency_keys, when given, holds one key (or NULL) '
+    'per element. Returns the intent ids in input order; a key used before or earlier in the same '
+    'call with the same document returns the first intent''s id. Written set-based (one statement '
+    'for all intents and their events). Errors: those of send_intent, the message prefixed with '
+    'the element''s 1-based position, "intents[N]: ", and nothing of the call written; 22023 NULL '
+    'intents, a NULL element, arrays of different lengths, more than 10000 elements.';
 
 CREATE FUNCTION axme._document(i axme.intents) RETURNS jsonb
 LANGUAGE sql STABLE AS $$

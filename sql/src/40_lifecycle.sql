@@ -298,15 +298,45 @@ COMMENT ON FUNCTION axme.extend_lease(uuid, interval, integer) IS
     'new lease end. attempt: the receipt from poll, required (see axme.require_receipts). '
     'Errors: 22023 invalid argument, P0002 unknown intent, 55000 not handed out, stale or missing receipt.';
 
+-- complete: the fast path is one statement (complete_many's rule for one id): the UPDATE to
+-- COMPLETED with the receiver's role check and the receipt check in its WHERE, the event INSERT
+-- and the wait_for wake-up in the same CTE.  When it matches no row, the slow path takes the
+-- same checks one at a time (_lock_intent, _transition) and raises the one that failed (22023,
+-- P0002, 42501, 55000), so the errors are those of every other receipt call.
 CREATE FUNCTION axme.complete(intent_id uuid, result jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    i axme.intents := axme._lock_receipt(intent_id, attempt, 'complete');
+    i axme.intents;
+    n integer;
 BEGIN
     IF result IS NULL THEN
         RAISE EXCEPTION 'argument "result" must not be null' USING ERRCODE = '22023',
             HINT = 'Pass ''{}'' for no result.';
     END IF;
+    WITH u AS (
+        UPDATE axme.intents x SET
+            status = 'COMPLETED', result = complete.result, due_at = NULL, lease_until = NULL,
+            updated_at = now(), event_seq = x.event_seq + 1
+        FROM axme.agents a
+        WHERE x.intent_id = complete.intent_id AND a.agent_id = x.agent_id
+          AND x.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          -- the receipt: given and current, or not required here (the slow path checks the agent's
+          -- option and raises 55000 when a required receipt is missing)
+          AND (x.attempt = complete.attempt OR (complete.attempt IS NULL AND NOT axme._receipts_required()))
+          -- sec: the receiver's role (agent option db_role) or an admin, as _check_receiver
+          AND (axme._caller_has(a.db_role) OR axme._is_admin())
+        RETURNING x.intent_id, x.event_seq, x.attempt
+    ), e AS (
+        INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+        SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),
+               jsonb_build_object('attempt', u.attempt)
+        FROM u
+    )
+    SELECT count(*) INTO n FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+    IF n > 0 THEN
+        RETURN;
+    END IF;
+    i := axme._lock_receipt(intent_id, attempt, 'complete');
     i.result := result;
     PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
 END $$;

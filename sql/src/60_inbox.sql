@@ -380,7 +380,9 @@ COMMENT ON FUNCTION axme._inbox_on_send(uuid) IS
     'inbox agent without human_task, escalate_to not an inbox; P0002 reply_to or escalate_to not registered.';
 
 -- Assign the delayed tasks (not_before) whose time has come: for the timer loop, or anyone.
--- Returns how many were assigned.
+-- Returns how many were assigned.  Driven from the inbox agents, each read through the claim
+-- index (agent_id, due_at) up to now: the cost follows what is due, never the size of history
+-- (a join on delivery_mode let the planner scan all of axme.intents once it grew).
 CREATE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -389,12 +391,15 @@ DECLARE
 BEGIN
     PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
     FOR i IN
-        SELECT x.* FROM axme.intents x JOIN axme.agents a ON a.agent_id = x.agent_id
-        WHERE a.delivery_mode = 'inbox' AND x.due_at <= now() AND x.status = 'SUBMITTED'
-          AND a.disabled_at IS NULL
-          AND x.human_task IS NOT NULL
+        SELECT x.* FROM axme.agents a
+        CROSS JOIN LATERAL (
+            SELECT y.* FROM axme.intents y
+            WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
+              AND y.human_task IS NOT NULL
+            ORDER BY y.due_at LIMIT max_count
+            FOR UPDATE OF y SKIP LOCKED) x
+        WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
         ORDER BY x.due_at LIMIT max_count
-        FOR UPDATE OF x SKIP LOCKED
     LOOP
         PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
         n := n + 1;

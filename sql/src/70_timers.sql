@@ -236,13 +236,22 @@ COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
 -- wake-ups, delayed inbox tasks whose not_before came (axme._inbox_assign_due, when the inbox
 -- feature is installed), and when to look next: the earliest timer, delayed stream or inbox
 -- intent; within a second while stream agents exist (their leases and backoffs end unannounced).
--- internal_agents: whether the handler worker is needed.
+-- internal_agents: whether the handler worker is needed.  Every query goes through an index
+-- that holds only due or pending rows (timers_due_idx, the claim index), per agent of the mode it
+-- serves, and a mode no agent uses costs one look at axme.agents: a turn stays the same with
+-- millions of finished intents in history (bench/background).
 CREATE FUNCTION axme._timers_turn(since timestamptz, upto timestamptz,
                                   OUT next_due timestamptz, OUT internal_agents boolean)
 LANGUAGE plpgsql AS $$
+DECLARE
+    modes text[] := ARRAY(SELECT DISTINCT a.delivery_mode::text FROM axme.agents a);
 BEGIN
-    next_due := least(axme._wake_streams(since, upto), (SELECT min(t.due_at) FROM axme.timers t));
-    IF pg_catalog.to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL THEN
+    next_due := (SELECT min(t.due_at) FROM axme.timers t);
+    IF 'stream' = ANY (modes) THEN
+        next_due := least(axme._wake_streams(since, upto), next_due, upto + interval '1 second');
+    END IF;
+    IF 'inbox' = ANY (modes)
+       AND pg_catalog.to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL THEN
         IF axme._inbox_assign_due(1000) >= 1000 THEN
             next_due := upto;       -- more to assign: at once
         END IF;
@@ -253,10 +262,7 @@ BEGIN
                                  ORDER BY i.due_at LIMIT 1) f
              WHERE a.delivery_mode = 'inbox'));
     END IF;
-    IF EXISTS (SELECT FROM axme.agents a WHERE a.delivery_mode = 'stream') THEN
-        next_due := least(next_due, upto + interval '1 second');
-    END IF;
-    internal_agents := EXISTS (SELECT FROM axme.agents a WHERE a.delivery_mode = 'internal');
+    internal_agents := 'internal' = ANY (modes);
 END $$;
 COMMENT ON FUNCTION axme._timers_turn(timestamptz, timestamptz) IS
     'Private: stream wake-ups, due inbox tasks, and the next due time of the worker''s timer loop.';

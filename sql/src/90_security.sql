@@ -18,7 +18,7 @@
 CREATE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    sender_fns text[] := ARRAY['send_intent', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
+    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
                                'render_request',
                                'inbox_thread'];   -- the thread of a human task it sent
     agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',

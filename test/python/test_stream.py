@@ -42,6 +42,20 @@ class StreamTest(AxmeTestCase):
             out.setdefault(n.channel, []).append(n)
         return out
 
+    def test_send_intents_notifies_like_send_intent(self):
+        """send_intents to two stream agents and a poll agent: one notification per stream agent
+        at commit, naming the first intent and the count, as the same sends one by one."""
+        docs = [json.dumps({"intent_type": "intent.test.job.v1", "to_agent": a, "payload": {"n": i}})
+                for i, a in enumerate([A, B, A, P, A])]
+        sender = self.connect(autocommit=False)
+        ids = [r[0] for r in self.q("SELECT * FROM axme.send_intents(%s::jsonb[])", (docs,), conn=sender)]
+        self.assertEqual(drain_notifies(self.listener, 0.3), [], "notified before commit")
+        sender.commit()
+        got = self.by_channel(collect_notifies(self.listener, 2))
+        self.assertEqual(sorted(got), sorted([self.ch[A], self.ch[B]]))
+        self.assertEqual(json.loads(got[self.ch[A]][0].payload), {"intent_id": ids[0], "count": 3})
+        self.assertEqual(json.loads(got[self.ch[B]][0].payload), {"intent_id": ids[1], "count": 1})
+
     def test_one_notification_per_agent_per_transaction_after_commit(self):
         sender = self.connect(autocommit=False)
         sender_pid = sender.get_backend_pid()
