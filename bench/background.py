@@ -95,7 +95,7 @@ def main():
             INSERT INTO axme.intents (intent_id, agent_id, intent_type, to_agent, sender_role,
                 correlation_id, payload, status, attempt, max_delivery_attempts, result,
                 created_at, updated_at, event_seq)
-            SELECT gen_random_uuid(), a.agent_id, 'intent.order.process.v1', a.address, current_user,
+            SELECT gen_random_uuid(), a.agent_id, 'intent.order.process.v1', a.address, current_user::text::regrole,
                    gen_random_uuid(), jsonb_build_object('order_id', g, 'total', 59.90), 'COMPLETED', 1, 5,
                    '{}', now() - interval '1 hour' - g * interval '1 ms',
                    now() - interval '1 hour' - g * interval '1 ms', 4

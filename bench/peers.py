@@ -45,7 +45,7 @@ DOC = ("jsonb_build_object('intent_type', 'intent.order.process.v1', 'to_agent',
 SEND1 = {
     "floor": "INSERT INTO bench.floor_intents (intent_id, agent_id, intent_type, to_agent, sender_role,"
              " correlation_id, payload, status, max_delivery_attempts, due_at)"
-             " VALUES (gen_random_uuid(), 1, 'intent.order.process.v1', '%s', current_user,"
+             " VALUES (gen_random_uuid(), 1, 'intent.order.process.v1', '%s', current_user::text::regrole,"
              " gen_random_uuid(), bench.order_payload(:n), 'SUBMITTED', 5, now());" % SINK,
     "axme": "SELECT axme.send_intent(%s);" % (DOC % (SINK, ":n")),
     "pgmq": "SELECT pgmq.send('bench_q', bench.order_payload(:n));",
@@ -54,7 +54,7 @@ SEND1 = {
 SEND100 = {
     "floor": "INSERT INTO bench.floor_intents (intent_id, agent_id, intent_type, to_agent, sender_role,"
              " correlation_id, payload, status, max_delivery_attempts, due_at)"
-             " SELECT gen_random_uuid(), 1, 'intent.order.process.v1', '%s', current_user,"
+             " SELECT gen_random_uuid(), 1, 'intent.order.process.v1', '%s', current_user::text::regrole,"
              " gen_random_uuid(), bench.order_payload(:n + g), 'SUBMITTED', 5, now()"
              " FROM generate_series(1, 100) g;" % SINK,
     "axme send_intents": "SELECT count(*) FROM axme.send_intents(ARRAY(SELECT %s FROM generate_series(1, 100) g));"
