@@ -17,6 +17,8 @@
 #include "storage/spin.h"
 #include "utils/uuid.h"
 
+#include "counters.h"
+
 /* databases served at once (one slot each) */
 #define AXME_DB_SLOTS 256
 /* wait_for callers sleep on one of these, chosen by a hash of the intent id */
@@ -81,6 +83,7 @@ typedef struct AxmeShared
 	ConditionVariable waiters[AXME_WAIT_BUCKETS];
 	slock_t		status_mutex;
 	AxmeWorkerStatus status[AXME_STATUS_SLOTS];
+	AxmeCounters counters;		/* the totals of axme_*_total, per database and agent (counters.c) */
 } AxmeShared;
 
 /* set up from _PG_init: the commit callbacks always, the shared memory hooks when preloading */
