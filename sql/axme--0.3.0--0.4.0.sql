@@ -236,7 +236,7 @@ COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timesta
 COMMENT ON FUNCTION axme._internal_claim() IS
     'Private: hand the oldest due intent of an internal agent to the handler worker (DELIVERED).';
 COMMENT ON VIEW axme.worker_status IS
-    'The running axme workers of the cluster (shared memory): kind (delivery worker), database, pid, state '
+    'The running axme workers of the cluster (shared memory): kind (delivery worker, handler worker), database, pid, state '
     '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
     'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
     'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';

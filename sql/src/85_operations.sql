@@ -279,7 +279,7 @@ CREATE VIEW axme.worker_status AS
     FROM axme._worker_status() s
     LEFT JOIN pg_catalog.pg_database d ON d.oid = s.database;
 COMMENT ON VIEW axme.worker_status IS
-    'The running axme workers of the cluster (shared memory): kind (delivery worker), database, pid, state '
+    'The running axme workers of the cluster (shared memory): kind (delivery worker, handler worker), database, pid, state '
     '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
     'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
     'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';

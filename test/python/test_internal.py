@@ -101,6 +101,18 @@ class InternalTest(AxmeTestCase):
                                             "intent.completed"])
         self.assertEqual(self.q1("SELECT count(*) FROM ih.log WHERE intent_id = %s", (iid,)), 1)
 
+    def test_listed_in_worker_status(self):
+        iid = self.send(OK, payload={"qty": 1, "price": 1})
+        self.assertEqual(self.wait_terminal(iid)["status"], "COMPLETED")
+        rows = self.q("""SELECT w.pid, w.state, w.deliveries_total, a.backend_type
+                         FROM axme.worker_status w JOIN pg_stat_activity a USING (pid)
+                         WHERE w.kind = 'handler worker' AND w.database = current_database()""")
+        self.assertEqual(len(rows), 1, rows)
+        pid, state, total, backend_type = rows[0]
+        self.assertEqual(backend_type, "axme handler worker")
+        self.assertIn(state, ("idle", "handling"))
+        self.assertGreaterEqual(total, 1, "every handler run is an outcome recorded")
+
     def test_runs_as_db_role(self):
         iid = self.send(ROLE, payload={"qty": 1, "price": 1})
         doc = self.wait_terminal(iid)
