@@ -4,8 +4,9 @@
  * Backends ring the doorbell: what they write (a send, a timer, a terminal status, a change of
  * agents) is remembered while their transaction runs and announced at commit.  Workers answer:
  * they keep their latch and their plans in the per-database slot and read the flags set there.
- * Everything in shared memory is laid out here; it exists only when the library is in
- * shared_preload_libraries (axme_shared() is NULL otherwise, and every ring is a no-op).
+ * Everything in shared memory is laid out here (the counters' slots in counters.h, included
+ * below); it exists only when the library is in shared_preload_libraries (axme_shared() is NULL
+ * otherwise, and every ring is a no-op).
  */
 #ifndef AXME_DOORBELL_H
 #define AXME_DOORBELL_H
