@@ -10,10 +10,12 @@
  * the value does not depend on when the last copy committed (see 85_operations.sql).  A clean
  * shutdown saves the shared table to a file that the next start loads (the epoch goes on); after
  * a crash the shared table starts empty under a new epoch and the counters lose what was not
- * copied yet, which Prometheus reads as a counter reset.
+ * copied yet, which Prometheus reads as a counter reset.  DROP EXTENSION axme (at commit) and
+ * DROP DATABASE forget a database's slots (ddl.c calls in), so the agents of a new CREATE
+ * EXTENSION, whose ids start again at 1, count from zero.
  *
  * Nothing here calls another axme file: doorbell.c calls in at shared memory startup and at the
- * end of every transaction.
+ * end of every transaction, ddl.c when a database or the extension is dropped.
  */
 #include "postgres.h"
 
@@ -122,8 +124,8 @@ save_counters(int code, Datum arg)
 		AxmeCounterSlot *s = &counters->slots[i];
 		uint64		n[AXME_N_COUNTERS];
 
-		if (pg_atomic_read_u32(&s->used) == 0)
-			continue;
+		if (pg_atomic_read_u32(&s->used) == 0 || s->dboid == InvalidOid)
+			continue;			/* free, or of a dropped database or extension */
 		for (int c = 0; c < AXME_N_COUNTERS; c++)
 			n[c] = pg_atomic_read_u64(&s->n[c]);
 		if (fwrite(&s->dboid, sizeof(Oid), 1, f) != 1 ||
@@ -212,6 +214,41 @@ typedef struct PendingCount
 
 static List *pending = NIL;		/* in TopTransactionContext */
 static PendingCount *last = NULL;
+static bool forget_at_commit = false;	/* DROP EXTENSION axme in this transaction */
+
+/* Retire every slot of a database (see AxmeCounterSlot). */
+static void
+retire_database(Oid dboid)
+{
+	if (counters == NULL)
+		return;
+	SpinLockAcquire(&counters->mutex);
+	for (int i = 0; i < AXME_COUNTER_SLOTS; i++)
+	{
+		AxmeCounterSlot *s = &counters->slots[i];
+
+		if (pg_atomic_read_u32(&s->used) != 0 && s->dboid == dboid)
+			s->dboid = InvalidOid;
+	}
+	SpinLockRelease(&counters->mutex);
+}
+
+/*
+ * DROP EXTENSION axme (ddl.c): at commit this database's counters go, so that agents of a new
+ * CREATE EXTENSION, whose ids start again at 1, start from zero.
+ */
+void
+axme_counters_forget_at_commit(void)
+{
+	forget_at_commit = true;
+}
+
+/* DROP DATABASE done (ddl.c; it cannot run in a transaction block): its counters go. */
+void
+axme_counters_forget(Oid dboid)
+{
+	retire_database(dboid);
+}
 
 static void
 count(int64 agent_id, AxmeCounter c)
@@ -252,7 +289,9 @@ axme_counters_at_commit(void)
 {
 	ListCell   *lc;
 
-	if (counters != NULL)
+	if (forget_at_commit)
+		retire_database(MyDatabaseId);
+	else if (counters != NULL)
 	{
 		foreach(lc, pending)
 		{
@@ -279,6 +318,7 @@ axme_counters_at_abort(void)
 {
 	pending = NIL;
 	last = NULL;
+	forget_at_commit = false;
 }
 
 /* A subtransaction at `level` ended: forget its counts, or fold them into its parent's. */

@@ -38,7 +38,11 @@ typedef enum AxmeCounter
 /* (database, agent) pairs counted at once in shared memory, cluster-wide */
 #define AXME_COUNTER_SLOTS 4096
 
-/* One agent of one database.  The key is written once, before `used` is set, and never again. */
+/*
+ * One agent of one database.  The key is written before `used` is set; it changes only when the
+ * database or its extension is dropped: dboid becomes InvalidOid, and the slot stays taken (open
+ * addressing probes past it) until the server restarts, which does not load it back.
+ */
 typedef struct AxmeCounterSlot
 {
 	pg_atomic_uint32 used;
@@ -62,5 +66,11 @@ extern void axme_counters_shmem_startup(AxmeCounters *c, bool found);
 extern void axme_counters_at_commit(void);
 extern void axme_counters_at_abort(void);
 extern void axme_counters_subxact(bool commit, int level);
+
+/* --- called by ddl.c --------------------------------------------------------------------------- */
+/* DROP EXTENSION axme: this database's counters go when the transaction commits */
+extern void axme_counters_forget_at_commit(void);
+/* DROP DATABASE done: its counters go now */
+extern void axme_counters_forget(Oid dboid);
 
 #endif							/* AXME_COUNTERS_H */

@@ -283,6 +283,35 @@ class CountersTest(AxmeTestCase):
         self.assertEqual(self.value("intents_sent", B), before[("axme_intents_sent_total", B, None)] + 1)
 
 
+    def test_drop_extension_forgets_the_counters(self):
+        """Agent ids start again at 1 after DROP and CREATE EXTENSION: the new agents' counters
+        start from zero, not from what the dropped ones counted."""
+        other = self.dbname + "_again"
+        admin = connect("postgres")
+        with admin.cursor() as cur:
+            cur.execute('DROP DATABASE IF EXISTS "%s"' % other)
+            cur.execute('CREATE DATABASE "%s"' % other)
+        try:
+            db = connect(other)
+            with db.cursor() as cur:
+                for _ in range(2):
+                    cur.execute("CREATE EXTENSION axme")
+                    cur.execute("SELECT axme.register_agent(%s)", (A,))
+                    cur.execute("SELECT agent_id FROM axme.agents")
+                    self.assertEqual(cur.fetchone()[0], 1)
+                    cur.execute("SELECT axme.metrics()")
+                    self.assertIn('axme_intents_sent_total{agent="%s",mode="poll"} 0\n' % A, cur.fetchone()[0])
+                    cur.execute("SELECT axme.send_intent(%s)", (intent(A),))
+                    cur.execute("SELECT axme.send_intent(%s)", (intent(A),))
+                    cur.execute("SELECT axme.metrics()")
+                    self.assertIn('axme_intents_sent_total{agent="%s",mode="poll"} 2\n' % A, cur.fetchone()[0])
+                    cur.execute("DROP EXTENSION axme CASCADE")
+            db.close()
+        finally:
+            with admin.cursor() as cur:
+                cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % other)
+            admin.close()
+
     def test_crash_keeps_what_was_copied(self):
         """A crash (kill -9 of a backend: the postmaster resets shared memory) loses only what
         was counted since the last copy, under a new epoch; counting goes on from there."""
