@@ -41,3 +41,11 @@ sql/axme--$(EXTVERSION).sql: $(SQL_SRC) axme.control
 	  echo '\\echo Use "CREATE EXTENSION axme" to load this file. \\quit'; \
 	  echo; echo "SET LOCAL check_function_bodies = off;"; \
 	  for f in $(SQL_SRC); do echo; echo "-- ---- $$f"; echo; cat $$f; done; } > $@
+
+# axme-gateway (gateway/): a PGXS PROGRAM with its own Makefile, built and installed with axme.
+all: gateway-all
+install: gateway-install
+clean: gateway-clean
+gateway-all gateway-install gateway-clean:
+	$(MAKE) -C gateway $(patsubst gateway-%,%,$@) PG_CONFIG=$(PG_CONFIG)
+.PHONY: gateway-all gateway-install gateway-clean

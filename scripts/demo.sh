@@ -9,7 +9,8 @@
 # which crashes mid-order, and nothing is lost. Then invoices go to an http (webhook) agent while
 # its receiver (examples/orders/webhook_receiver.py) is down: axme's worker retries until it is up,
 # and the receiver verifies every request's signature. Last, an order above the approval limit
-# waits for a person (an inbox agent: reminders while nobody answers, a decision from psql), and
+# waits for a person (an inbox agent: reminders while nobody answers, then a person approves it in
+# axme-gateway's web inbox in a headless browser, the screenshot's path printed), and
 # an internal agent (a SQL function run by axme's worker) computes its invoice total
 # (examples/orders/approvals.py). Takes about 25 seconds after setup.
 #

@@ -22,6 +22,11 @@ PACKAGES=(
     openssl                    # the http tests' private CA and TLS certificates
     prometheus                 # promtool: checks the example alert rules and metrics() output
     ca-certificates
+    libmicrohttpd-dev          # axme-gateway's HTTP server (epoll, suspend/resume for SSE)
+    libpq-dev                  # axme-gateway's database connections
+    chromium                   # the web inbox's browser test (headless)
+    chromium-driver            # ... driven by selenium through chromedriver
+    python3-selenium
 )
 
 if [ "$(id -u)" -eq 0 ]; then

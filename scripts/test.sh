@@ -17,18 +17,25 @@
 #   dump-restore       test/python/dump_restore.py: pg_dump -Fc, pg_restore into a fresh database
 #   http               test/http/run.sh: the webhook worker against a programmable loopback receiver,
 #                      signatures checked with npm standardwebhooks (its own clusters)
+#   gateway            test/gateway: axme-gateway over HTTP against a real cluster (every endpoint,
+#                      errors, SSE resume and restart, 1,000 streams with memory measured)
+#   gateway-browser    test/gateway/test_browser.py: the web inbox in headless chromium (selenium),
+#                      screenshots in $AXME_TEST_LOGDIR/screenshots
+#   docs               test/docs/run.py: every sql block of README.md and docs/*.md (one fresh
+#                      database per page), the receivers of examples/receivers/ (Python and Node)
+#                      against the cluster, every relative link
 #   demo               the README's order demo (scripts/demo.sh), which checks its own outcome
 #
 # Prints one line per suite, a summary, and last a line "N passed, M failed" counting test cases;
 # exits non-zero when anything failed.  Logs, results and diffs stay in $AXME_TEST_LOGDIR (default:
 # a new directory under /tmp).  AXME_TEST_SUITES="regress python" runs only the named suites;
-# AXME_TEST_SKIP_SETUP=1 skips scripts/setup.sh.  Takes about three minutes.
+# AXME_TEST_SKIP_SETUP=1 skips scripts/setup.sh.  Takes about eight minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 LOGDIR=${AXME_TEST_LOGDIR:-$(mktemp -d /tmp/axme-test.XXXXXX)}
 mkdir -p "$LOGDIR"
-SUITES=${AXME_TEST_SUITES:-layering regress regress-nopreload isolation python python-nopreload dump-restore http demo}
+SUITES=${AXME_TEST_SUITES:-layering regress regress-nopreload isolation python python-nopreload dump-restore http gateway gateway-browser docs demo}
 PY=/usr/bin/python3
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUITE_TIMEOUT=540          # seconds; a suite that hangs is killed and counted as failed
@@ -115,12 +122,18 @@ run_suite() {
             in_cluster nopreload env PYTHONPATH=test/python $PY -m unittest -v test_stream test_wait_for >"$log" 2>&1 ;;
         dump-restore)
             in_cluster preload env PYTHONPATH=test/python $PY -m unittest -v dump_restore >"$log" 2>&1 ;;
+        docs)
+            in_cluster preload $PY test/docs/run.py --logdir "$LOGDIR/docs" >"$log" 2>&1 ;;
         http)
             timeout --kill-after=30 "$SUITE_TIMEOUT" sh test/http/run.sh >"$log" 2>&1 ;;
+        gateway)
+            in_cluster preload env AXME_TEST_LOGDIR="$LOGDIR" sh test/gateway/run.sh >"$log" 2>&1 ;;
+        gateway-browser)
+            in_cluster preload env AXME_TEST_LOGDIR="$LOGDIR" sh test/gateway/run_browser.sh >"$log" 2>&1 ;;
         layering)
             bash scripts/check-layering.sh >"$log" 2>&1 ;;
         demo)
-            AXME_DEMO_SKIP_SETUP=1 timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
+            AXME_DEMO_SKIP_SETUP=1 AXME_TEST_LOGDIR="$LOGDIR" timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
         *)
             echo "unknown suite $name" >"$log"; false ;;
     esac
@@ -129,7 +142,7 @@ run_suite() {
     case $name in
         regress*|isolation) count_pg_regress "$log" ;;
         python*|dump-restore) count_unittest "$log" ;;
-        http) count_plain "$log" ;;
+        http|gateway|gateway-browser|docs) count_plain "$log" ;;
         *) count_one "$log" "$rc" ;;
     esac
     # a non-zero exit always fails the suite, and so does a suite that ran no test

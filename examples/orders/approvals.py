@@ -6,8 +6,9 @@ Called by run_demo.py after the webhook steps:
     processor: the trigger sends an approval task to agent://myorg/production/order-approvals, an
     inbox agent. The intent waits (WAITING_FOR_HUMAN); nobody answers at first, so axme's worker
     sends a reminder every 2 seconds (an intent.reminder event and a NOTIFY on the inbox's channel,
-    which the demo LISTENs on). Then an approver decides from psql with axme.decide(), and the
-    sender's axme.wait_for() returns the decision.
+    which the demo LISTENs on). Then an approver decides in axme-gateway's web inbox, in a headless
+    browser (web_approval.py; a screenshot's path is printed), or, where no browser is installed,
+    from psql with axme.decide(); the sender's axme.wait_for() returns the decision.
 11. The approved order's invoice total is computed by agent://myorg/production/invoice-calculator,
     an internal agent: axme's worker calls public.invoice_total(intent jsonb) in its own transaction
     as the role demo_invoice_calculator, and the sender's wait_for returns what it returned.
@@ -21,6 +22,8 @@ import subprocess
 import time
 
 import psycopg2
+
+import web_approval
 
 APPROVALS = "agent://myorg/production/order-approvals"
 CALCULATOR = "agent://myorg/production/invoice-calculator"
@@ -96,16 +99,22 @@ def run(conn, waiter, say, heading, problems, insert_order, money):
             problems.append(f"approval of order {order_id}: {len(reminders)} reminders but only "
                             f"{len(notices)} NOTIFYs on {channel}")
 
-        sql = (f"SELECT axme.decide('{intent_id}', 'approved', 'Within this quarter''s budget', "
-               "actor => 'Maria (finance)')")
-        say("   an approver decides, from psql:")
-        say(f"     $ psql -c \"{sql}\"")
-        out = subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                             capture_output=True, text=True, timeout=30)
-        for line in (out.stdout + out.stderr).strip().splitlines():
-            say(f"       {line}")
-        if out.returncode != 0:
-            problems.append(f"axme.decide from psql failed: {out.stderr.strip()}")
+        if web_approval.available():
+            say("   an approver decides in the web inbox (axme-gateway, a headless browser):")
+            web_approval.approve(intent_id, APPROVALS, "Within this quarter's budget", say, problems)
+            expected_actor = web_approval.APPROVER_ROLE
+        else:
+            sql = (f"SELECT axme.decide('{intent_id}', 'approved', 'Within this quarter''s budget', "
+                   "actor => 'Maria (finance)')")
+            say("   an approver decides, from psql:")
+            say(f"     $ psql -c \"{sql}\"")
+            out = subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                                 capture_output=True, text=True, timeout=30)
+            for line in (out.stdout + out.stderr).strip().splitlines():
+                say(f"       {line}")
+            if out.returncode != 0:
+                problems.append(f"axme.decide from psql failed: {out.stderr.strip()}")
+            expected_actor = None
         with waiter.cursor() as cur:
             cur.execute("SELECT axme.wait_for(%s, '20 seconds')", (intent_id,))
             doc = cur.fetchone()[0]
@@ -115,7 +124,7 @@ def run(conn, waiter, say, heading, problems, insert_order, money):
         say(f"   the sender's wait_for: {doc and doc['status']}, outcome {result.get('outcome')}, "
             f"decided by role {result.get('actor')} (shown as {result.get('actor_name')!r})")
         if (not doc or doc["status"] != "COMPLETED" or result.get("outcome") != "approved"
-                or result.get("actor") != me):
+                or result.get("actor") != (expected_actor or me)):
             problems.append(f"approval of order {order_id}: wait_for returned {doc}")
         say(f"   order {order_id}'s approval, event by event:")
         events = _events(waiter, intent_id)

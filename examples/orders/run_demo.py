@@ -19,7 +19,8 @@
    invoice's events and delivery attempts (axme.delivery_attempts).
 6. A person and a SQL function (approvals.py): an order above the approval limit becomes an
    approval task in an inbox agent's queue; reminders fire while nobody answers; an approver
-   decides from psql and the sender's wait_for sees the decision. Then an internal agent (a SQL
+   approves it in axme-gateway's web inbox in a headless browser (from psql where no browser is
+   installed) and the sender's wait_for sees the decision. Then an internal agent (a SQL
    function run by axme's worker) computes the order's invoice total.
 
 Exit status 0 when every order was completed with the right total and every invoice was completed
@@ -690,7 +691,8 @@ def main():
             f"failed attempts during the outage; {verified_requests} request(s) from axme, every "
             f"signature verified; {len(forged)} forged requests refused, a redelivery de-duplicated")
         say(f"   order {approved_order} waited for a person: reminded while nobody answered, approved "
-            "from psql; its invoice total came from a SQL handler run by axme's worker")
+            f"{'in the web inbox' if approvals.web_approval.available() else 'from psql'}; its invoice "
+            "total came from a SQL handler run by axme's worker")
         say(f"   demo took {time.monotonic() - started:.1f} s")
         return 0
     if not_completed is not None:

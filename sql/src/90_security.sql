@@ -42,6 +42,10 @@ DECLARE
     cols text;
 BEGIN
     EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles || ', pg_monitor';
+    -- axme-gateway's role (80_gateway.sql): its key check and listener functions live here
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'axme_gateway') THEN
+        EXECUTE 'GRANT USAGE ON SCHEMA axme TO axme_gateway';
+    END IF;
 
     -- Functions
     FOR f IN

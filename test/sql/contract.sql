@@ -30,12 +30,14 @@ FROM pg_attribute WHERE attrelid = 'axme.dead_letters'::regclass AND attnum > 0 
 -- No public function is STRICT (a NULL must raise 22023, not return NULL).  Every public function
 -- is SECURITY DEFINER with search_path pinned (it checks its caller itself, see security.sql);
 -- no private one is.  Except axme.inbox, which stays inlinable (SECURITY INVOKER, no SET) and
--- checks its caller through the private SECURITY DEFINER axme._inbox_reader.
+-- checks its caller through the private SECURITY DEFINER axme._inbox_reader, and the gateway's
+-- key check and listener registration (SECURITY DEFINER, executable by axme_gateway only).
 SELECT p.oid::regprocedure AS strict_public_function FROM pg_proc p
 WHERE p.pronamespace = 'axme'::regnamespace AND p.proisstrict AND p.proname NOT LIKE '\_%';
 SELECT p.oid::regprocedure AS wrong_security FROM pg_proc p
 WHERE p.pronamespace = 'axme'::regnamespace
-  AND ((p.proname LIKE '\_%') <> (p.proname IN ('inbox', '_inbox_reader')))
+  AND ((p.proname LIKE '\_%') <> (p.proname IN ('inbox', '_inbox_reader', '_gateway_authenticate',
+                                                '_gateway_listen', '_gateway_unlisten', '_gateway_watch')))
       = coalesce(p.prosecdef AND 'search_path=pg_catalog, axme, pg_temp' = ANY (p.proconfig), false);
 SELECT p.oid::regprocedure AS inbox_security, p.prosecdef, p.proconfig FROM pg_proc p
 WHERE p.pronamespace = 'axme'::regnamespace AND p.proname IN ('inbox', '_inbox_reader') ORDER BY 1;
