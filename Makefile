@@ -2,9 +2,6 @@
 EXTENSION    = axme
 MODULE_big   = axme
 OBJS         = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
-# The version is written once, in axme.control.
-EXTVERSION   = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" axme.control)
-
 # The schema's current definition lives in sql/src/NN_<concern>.sql; make concatenates them in
 # order into the fresh install script.  Released scripts (the first full script and every upgrade
 # script axme--A--B.sql) are installed as they are.
@@ -16,6 +13,15 @@ PG_CONFIG   ?= pg_config
 PG_CPPFLAGS  = -Isrc
 PG_CFLAGS    = -Wall -Wextra -Wno-unused-parameter -Werror
 SHLIB_LINK   = -lcurl -lcrypto
+
+# ---- Version: axme.control's default_version is the one place it is written by hand. ----
+# The C code gets it as AXME_VERSION; META.json (PGXN) is made from META.json.in.
+EXTVERSION  := $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" axme.control)
+ifeq ($(EXTVERSION),)
+$(error no default_version in axme.control)
+endif
+PG_CPPFLAGS += -DAXME_VERSION=\"$(EXTVERSION)\"
+# ---- end of the version block (its rules follow the include of PGXS) ----
 
 # Tests (scripts/test.sh runs them all, each suite in its own throwaway cluster).
 # pg_regress: test/sql + test/expected, run with and without shared_preload_libraries=axme.
@@ -49,3 +55,16 @@ clean: gateway-clean
 gateway-all gateway-install gateway-clean:
 	$(MAKE) -C gateway $(patsubst gateway-%,%,$@) PG_CONFIG=$(PG_CONFIG)
 .PHONY: gateway-all gateway-install gateway-clean
+# ---- Version rules ----
+# Every object is rebuilt when the version changes; META.json is built with the library and
+# git-ignored; `make dist` makes the PGXN zip of HEAD with it.
+$(OBJS): axme.control
+all: META.json
+META.json: META.json.in axme.control
+	sed 's/@EXTVERSION@/$(EXTVERSION)/g' $< >$@
+EXTRA_CLEAN += META.json
+dist: META.json
+	git archive --format zip --prefix=axme-$(EXTVERSION)/ --add-file META.json \
+		-o axme-$(EXTVERSION).zip HEAD
+.PHONY: dist
+# ---- end of the version rules ----

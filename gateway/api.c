@@ -617,7 +617,7 @@ intent_route(Ctx *c, char *id, const char *rest)
 static const char *agent_check_sql =
 "SELECT axme.channel($1) IS NOT NULL, a.agent_id,"
 "       pg_catalog.pg_has_role('axme_admin', 'USAGE') OR EXISTS (SELECT FROM pg_catalog.pg_roles r"
-"         WHERE r.rolname = a.db_role AND pg_catalog.pg_has_role(r.oid, 'USAGE'))"
+"         WHERE r.oid = a.db_role AND pg_catalog.pg_has_role(r.oid, 'USAGE'))"
 " FROM axme.agents a WHERE a.address = $1";
 
 static enum MHD_Result
@@ -729,14 +729,14 @@ agent_route(Ctx *c, const char *rest)
 /* The owner of a request: ?owner=, else the first inbox agent of the key's role. */
 #define OWNER_SQL \
 	"coalesce($1::text, (SELECT a.address FROM axme.agents a WHERE a.delivery_mode = 'inbox'" \
-	" AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = a.db_role" \
+	" AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = a.db_role" \
 	"             AND pg_catalog.pg_has_role(r.oid, 'USAGE')) ORDER BY a.address LIMIT 1))"
 
 static const char *inbox_list_sql =
 "WITH owners AS ("
 "  SELECT a.address FROM axme.agents a"
 "  WHERE $1::text IS NULL AND a.delivery_mode = 'inbox'"
-"    AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = a.db_role AND pg_catalog.pg_has_role(r.oid, 'USAGE'))"
+"    AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = a.db_role AND pg_catalog.pg_has_role(r.oid, 'USAGE'))"
 "  UNION SELECT $1 WHERE $1 IS NOT NULL AND axme._inbox_reader($1, $2) IS NOT NULL)"
 "SELECT pg_catalog.jsonb_build_object('ok', true, 'threads', coalesce(pg_catalog.jsonb_agg(t.j ORDER BY t.created_at DESC, t.thread_id DESC), '[]'))::text"
 " FROM (SELECT x.created_at, x.thread_id, pg_catalog.to_jsonb(x) || pg_catalog.jsonb_build_object('owner_agent', o.address,"
@@ -950,7 +950,7 @@ static const char *whoami_sql =
 " 'admin', pg_catalog.pg_has_role('axme_admin', 'USAGE'),"
 " 'inboxes', coalesce((SELECT pg_catalog.jsonb_agg(a.address ORDER BY a.address) FROM axme.agents a"
 "   WHERE a.delivery_mode = 'inbox' AND (pg_catalog.pg_has_role('axme_admin', 'USAGE') OR EXISTS ("
-"     SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = a.db_role AND pg_catalog.pg_has_role(r.oid, 'USAGE')))),"
+"     SELECT FROM pg_catalog.pg_roles r WHERE r.oid = a.db_role AND pg_catalog.pg_has_role(r.oid, 'USAGE')))),"
 "   '[]'))::text";
 
 static enum MHD_Result

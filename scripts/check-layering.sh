@@ -21,7 +21,7 @@ exec /usr/bin/python3 - "$@" <<'EOF'
 import glob, os, re, subprocess, sys
 
 # the background processes' code, which no user session may call into
-WORKER = {"bgworker", "launcher", "delivery_worker", "handler_worker", "timers", "ops", "claim",
+WORKER = {"bgworker", "launcher", "delivery_worker", "handler_worker", "unserved", "timers", "ops", "claim",
           "http", "worker_tx"}
 WORKER_HEADERS = {"worker.h", "worker_tx.h"}
 ROOT = "axme"

@@ -7,6 +7,8 @@
 # Installs what it needs and builds axme (scripts/setup.sh), then runs every suite, each in a
 # throwaway PostgreSQL 15 cluster of its own (pg_virtualenv -t, fsync off):
 #
+#   style              scripts/check-style.sh: tabs in C, spaces in Python and shell, LF, final
+#                      newlines, no ticket references (docs/contributing-style.md)
 #   layering           scripts/check-layering.sh: no call/include cycle among src/*.c, no call from
 #                      the user's side (SQL functions, session hooks) into worker code
 #   regress            pg_regress, test/sql against test/expected, shared_preload_libraries=axme
@@ -25,20 +27,24 @@
 #                      database per page), the receivers of examples/receivers/ (Python and Node)
 #                      against the cluster, every relative link
 #   demo               the README's order demo (scripts/demo.sh), which checks its own outcome
+#   sanitize           scripts/sanitize.sh: regress and http again against an AddressSanitizer +
+#                      UndefinedBehaviorSanitizer build; fails on any report.  Runs last: it
+#                      installs the sanitizer build, and the normal one again when it is done
 #
 # Prints one line per suite, a summary, and last a line "N passed, M failed" counting test cases;
 # exits non-zero when anything failed.  Logs, results and diffs stay in $AXME_TEST_LOGDIR (default:
 # a new directory under /tmp).  AXME_TEST_SUITES="regress python" runs only the named suites;
-# AXME_TEST_SKIP_SETUP=1 skips scripts/setup.sh.  Takes about eight minutes.
+# AXME_TEST_SKIP_SETUP=1 skips scripts/setup.sh.  Takes about twelve minutes (the sanitize suite three to four).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 LOGDIR=${AXME_TEST_LOGDIR:-$(mktemp -d /tmp/axme-test.XXXXXX)}
 mkdir -p "$LOGDIR"
-SUITES=${AXME_TEST_SUITES:-layering regress regress-nopreload isolation python python-nopreload dump-restore http gateway gateway-browser docs demo}
+SUITES=${AXME_TEST_SUITES:-style layering regress regress-nopreload isolation python python-nopreload dump-restore http gateway gateway-browser docs demo sanitize}
 PY=/usr/bin/python3
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUITE_TIMEOUT=540          # seconds; a suite that hangs is killed and counted as failed
+SANITIZE_TIMEOUT=1200      # the sanitize suite runs two suites (each with SUITE_TIMEOUT) and a build
 export PGISOLATIONTIMEOUT=120
 
 if [ "${AXME_TEST_SKIP_SETUP:-0}" != 1 ]; then
@@ -68,12 +74,21 @@ in_cluster() {
         opts=(-o shared_preload_libraries=axme)
         want=axme
     fi
+    # $AXME_TEST_SERVER_ENV: an environment file for the server (pg_createcluster --environment),
+    # which scripts/sanitize.sh uses to preload the sanitizer runtimes into the server only;
+    # $AXME_TEST_SERVER_LOGDIR: where to keep a copy of the server's log when the command is done
+    if [ -n "${AXME_TEST_SERVER_ENV:-}" ]; then
+        opts+=(-c "--environment=$AXME_TEST_SERVER_ENV")
+    fi
     PGPORT=$(free_port) timeout --kill-after=30 "$SUITE_TIMEOUT" \
         pg_virtualenv -t -v 15 "${opts[@]}" bash -c '
             got=$(psql -XAtc "SHOW shared_preload_libraries" postgres) || exit 3
             echo "shared_preload_libraries = \"$got\""
             [ "$got" = "$0" ] || { echo "expected shared_preload_libraries = \"$0\""; exit 3; }
-            exec "$@"' "$want" "$@"
+            [ -n "${AXME_TEST_SERVER_LOGDIR:-}" ] || exec "$@"
+            "$@"; rc=$?
+            cp "${PG_CLUSTER_CONF_ROOT%/*}"/log/*.log "$AXME_TEST_SERVER_LOGDIR/$PGPORT.log"
+            exit $rc' "$want" "$@"
 }
 
 # Counts of one suite's test cases, from its log: sets PASSED and FAILED.
@@ -107,6 +122,8 @@ run_suite() {
     local start rc ms
     start=$(date +%s%3N)
     case $name in
+        style)
+            bash scripts/check-style.sh >"$log" 2>&1 ;;
         regress)
             mkdir -p "$LOGDIR/regress"
             in_cluster preload make -s installcheck ISOLATION= REGRESS_OUTDIR="$LOGDIR/regress" >"$log" 2>&1 ;;
@@ -134,6 +151,9 @@ run_suite() {
             bash scripts/check-layering.sh >"$log" 2>&1 ;;
         demo)
             AXME_DEMO_SKIP_SETUP=1 AXME_TEST_LOGDIR="$LOGDIR" timeout --kill-after=30 "$SUITE_TIMEOUT" bash scripts/demo.sh >"$log" 2>&1 ;;
+        sanitize)
+            AXME_SANITIZE_DIR="$LOGDIR/sanitize" timeout --kill-after=30 "$SANITIZE_TIMEOUT" \
+                bash scripts/sanitize.sh >"$log" 2>&1 ;;
         *)
             echo "unknown suite $name" >"$log"; false ;;
     esac
@@ -142,7 +162,7 @@ run_suite() {
     case $name in
         regress*|isolation) count_pg_regress "$log" ;;
         python*|dump-restore) count_unittest "$log" ;;
-        http|gateway|gateway-browser|docs) count_plain "$log" ;;
+        http|gateway|gateway-browser|docs|sanitize|style) count_plain "$log" ;;
         *) count_one "$log" "$rc" ;;
     esac
     # a non-zero exit always fails the suite, and so does a suite that ran no test

@@ -12,6 +12,1118 @@ COMMENT ON FUNCTION axme._valid_address(text) IS
 COMMENT ON DOMAIN axme.intent_status IS
     'An intent status: CREATED, SUBMITTED, DELIVERED, ACKNOWLEDGED, IN_PROGRESS, WAITING, COMPLETED, FAILED, CANCELED or TIMED_OUT.';
 
+-- Roles by OID.  agents.db_role (no longer a generated column), agents.registered_by,
+-- intents.sender_role and idempotency_keys.sender_role become regrole: a role created later under
+-- a dropped role's name is another role and matches nothing of the old one.
+CREATE FUNCTION axme._caller_has(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_has_oid_fn';
+COMMENT ON FUNCTION axme._caller_has(regrole) IS
+    'Private: whether the calling role has the privileges of the role with this OID (superusers: '
+    'always; NULL, 0 or a dropped role''s OID: superusers only).';
+
+CREATE FUNCTION axme._user_has(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_user_has_oid_fn';
+COMMENT ON FUNCTION axme._user_has(regrole) IS
+    'Private: whether current_user has the privileges of the role with this OID (superusers: '
+    'always; NULL, 0 or a dropped role''s OID: superusers only). For row-level security policies.';
+
+CREATE FUNCTION axme._caller_id() RETURNS regrole
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_id_fn';
+COMMENT ON FUNCTION axme._caller_id() IS
+    'Private: the calling role (axme._caller()) by OID, as stored in sender_role and registered_by.';
+
+CREATE FUNCTION axme._role_exists(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'axme_role_exists_fn';
+COMMENT ON FUNCTION axme._role_exists(regrole) IS
+    'Private: whether a role with this OID exists (NULL or 0: false).';
+
+CREATE OR REPLACE FUNCTION axme._role_named(name text) RETURNS regrole
+LANGUAGE sql STABLE AS $$
+    SELECT r.oid::regrole FROM pg_catalog.pg_roles r WHERE r.rolname = _role_named.name
+$$;
+COMMENT ON FUNCTION axme._role_named(text) IS
+    'Private: the role of that exact name (no identifier quoting) as a regrole, NULL when none.';
+
+-- Row-level security policies name the columns whose type changes: dropped here, re-created by
+-- axme._secure() at the end.
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN
+        SELECT pol.polname, pol.polrelid::regclass AS rel FROM pg_catalog.pg_policy pol
+        JOIN pg_catalog.pg_class c ON c.oid = pol.polrelid
+        WHERE c.relnamespace = 'axme'::regnamespace
+    LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', p.polname, p.rel);
+    END LOOP;
+END $$;
+
+-- Agents whose role no longer resolves (dropped since it was named) are disabled, with an alert:
+-- their db_role (for internal agents without db_role: registered_by) becomes 0, which no role has.
+WITH gone AS (
+    UPDATE axme.agents ag SET disabled_at = coalesce(ag.disabled_at, now()), updated_at = now(),
+           disabled_reason = coalesce(ag.disabled_reason,
+               'role_missing: the role the agent ' ||
+               CASE WHEN ag.db_role IS NOT NULL THEN 'receives as (db_role)' ELSE 'runs its handler as' END ||
+               ' no longer exists; register it again with option db_role, then axme.enable_agent()')
+    WHERE (ag.db_role IS NOT NULL AND axme._role_named(ag.db_role) IS NULL)
+       OR (ag.delivery_mode = 'internal' AND ag.db_role IS NULL AND axme._role_named(ag.registered_by) IS NULL)
+    RETURNING ag.address, ag.delivery_mode, ag.db_role, ag.registered_by
+)
+SELECT count(axme._alert(g.address, 'role_missing',
+           jsonb_build_object('mode', g.delivery_mode, 'db_role', g.db_role, 'registered_by', g.registered_by,
+                              'message', 'the role of the agent no longer exists (found by the upgrade to 0.4.0): it delivers nothing')))
+FROM gone g;
+ALTER TABLE axme.agents ALTER COLUMN db_role DROP EXPRESSION;
+ALTER TABLE axme.agents
+    ALTER COLUMN db_role TYPE regrole
+        USING CASE WHEN db_role IS NOT NULL THEN coalesce(axme._role_named(db_role), '-'::regrole) END,
+    ALTER COLUMN registered_by TYPE regrole USING coalesce(axme._role_named(registered_by), '-'::regrole);
+-- Intents of a dropped sender role: 0, readable by their receiver and admins only.
+ALTER TABLE axme.intents
+    ALTER COLUMN sender_role TYPE regrole USING coalesce(axme._role_named(sender_role), '-'::regrole);
+-- The keys of a dropped role can never be used again (a new role has a new OID): they go.
+DELETE FROM axme.idempotency_keys k WHERE axme._role_named(k.sender_role) IS NULL;
+ALTER TABLE axme.idempotency_keys
+    ALTER COLUMN sender_role TYPE regrole USING axme._role_named(sender_role);
+COMMENT ON COLUMN axme.agents.db_role IS
+    'The database role (by OID) that receives for the agent, resolved from option db_role by '
+    'register_agent; NULL: admins only. When that role has been dropped the agent delivers '
+    'nothing and is disabled (alert role_missing).';
+COMMENT ON COLUMN axme.agents.registered_by IS
+    'The role (by OID) that registered the agent last; an internal agent without db_role runs its '
+    'handler as this role.';
+COMMENT ON COLUMN axme.intents.sender_role IS
+    'The role (by OID) that sent the intent; it may read the intent. A role created later under '
+    'the same name is another role and may not.';
+COMMENT ON COLUMN axme.idempotency_keys.sender_role IS
+    'The role (by OID) that sent with the key (axme.intents.sender_role); keys of different roles, '
+    'or of a dropped role and a later one of the same name, never meet.';
+
+-- The role checks take the OID.
+DROP FUNCTION axme._check_read(text, bigint, uuid);
+DROP FUNCTION axme._can_read_intent(text, bigint);
+CREATE FUNCTION axme._can_read_intent(sender_role regrole, agent_id bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT axme._caller_has(sender_role) OR axme._can_receive(agent_id)
+$$;
+COMMENT ON FUNCTION axme._can_read_intent(regrole, bigint) IS
+    'Private: whether the caller may read an intent with this sender_role and agent_id (the sending '
+    'role, the receiver''s role, admins).';
+
+CREATE FUNCTION axme._check_read(sender_role regrole, agent_id bigint, intent_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT axme._can_read_intent(sender_role, agent_id) THEN
+        RAISE EXCEPTION 'permission denied for intent %', intent_id
+            USING ERRCODE = '42501',
+                  DETAIL = 'Only its sending role, its receiver''s role (agent option db_role) and '
+                           'members of axme_admin may read an intent.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_read(regrole, bigint, uuid) IS
+    'Private: 42501 unless the caller may read the intent (see axme._can_read_intent).';
+
+CREATE OR REPLACE FUNCTION axme._check_intent_reader(intent_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_role regrole;
+    v_agent bigint;
+BEGIN
+    IF intent_id IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_id" must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT i.sender_role, i.agent_id INTO v_role, v_agent
+    FROM axme.intents i WHERE i.intent_id = _check_intent_reader.intent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'intent % does not exist', intent_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM axme._check_read(v_role, v_agent, intent_id);
+END $$;
+COMMENT ON FUNCTION axme._check_intent_reader(uuid) IS
+    'Private: 22023 NULL, P0002 unknown intent, 42501 unless the caller may read the intent.';
+
+-- Agents whose role is gone deliver nothing: the claim paths disable them.
+CREATE OR REPLACE FUNCTION axme._disable_roleless(mode text DEFAULT NULL, agent_id bigint DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    a record;
+    n integer := 0;
+BEGIN
+    FOR a IN
+        UPDATE axme.agents ag SET disabled_at = now(), updated_at = now(),
+               disabled_reason = 'role_missing: the role the agent ' ||
+                   CASE WHEN ag.db_role IS NOT NULL THEN 'receives as (db_role)' ELSE 'runs its handler as' END ||
+                   ' no longer exists; register it again with option db_role, then axme.enable_agent()'
+        WHERE ag.disabled_at IS NULL
+          AND (_disable_roleless.mode IS NULL OR ag.delivery_mode = _disable_roleless.mode)
+          AND (_disable_roleless.agent_id IS NULL OR ag.agent_id = _disable_roleless.agent_id)
+          AND (ag.db_role IS NOT NULL OR ag.delivery_mode = 'internal')
+          AND NOT axme._role_exists(coalesce(ag.db_role, ag.registered_by))
+        RETURNING ag.address, ag.delivery_mode, ag.db_role, ag.registered_by
+    LOOP
+        PERFORM axme._alert(a.address, 'role_missing',
+            jsonb_build_object('mode', a.delivery_mode,
+                               'db_role', a.db_role::oid,
+                               'registered_by', a.registered_by::oid,
+                               'message', 'the role of the agent no longer exists (dropped): it delivers nothing'));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._disable_roleless(text, bigint) IS
+    'Private: disable (role_missing) the agents whose db_role (internal without db_role: '
+    'registered_by) no longer exists, with one alert role_missing each. Returns how many.';
+
+CREATE OR REPLACE FUNCTION axme.register_agent(address text, delivery_mode text DEFAULT 'poll',
+                                               endpoint_url text DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    merged jsonb;
+    old_mode text;
+    new_secret text;
+    v_agent_id bigint;
+    v_db_role regrole;
+BEGIN
+    PERFORM axme._check_admin('register_agent');   -- sec: agents are configured by admins only
+    PERFORM axme._check_address(address, 'address');
+    IF delivery_mode IS NULL OR delivery_mode NOT IN ('stream', 'poll', 'http', 'inbox', 'internal') THEN
+        RAISE EXCEPTION 'invalid delivery mode "%"', coalesce(delivery_mode, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use one of stream, poll, http, inbox, internal.';
+    END IF;
+    IF options IS NULL THEN
+        RAISE EXCEPTION 'argument "options" must not be null' USING ERRCODE = '22023',
+            HINT = 'Pass ''{}'' for no options.';
+    END IF;
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'argument "options" must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = '22023';
+    END IF;
+    IF delivery_mode = 'http' THEN
+        IF endpoint_url IS NULL OR length(endpoint_url) > 2048
+           OR endpoint_url !~* '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
+            RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
+                USING ERRCODE = '22023', HINT = 'Use an http:// or https:// URL.';
+        END IF;
+        IF axme._url_problem(endpoint_url) IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', endpoint_url
+                USING ERRCODE = '22023', DETAIL = axme._url_problem(endpoint_url) || '.',
+                      HINT = 'Use an http:// or https:// URL with a host name or address.';
+        END IF;
+    ELSIF endpoint_url IS NOT NULL THEN
+        RAISE EXCEPTION 'endpoint_url is only for http agents' USING ERRCODE = '22023';
+    END IF;
+    -- The mode before, for the wake-ups below (no lock needed: a race only costs a wake-up).
+    SELECT a.delivery_mode INTO old_mode FROM axme.agents a WHERE a.address = register_agent.address;
+    -- The secret is kept apart from the options, which anyone reading axme.agents can see.
+    IF jsonb_typeof(options->'secret') IS DISTINCT FROM 'null' THEN
+        new_secret := options->>'secret';
+    END IF;
+    -- Merge inside the upsert, against the row as locked by it, so two concurrent registrations
+    -- of one agent (the first ones included) merge one after the other; then check the result
+    -- (an error undoes the upsert with the statement).
+    -- db_role is resolved to an OID here, once (NULL when the name is unknown: 42704 below).
+    INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by, db_role)
+    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), axme._caller_id(),
+            axme._role_named(options->>'db_role'))
+    ON CONFLICT ON CONSTRAINT agents_address_key DO UPDATE
+        SET delivery_mode = excluded.delivery_mode, endpoint_url = excluded.endpoint_url,
+            options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now(),
+            db_role = CASE WHEN register_agent.options ? 'db_role' THEN excluded.db_role ELSE a.db_role END
+    RETURNING a.options, a.agent_id, a.db_role INTO merged, v_agent_id, v_db_role;
+    PERFORM axme._check_agent_options(delivery_mode,
+        CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
+    PERFORM axme._check_agent_refs(delivery_mode, merged, options);
+    IF v_db_role IS NOT NULL AND NOT options ? 'db_role'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = v_db_role) THEN
+        RAISE EXCEPTION 'the role of agent "%" (option db_role, OID %) no longer exists', address, v_db_role::oid
+            USING ERRCODE = '42704',
+                  HINT = 'Pass {"db_role": "name"} again to bind the agent to a role that exists.';
+    END IF;
+    IF delivery_mode = 'internal' THEN
+        -- the handler runs as db_role, else as the role that registered it last (checked above)
+        UPDATE axme.agents a SET registered_by = axme._caller_id()   -- sec: the caller, not the definer
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM axme._caller_id();   -- sec
+        PERFORM axme._wake_internal();
+    END IF;
+    IF new_secret IS NOT NULL THEN
+        DELETE FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id;
+        INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, new_secret);
+    ELSIF delivery_mode = 'http' AND NOT EXISTS (SELECT FROM axme.agent_secrets s WHERE s.agent_id = v_agent_id) THEN
+        INSERT INTO axme.agent_secrets (agent_id, secret) VALUES (v_agent_id, axme._random_secret());
+    END IF;
+    IF old_mode IS DISTINCT FROM delivery_mode THEN
+        PERFORM axme._agents_changed();
+    END IF;
+    -- Pending intents follow the new mode; an http agent's are picked up by the worker now.
+    IF delivery_mode = 'http' THEN
+        PERFORM axme._wake_http();
+    ELSIF delivery_mode = 'stream' AND old_mode IS DISTINCT FROM 'stream' THEN
+        PERFORM axme._notify_agent(v_agent_id, i.intent_id)
+        FROM axme.intents i WHERE i.agent_id = v_agent_id AND i.status = 'SUBMITTED' LIMIT 1;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
+    'Register or update an agent (upsert). address: agent://org/workspace/name; delivery_mode: '
+    'stream | poll | http | inbox | internal; endpoint_url: http(s) URL, http agents only; options: '
+    'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
+    'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
+    're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
+    'completion (on_2xx | explicit), headers {name: value} (at most 64, 16384 bytes in all), ca_file, '
+    'client_cert_file, client_key_file (PEM contents, or a file in axme.tls_files_directory); for internal: '
+    'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
+    '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
+    'for the agent, resolved and stored by OID; internal: the role the handler runs as, default the '
+    'registering role), require_receipts (poll, stream: false lets ack/complete/fail... without '
+    'attempt act on a handed-out intent; default true, see axme.require_receipts). Changing the '
+    'mode moves pending intents to the new mode. Superusers and axme_admin members only. '
+    'Errors: 42501 not an admin, 22023 invalid address, mode, URL or option, '
+    '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
+    'returning jsonb, 42501 handler would run as a superuser or as a role not the caller''s.';
+
+CREATE OR REPLACE FUNCTION axme._check_agent_refs(mode text, merged jsonb, given jsonb) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    opt text;
+    problem text;
+BEGIN
+    IF given ? 'db_role' AND jsonb_typeof(given->'db_role') = 'string'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
+        RAISE EXCEPTION 'option "db_role": role "%" does not exist', merged->>'db_role'
+            USING ERRCODE = '42704';
+    END IF;
+    IF mode = 'internal' THEN
+        PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
+    END IF;
+    -- the worker reads these files as the server's OS user: only inside the directory the
+    -- administrator chose (axme.tls_files_directory), or PEM contents
+    FOR opt IN SELECT unnest(ARRAY['ca_file', 'client_cert_file', 'client_key_file']) LOOP
+        IF given ? opt AND jsonb_typeof(given->opt) = 'string' THEN
+            problem := axme._tls_file_problem(given->>opt);
+            IF problem IS NOT NULL THEN
+                RAISE EXCEPTION 'option "%": %', opt, problem
+                    USING ERRCODE = '22023',
+                          HINT = 'Pass the PEM contents, or a file inside the directory set by '
+                                 'axme.tls_files_directory in postgresql.conf.';
+            END IF;
+        END IF;
+    END LOOP;
+    IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
+        RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._check_agent_refs(text, jsonb, jsonb) IS
+    'Private: checks of agent options against the catalogs and settings (roles, handlers, TLS files, '
+    'admin-only options). Errors: 42704 unknown role, 22023 a TLS file outside '
+    'axme.tls_files_directory, 42501 an admin-only option set by someone else.';
+
+CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
+               correlation_id uuid, attempt integer, lease_until timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    claimed integer := 0;
+    seen integer;
+    r record;
+    t timestamptz;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'poll');   -- sec
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 10000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    IF a.delivery_mode NOT IN ('poll', 'stream') THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
+        RETURN;                     -- nothing handed out, no attempt charged
+    END IF;
+    -- its receiving role was dropped: nothing is handed out (only an admin gets this far)
+    IF a.db_role IS NOT NULL AND NOT axme._role_exists(a.db_role) THEN
+        PERFORM axme._disable_roleless(NULL, a.agent_id);
+        RETURN;
+    END IF;
+    LOOP
+        seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
+        -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
+        -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
+        -- handed out; then the loop claims again to fill the batch.
+        FOR r IN
+            WITH c AS (
+                SELECT i.intent_id, i.due_at AS was_due,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
+                       i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
+                ORDER BY i.due_at
+                LIMIT max_count - claimed
+                FOR UPDATE SKIP LOCKED
+            ), u AS (
+                UPDATE axme.intents i SET
+                    status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                                  ELSE 'DELIVERED' END,
+                    attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                    dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    updated_at = now(),
+                    event_seq = i.event_seq + 1
+                FROM c
+                WHERE i.intent_id = c.intent_id
+                RETURNING i.*, c.was_due
+            ), e AS (
+                INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+                SELECT u.intent_id, u.event_seq,
+                       CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                     WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                     ELSE 'intent.timed_out' END,
+                       u.status, axme._caller(),   -- sec: the caller, not the definer
+                       CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
+                                     WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                           'error', u.error)
+                                     ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+                FROM u
+            )
+            SELECT u.* FROM u ORDER BY u.was_due
+        LOOP
+            seen := seen + 1;
+            IF r.status = 'DELIVERED' THEN
+                claimed := claimed + 1;
+                intent_id := r.intent_id;
+                intent_type := r.intent_type;
+                payload := r.payload;
+                from_agent := r.from_agent;
+                correlation_id := r.correlation_id;
+                attempt := r.attempt;
+                lease_until := r.lease_until;
+                RETURN NEXT;
+            ELSE
+                PERFORM axme._wake_waiters(r.intent_id);
+            END IF;
+        END LOOP;
+        EXIT WHEN seen = 0 OR claimed >= max_count;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
+    'Claim up to max_count (1..10000) due intents of a poll or stream agent, oldest due first, '
+    'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
+    'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
+    'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. '
+    'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
+    'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
+
+CREATE OR REPLACE FUNCTION axme._internal_claim()
+RETURNS TABLE (intent_id uuid, attempt integer, handler text, run_as text, run_as_checked boolean,
+               timeout_ms integer, next_due timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    i axme.intents;
+    t timestamptz := clock_timestamp();
+    tmo integer;
+BEGIN
+    PERFORM axme._disable_roleless('internal');   -- an agent whose run-as role is gone: disabled
+    FOR c IN
+        SELECT ag.agent_id, ag.options, ag.registered_by, ag.db_role, f.intent_id, f.due_at
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
+                            WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
+                            ORDER BY it.due_at LIMIT 1) f
+        WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+        ORDER BY f.due_at
+    LOOP
+        IF c.due_at > t THEN
+            next_due := c.due_at;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT * INTO i FROM axme.intents it
+        WHERE it.intent_id = c.intent_id AND it.due_at <= t FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF i.deadline_at <= t THEN
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                                     jsonb_build_object('deadline_at', i.deadline_at));
+            next_due := t;          -- look again at once
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF i.status <> 'SUBMITTED' AND NOT axme._has_attempts_left(i) THEN
+            PERFORM axme._dead_letter(i, 'handler_error', jsonb_build_object('reason', 'lease_expired',
+                'message', 'the last allowed handler run did not finish (the worker stopped)'));
+            next_due := t;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        tmo := coalesce((c.options->>'timeout_ms')::integer, 5000);
+        i.attempt := i.attempt + 1;
+        i.lease_until := t + (tmo + 30000) * interval '1 millisecond';
+        i.due_at := i.lease_until;
+        i.waiting_reason := NULL;
+        PERFORM axme._transition(i, 'DELIVERED', 'intent.delivered',
+            jsonb_build_object('attempt', i.attempt, 'lease_until', i.lease_until, 'via', 'internal'));
+        intent_id := i.intent_id;
+        attempt := i.attempt;
+        handler := c.options->>'handler';
+        -- by OID (a digit string): a later role of the same name is not the one registered
+        run_as := coalesce(c.db_role, c.registered_by)::oid::text;
+        -- a handler runs as a superuser only when a superuser registered it without db_role
+        run_as_checked := c.db_role IS NULL OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.db_role), false);
+        timeout_ms := tmo;
+        next_due := t;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the internal worker (DELIVERED).';
+
+CREATE OR REPLACE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    PERFORM axme._disable_roleless('http');   -- an agent whose db_role is gone: disabled
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, axme._caller(),   -- sec: the caller, not the definer
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (http worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
+CREATE OR REPLACE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer := 0;
+BEGIN
+    PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
+    FOR i IN
+        SELECT x.* FROM axme.intents x JOIN axme.agents a ON a.agent_id = x.agent_id
+        WHERE a.delivery_mode = 'inbox' AND x.due_at <= now() AND x.status = 'SUBMITTED'
+          AND a.disabled_at IS NULL
+          AND x.human_task IS NOT NULL
+        ORDER BY x.due_at LIMIT max_count
+        FOR UPDATE OF x SKIP LOCKED
+    LOOP
+        PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._inbox_assign_due(integer) IS
+    'Private: assign human tasks whose not_before has passed (SUBMITTED -> WAITING with a task '
+    'thread), at most max_count, oldest due first. Returns the number assigned.';
+
+
+-- Receipts are required by default for poll and stream hand-outs (axme.require_receipts).
+CREATE OR REPLACE FUNCTION axme._receipts_required() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'axme_receipts_required';
+COMMENT ON FUNCTION axme._receipts_required() IS
+    'Private: setting axme.require_receipts (default on), always false in axme''s own workers.';
+
+CREATE OR REPLACE FUNCTION axme._needs_receipt(i axme.intents) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT i.attempt > 0 AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+       AND axme._receipts_required()
+       AND coalesce((SELECT a.delivery_mode IN ('poll', 'stream')
+                            AND a.options->'require_receipts' IS DISTINCT FROM 'false'::jsonb
+                     FROM axme.agents a WHERE a.agent_id = i.agent_id), false)
+$$;
+COMMENT ON FUNCTION axme._needs_receipt(axme.intents) IS
+    'Private: whether a receiver''s call on this intent must carry its receipt (see axme.require_receipts).';
+
+CREATE OR REPLACE FUNCTION axme._lock_receipt(intent_id uuid, receipt integer, what text) RETURNS axme.intents
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_intent(intent_id, receipt);
+BEGIN
+    IF receipt IS NULL AND axme._needs_receipt(i) THEN
+        RAISE EXCEPTION '% of intent % needs its receipt', what, i.intent_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'The intent was handed out by poll (attempt ' || i.attempt || '); a call '
+                           'without the receipt could overwrite the work of a receiver that holds it now.',
+                  HINT = 'Pass the attempt that poll returned (attempt => n), or use axme.resolve(); '
+                         'SET axme.require_receipts = off or the agent option "require_receipts": false '
+                         'turn the check off.';
+    END IF;
+    RETURN i;
+END $$;
+COMMENT ON FUNCTION axme._lock_receipt(uuid, integer, text) IS
+    'Private: axme._lock_intent, plus 55000 when the receipt is missing and required.';
+
+CREATE OR REPLACE FUNCTION axme.ack(intent_id uuid, attempt integer DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'ack');
+BEGIN
+    IF i.status <> 'DELIVERED' THEN
+        RAISE EXCEPTION 'intent % cannot be acknowledged in status %', i.intent_id, i.status
+            USING ERRCODE = '55000', HINT = 'ack applies to a DELIVERED intent.';
+    END IF;
+    PERFORM axme._transition(i, 'ACKNOWLEDGED', 'intent.acknowledged', jsonb_build_object('attempt', i.attempt));
+END $$;
+COMMENT ON FUNCTION axme.ack(uuid, integer) IS
+    'Acknowledge a DELIVERED intent (-> ACKNOWLEDGED); its lease keeps running. attempt: the '
+    'receipt from poll, required for a poll or stream hand-out (see axme.require_receipts). '
+    'Errors: 22023 NULL, P0002 unknown intent, 55000 not DELIVERED, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.progress(intent_id uuid, details jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'progress');
+BEGIN
+    IF details IS NULL THEN
+        RAISE EXCEPTION 'argument "details" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF i.status = 'IN_PROGRESS' THEN
+        RAISE EXCEPTION 'intent % is already IN_PROGRESS', i.intent_id USING ERRCODE = '55000';
+    END IF;
+    PERFORM axme._transition(i, 'IN_PROGRESS', 'intent.in_progress',
+        jsonb_build_object('attempt', i.attempt, 'progress', details));
+END $$;
+COMMENT ON FUNCTION axme.progress(uuid, jsonb, integer) IS
+    'Report that work on a handed-out intent has started (-> IN_PROGRESS); details are kept in the '
+    'event. attempt: the receipt from poll, required for a poll or stream hand-out (see '
+    'axme.require_receipts). Errors: 22023 NULL, P0002 unknown intent, 55000 transition not allowed, '
+    'stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.extend_lease(intent_id uuid, lease interval, attempt integer DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    i := axme._lock_receipt(intent_id, attempt, 'extend_lease');
+    IF i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+        RAISE EXCEPTION 'intent % holds no lease in status %', i.intent_id, i.status
+            USING ERRCODE = '55000';
+    END IF;
+    -- from the clock, not the transaction start: a lease extended late in a long transaction
+    -- must still lie in the future
+    i.lease_until := clock_timestamp() + lease;
+    UPDATE axme.intents SET lease_until = i.lease_until, due_at = i.lease_until, updated_at = now()
+    WHERE intents.intent_id = i.intent_id;
+    RETURN i.lease_until;
+END $$;
+COMMENT ON FUNCTION axme.extend_lease(uuid, interval, integer) IS
+    'Set the lease of a handed-out intent to clock_timestamp() + lease (1 second .. 12 hours) and return the '
+    'new lease end. attempt: the receipt from poll, required (see axme.require_receipts). '
+    'Errors: 22023 invalid argument, P0002 unknown intent, 55000 not handed out, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.complete(intent_id uuid, result jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'complete');
+BEGIN
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'argument "result" must not be null' USING ERRCODE = '22023',
+            HINT = 'Pass ''{}'' for no result.';
+    END IF;
+    i.result := result;
+    PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
+END $$;
+COMMENT ON FUNCTION axme.complete(uuid, jsonb, integer) IS
+    'Finish an intent successfully (-> COMPLETED) with a result. attempt: the receipt from poll, '
+    'required for a poll or stream hand-out unless axme.require_receipts is off or the agent option '
+    'require_receipts is false. Errors: 22023 NULL intent_id, P0002 unknown intent, 55000 already '
+    'terminal, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme.complete_many(intent_ids uuid[], attempts integer[] DEFAULT NULL,
+                                   results jsonb[] DEFAULT NULL)
+RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := cardinality(intent_ids);
+    -- sec: intents of agents the caller does not receive for are skipped, like unknown ones
+    v_admin boolean := axme._is_admin();
+    v_agents bigint[] := CASE WHEN NOT axme._is_admin() THEN ARRAY(
+        SELECT a.agent_id FROM axme.agents a WHERE axme._caller_has(a.db_role)) END;
+    v_missing uuid;
+    v_attempt integer;
+BEGIN
+    IF intent_ids IS NULL THEN
+        RAISE EXCEPTION 'argument "intent_ids" must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF n > 10000 THEN
+        RAISE EXCEPTION 'argument "intent_ids" must have at most 10000 elements, got %', n
+            USING ERRCODE = '22023';
+    END IF;
+    IF attempts IS NOT NULL AND cardinality(attempts) <> n THEN
+        RAISE EXCEPTION 'argument "attempts" must have as many elements as "intent_ids" (%), got %', n, cardinality(attempts)
+            USING ERRCODE = '22023';
+    END IF;
+    IF results IS NOT NULL AND cardinality(results) <> n THEN
+        RAISE EXCEPTION 'argument "results" must have as many elements as "intent_ids" (%), got %', n, cardinality(results)
+            USING ERRCODE = '22023';
+    END IF;
+    -- A missing receipt where one is required refuses the call, as complete() does (only for
+    -- the intents the caller receives for: the others are skipped below, like unknown ones).
+    IF (attempts IS NULL OR array_position(attempts, NULL) IS NOT NULL) AND axme._receipts_required() THEN
+        SELECT i.intent_id, i.attempt INTO v_missing, v_attempt
+        FROM unnest(intent_ids, coalesce(attempts, array_fill(NULL::integer, ARRAY[n]))) AS r(id, att)
+        JOIN axme.intents i ON i.intent_id = r.id
+        WHERE r.att IS NULL AND i.attempt > 0 AND (v_admin OR i.agent_id = ANY (v_agents))
+          AND axme._needs_receipt(i)
+        LIMIT 1;
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION 'complete_many of intent % needs its receipt', v_missing
+                USING ERRCODE = '55000',
+                      DETAIL = 'The intent was handed out by poll (attempt ' || v_attempt || '); a call '
+                               'without the receipt could overwrite the work of a receiver that holds it now.',
+                      HINT = 'Pass the attempts that poll returned (attempts => ARRAY[...]), in the order '
+                             'of intent_ids; SET axme.require_receipts = off or the agent option '
+                             '"require_receipts": false turn the check off.';
+        END IF;
+    END IF;
+    -- The set-based form of complete(): the same rule (any non-terminal -> COMPLETED, receipt
+    -- checked when given) in one UPDATE and one INSERT of events.
+    RETURN QUERY
+        WITH req AS (
+            SELECT r.id, r.att, r.res
+            FROM unnest(intent_ids,
+                        coalesce(attempts, array_fill(NULL::integer, ARRAY[n])),
+                        coalesce(results, array_fill('{}'::jsonb, ARRAY[n]))) AS r(id, att, res)
+            WHERE r.id IS NOT NULL
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = 'COMPLETED', result = req.res, due_at = NULL, lease_until = NULL,
+                updated_at = now(), event_seq = i.event_seq + 1
+            FROM req
+            WHERE i.intent_id = req.id
+              AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+              AND (req.att IS NULL OR req.att = i.attempt)
+              AND (v_admin OR i.agent_id = ANY (v_agents))
+            RETURNING i.intent_id, i.event_seq, i.attempt
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq, 'intent.completed', 'COMPLETED', axme._caller(),
+                   jsonb_build_object('attempt', u.attempt)
+            FROM u
+        )
+        SELECT u.intent_id FROM u CROSS JOIN LATERAL axme._wake_waiters(u.intent_id) w;
+END $$;
+ALTER FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) SET plan_cache_mode = force_generic_plan;
+COMMENT ON FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) IS
+    'Complete many intents at once (at most 10000): intent_ids with, optionally, the receipts '
+    '(attempts) and results at the same positions. Returns the ids it completed; an id that is '
+    'unknown, already terminal, whose receipt is stale, or whose agent the caller does not receive '
+    'for is skipped, not an error; a missing receipt where one is required (see '
+    'axme.require_receipts) is an error, 55000. '
+    'Errors: 22023 NULL intent_ids, arrays of different lengths, more than 10000 ids.';
+
+CREATE OR REPLACE FUNCTION axme.fail(intent_id uuid, error jsonb DEFAULT '{}', retry boolean DEFAULT false,
+                          attempt integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+BEGIN
+    IF retry IS NULL OR error IS NULL THEN
+        RAISE EXCEPTION 'argument "%" must not be null', CASE WHEN retry IS NULL THEN 'retry' ELSE 'error' END
+            USING ERRCODE = '22023';
+    END IF;
+    i := axme._lock_receipt(intent_id, attempt, 'fail');
+    IF retry THEN
+        IF i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
+            RAISE EXCEPTION 'intent % cannot be retried in status %', i.intent_id, i.status
+                USING ERRCODE = '55000', HINT = 'fail(..., retry => true) applies to a handed-out intent.';
+        END IF;
+        PERFORM axme._retry_or_dead_letter(i, error);
+    ELSE
+        i.error := error;
+        PERFORM axme._transition(i, 'FAILED', 'intent.failed', jsonb_build_object('attempt', i.attempt, 'error', i.error));
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme.fail(uuid, jsonb, boolean, integer) IS
+    'Report a failure. retry => false: the intent ends FAILED (a business outcome, not a dead '
+    'letter). retry => true: a failed attempt; the intent goes back to SUBMITTED after an exponential '
+    'backoff with jitter, or is dead-lettered (reason exhausted) when its budget is spent. '
+    'attempt: the receipt from poll, required for a poll or stream hand-out (see '
+    'axme.require_receipts). Errors: 22023 NULL, P0002 unknown intent, 55000 not allowed in this '
+    'status, stale or missing receipt.';
+
+CREATE OR REPLACE FUNCTION axme._check_agent_options(mode text, options jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    extra jsonb;
+    h record;
+    s text;
+BEGIN
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'argument "options" must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = '22023';
+    END IF;
+    extra := options - ARRAY['retry', 'secret', 'timeout_ms', 'max_in_flight', 'completion',
+                             'headers', 'ca_file', 'breaker', 'rate_limit_per_second',
+                             'client_cert_file', 'client_key_file', 'handler', 'db_role',
+                             'require_receipts'];
+    IF extra <> '{}' THEN
+        RAISE EXCEPTION 'unknown agent option(s): %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
+            USING ERRCODE = '22023',
+                  HINT = 'Known options: retry, secret, timeout_ms, max_in_flight, completion, headers, ca_file, '
+                         'breaker, rate_limit_per_second, client_cert_file, client_key_file, handler, db_role, '
+                         'require_receipts.';
+    END IF;
+    IF options ? 'require_receipts' AND jsonb_typeof(options->'require_receipts') <> 'boolean' THEN
+        RAISE EXCEPTION 'option "require_receipts" must be true or false, got %', options->'require_receipts'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'retry' THEN
+        IF jsonb_typeof(options->'retry') <> 'object' THEN
+            RAISE EXCEPTION 'option "retry" must be a JSON object' USING ERRCODE = '22023';
+        END IF;
+        extra := (options->'retry') - ARRAY['max_attempts', 'base_delay_ms', 'max_delay_ms'];
+        IF extra <> '{}' THEN
+            RAISE EXCEPTION 'unknown key(s) in option "retry": %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
+                USING ERRCODE = '22023', HINT = 'Known keys: max_attempts, base_delay_ms, max_delay_ms.';
+        END IF;
+        PERFORM axme._jsonb_int(options->'retry'->'max_attempts', 'retry.max_attempts', 1, 1000);
+        PERFORM axme._jsonb_int(options->'retry'->'base_delay_ms', 'retry.base_delay_ms', 1, 86400000);
+        PERFORM axme._jsonb_int(options->'retry'->'max_delay_ms', 'retry.max_delay_ms', 1, 604800000);
+        IF (options->'retry'->>'base_delay_ms')::bigint >
+           coalesce((options->'retry'->>'max_delay_ms')::bigint, CASE WHEN mode = 'http' THEN 36000000 ELSE 3600000 END) THEN
+            RAISE EXCEPTION 'option "retry.base_delay_ms" (%) is larger than "retry.max_delay_ms" (%)',
+                            options->'retry'->>'base_delay_ms',
+                            coalesce(options->'retry'->>'max_delay_ms', CASE WHEN mode = 'http' THEN '36000000' ELSE '3600000' END)
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    PERFORM axme._jsonb_int(options->'timeout_ms', 'timeout_ms', 100, 600000);
+    PERFORM axme._jsonb_int(options->'max_in_flight', 'max_in_flight', 1, 10000);
+    IF options ? 'completion' AND (jsonb_typeof(options->'completion') <> 'string'
+                                   OR options->>'completion' NOT IN ('on_2xx', 'explicit')) THEN
+        RAISE EXCEPTION 'option "completion" must be "on_2xx" or "explicit", got %', options->'completion'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'secret' THEN
+        s := options->>'secret';
+        IF jsonb_typeof(options->'secret') <> 'string'
+           OR s !~ '^whsec_[A-Za-z0-9+/]+={0,2}$'
+           OR (length(s) - 6) % 4 <> 0
+           OR length(decode(substr(s, 7), 'base64')) NOT BETWEEN 24 AND 64 THEN
+            RAISE EXCEPTION 'option "secret" must be whsec_ followed by the base64 of 24 to 64 bytes'
+                USING ERRCODE = '22023', HINT = 'Leave it out and axme generates one.';
+        END IF;
+    END IF;
+    IF options ? 'ca_file' AND (jsonb_typeof(options->'ca_file') <> 'string'
+                                OR (left(options->>'ca_file', 1) <> '/'
+                                    AND left(options->>'ca_file', 11) <> '-----BEGIN ')) THEN
+        RAISE EXCEPTION 'option "ca_file" must be PEM contents or an absolute file path' USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'headers' THEN
+        IF jsonb_typeof(options->'headers') <> 'object' THEN
+            RAISE EXCEPTION 'option "headers" must be a JSON object of strings' USING ERRCODE = '22023';
+        END IF;
+        -- bounded: every request carries them (libcurl and receivers cap a request's headers too)
+        IF (SELECT count(*) FROM jsonb_object_keys(options->'headers')) > 64 THEN
+            RAISE EXCEPTION 'option "headers" has % headers, at most 64 are allowed',
+                            (SELECT count(*) FROM jsonb_object_keys(options->'headers'))
+                USING ERRCODE = '22023';
+        END IF;
+        IF (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+            FROM jsonb_each(options->'headers')) > 16384 THEN
+            RAISE EXCEPTION 'option "headers" is % bytes long, at most 16384 are allowed',
+                            (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+                             FROM jsonb_each(options->'headers'))
+                USING ERRCODE = '22023', DETAIL = 'Each header counts its name, its value and 4 bytes.';
+        END IF;
+        FOR h IN SELECT key, value FROM jsonb_each(options->'headers') LOOP
+            IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR length(h.key) > 256 THEN
+                RAISE EXCEPTION 'invalid header name "%" in option "headers"', left(h.key, 300)
+                    USING ERRCODE = '22023';
+            END IF;
+            IF lower(h.key) IN ('webhook-id', 'webhook-timestamp', 'webhook-signature', 'content-type',
+                                'content-length', 'user-agent', 'host', 'transfer-encoding',
+                                'connection', 'expect', 'te', 'upgrade', 'trailer',
+                                'proxy-authorization', 'keep-alive') THEN
+                RAISE EXCEPTION 'header "%" in option "headers" is reserved', h.key
+                    USING ERRCODE = '22023', HINT = 'axme sets it itself.';
+            END IF;
+            IF jsonb_typeof(h.value) <> 'string' OR h.value #>> '{}' ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]'
+               OR length(h.value #>> '{}') > 8192 THEN
+                RAISE EXCEPTION 'header "%" in option "headers" must be a string of at most 8192 '
+                                'characters without control characters', h.key
+                    USING ERRCODE = '22023';
+            END IF;
+        END LOOP;
+    END IF;
+    IF options ? 'breaker' THEN
+        IF jsonb_typeof(options->'breaker') <> 'object' THEN
+            RAISE EXCEPTION 'option "breaker" must be a JSON object' USING ERRCODE = '22023';
+        END IF;
+        extra := (options->'breaker') - ARRAY['failure_threshold', 'cooldown_ms'];
+        IF extra <> '{}' THEN
+            RAISE EXCEPTION 'unknown key(s) in option "breaker": %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
+                USING ERRCODE = '22023', HINT = 'Known keys: failure_threshold, cooldown_ms.';
+        END IF;
+        PERFORM axme._jsonb_int(options->'breaker'->'failure_threshold', 'breaker.failure_threshold', 10, 100000);
+        PERFORM axme._jsonb_int(options->'breaker'->'cooldown_ms', 'breaker.cooldown_ms', 100, 86400000);
+    END IF;
+    IF options ? 'rate_limit_per_second' AND jsonb_typeof(options->'rate_limit_per_second') <> 'null' AND
+       (jsonb_typeof(options->'rate_limit_per_second') <> 'number'
+        OR (options->>'rate_limit_per_second')::numeric NOT BETWEEN 0.001 AND 1000000) THEN
+        RAISE EXCEPTION 'option "rate_limit_per_second" must be a number from 0.001 to 1000000, got %',
+                        options->'rate_limit_per_second'
+            USING ERRCODE = '22023';
+    END IF;
+    FOREACH s IN ARRAY ARRAY['client_cert_file', 'client_key_file'] LOOP
+        IF options ? s AND (jsonb_typeof(options->s) <> 'string'
+                            OR (left(options->>s, 1) <> '/' AND left(options->>s, 11) <> '-----BEGIN ')) THEN
+            RAISE EXCEPTION 'option "%" must be PEM contents or an absolute file path', s USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    IF (options ? 'client_cert_file') <> (options ? 'client_key_file') THEN
+        RAISE EXCEPTION 'options "client_cert_file" and "client_key_file" go together'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'handler' AND (jsonb_typeof(options->'handler') <> 'string'
+                                OR options->>'handler' !~ '^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$') THEN
+        RAISE EXCEPTION 'option "handler" must name a function as "schema.function", got %', options->'handler'
+            USING ERRCODE = '22023';
+    END IF;
+    IF mode <> 'internal' AND options ? 'handler' THEN
+        RAISE EXCEPTION 'option "handler" is only for internal agents' USING ERRCODE = '22023';
+    END IF;
+    IF mode = 'internal' AND NOT options ? 'handler' THEN
+        RAISE EXCEPTION 'an internal agent needs option "handler"' USING ERRCODE = '22023',
+            HINT = 'Pass {"handler": "schema.function"}, a function (intent jsonb) RETURNS jsonb.';
+    END IF;
+    IF mode <> 'http' AND (options ?| ARRAY['breaker', 'rate_limit_per_second', 'client_cert_file',
+                                            'client_key_file', 'completion', 'headers', 'ca_file', 'secret']) THEN
+        RAISE EXCEPTION 'options breaker, rate_limit_per_second, client_cert_file, client_key_file, '
+                        'completion, headers, ca_file and secret are only for http agents'
+            USING ERRCODE = '22023';
+    END IF;
+    IF options ? 'db_role' AND (jsonb_typeof(options->'db_role') <> 'string' OR options->>'db_role' = '') THEN
+        RAISE EXCEPTION 'option "db_role" must be a role name' USING ERRCODE = '22023';
+    END IF;
+END $$;
+
+-- Limits: endpoint URLs parsed by libcurl, header limits, TLS files only from
+-- axme.tls_files_directory or as PEM contents, every interval argument bounded, databases left
+-- without a worker visible (worker_status kind none, metrics axme_database_unserved, an alert).
+CREATE OR REPLACE FUNCTION axme._url_problem(url text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_url_problem';
+COMMENT ON FUNCTION axme._url_problem(text) IS
+    'Private: NULL when libcurl parses url with a host, else why not (an unclosed IPv6 bracket, a '
+    'bad port, ...).';
+
+CREATE OR REPLACE FUNCTION axme._tls_file_problem(value text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_tls_file_problem_fn';
+COMMENT ON FUNCTION axme._tls_file_problem(text) IS
+    'Private: NULL when value is PEM contents or a file path inside axme.tls_files_directory '
+    '(symbolic links resolved), else why not.';
+
+CREATE OR REPLACE FUNCTION axme.rotate_secret(agent text, grace interval DEFAULT '24 hours') RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    new_secret text;
+    t timestamptz := clock_timestamp();
+BEGIN
+    IF NOT axme._is_admin() THEN
+        RAISE EXCEPTION 'only superusers and members of axme_admin may rotate secrets'
+            USING ERRCODE = '42501';
+    END IF;
+    new_secret := axme._random_secret();
+    -- bounded like every interval argument: a huge one would overflow t + grace (22008)
+    PERFORM axme._check_interval(grace, 'grace', interval '0', interval '365 days');
+    a := axme._agent(agent, 'agent');
+    IF a.delivery_mode <> 'http' THEN
+        RAISE EXCEPTION 'agent "%" is not an http agent (delivery mode %)', agent, a.delivery_mode
+            USING ERRCODE = '22023', HINT = 'Only http agents have signing secrets.';
+    END IF;
+    PERFORM FROM axme.agents ag WHERE ag.agent_id = a.agent_id FOR UPDATE;  -- one rotation at a time
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND (s.expires_at <= t OR grace = interval '0');
+    -- the secrets valid now keep signing until the end of the grace period (or their own, if earlier)
+    UPDATE axme.agent_secrets s SET expires_at = least(coalesce(s.expires_at, 'infinity'), t + grace)
+    WHERE s.agent_id = a.agent_id;
+    INSERT INTO axme.agent_secrets (agent_id, secret, created_at) VALUES (a.agent_id, new_secret, t);
+    -- at most 5 valid secrets: the oldest go
+    DELETE FROM axme.agent_secrets s
+    WHERE s.agent_id = a.agent_id AND s.secret IN (
+        SELECT s2.secret FROM axme.agent_secrets s2 WHERE s2.agent_id = a.agent_id
+        ORDER BY s2.created_at DESC OFFSET 5);
+    RETURN new_secret;
+END $$;
+COMMENT ON FUNCTION axme.rotate_secret(text, interval) IS
+    'Give an http agent a new signing secret (whsec_ + base64 of 32 random bytes) and return it. '
+    'The new secret signs from the next request on; the secrets valid before keep signing beside '
+    'it (one v1 entry each in webhook-signature) until grace has passed (or until their own earlier '
+    'expiry); at most 5 secrets are valid at once (the oldest are dropped). grace = 0 drops the old '
+    'ones now (0 .. 365 days). Admins only. Errors: 42501 not a superuser or axme_admin member, '
+    '22023 invalid address, grace NULL or outside 0 .. 365 days, not an http agent, P0002 agent not '
+    'registered.';
+
+COMMENT ON VIEW axme.worker_status IS
+    'The running axme workers of the cluster (shared memory): kind (delivery worker, handler worker), database, pid, state '
+    '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
+    'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
+    'when, started_at. A database left without a worker (axme.max_database_workers or '
+    'max_worker_processes reached) has a row of kind none, no pid, its state saying why and '
+    'started_at when it began (and an alert database_unserved in its axme.alerts). Needs '
+    'shared_preload_libraries = axme (empty otherwise).';
+COMMENT ON FUNCTION axme._worker_status() IS
+    'Private: one row per running axme worker of the cluster, read from shared memory, and one of '
+    'kind none per database left without a worker.';
+
 -- The security model (sql/src/90_security.sql), re-created whenever its lists change.
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
@@ -77,6 +1189,7 @@ BEGIN
     END LOOP;
     -- row-level security policies call this one as the reader
     EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(regrole) TO ' || roles;
 
     -- Tables.  The policy of a table other than agents and intents is the OR of the rules its
     -- columns allow: intent_id uuid (rows of the intents the reader may read), thread_id uuid
@@ -204,6 +1317,10 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC, %s', t.rel, roles);
     END LOOP;
 END $$;
+COMMENT ON FUNCTION axme._secure() IS
+    'Private: apply the security model (SECURITY DEFINER with a pinned search_path, EXECUTE grants, '
+    'row-level security, security_invoker views) to everything in schema axme. Idempotent; the last '
+    'step of every upgrade script.';
 
 -- Comments that named the processes by their old names: the delivery worker (formerly "the http
 -- worker", backend_type 'axme worker') and the handler worker (formerly "the internal worker").
@@ -239,11 +1356,6 @@ COMMENT ON FUNCTION axme._http_record_batch(uuid[], integer[], bigint[], timesta
     'endpoints'' breaker, slow start and health (axme._endpoint_observe).';
 COMMENT ON FUNCTION axme._internal_claim() IS
     'Private: hand the oldest due intent of an internal agent to the handler worker (DELIVERED).';
-COMMENT ON VIEW axme.worker_status IS
-    'The running axme workers of the cluster (shared memory): kind (delivery worker, handler worker), database, pid, state '
-    '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
-    'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
-    'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';
 
 -- Counters (src/counters.c): monotonic totals per agent for axme.metrics()'s axme_*_total.
 -- Counted in the backend while a transaction runs and added to shared memory at its commit
@@ -355,7 +1467,7 @@ LANGUAGE sql AS $$
         FROM axme.delivery_stats
     ), ws AS MATERIALIZED (
         SELECT format('{kind="%s",pid="%s"}', kind, pid) AS l, *
-        FROM axme.worker_status WHERE database = current_database()
+        FROM axme.worker_status WHERE database = current_database() AND pid IS NOT NULL
     ), cv AS MATERIALIZED (
         SELECT * FROM axme._counter_values()
     ), ctr AS MATERIALIZED (
@@ -393,6 +1505,7 @@ LANGUAGE sql AS $$
         (20, 'axme_worker_in_flight', 'gauge', 'Requests in flight of a worker of this database.'),
         (21, 'axme_worker_deliveries_per_second', 'gauge', 'Outcomes recorded per second over the last 10 s.'),
         (22, 'axme_worker_deliveries_total', 'counter', 'Outcomes recorded since the worker started.'),
+        (23, 'axme_database_unserved', 'gauge', '1 when no axme worker serves this database (axme.max_database_workers or max_worker_processes reached).'),
         (30, 'axme_alerts_last_hour', 'gauge', 'Alerts raised in the last hour.'),
         (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).'),
         (40, 'axme_intents_sent_total', 'counter', 'Intents sent (committed sends).'),
@@ -425,6 +1538,8 @@ LANGUAGE sql AS $$
         UNION ALL SELECT 20, 'axme_worker_in_flight' || l || ' ' || in_flight FROM ws
         UNION ALL SELECT 21, 'axme_worker_deliveries_per_second' || l || ' ' || round(deliveries_per_second::numeric, 3) FROM ws
         UNION ALL SELECT 22, 'axme_worker_deliveries_total' || l || ' ' || deliveries_total FROM ws
+        UNION ALL SELECT 23, 'axme_database_unserved ' || (EXISTS (
+                      SELECT FROM axme.worker_status w WHERE w.database = current_database() AND w.kind = 'none'))::int
         UNION ALL SELECT 30, 'axme_alerts_last_hour ' || (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour')
         UNION ALL SELECT 31, 'axme_notification_queue_usage ' || pg_catalog.pg_notification_queue_usage()
         UNION ALL SELECT 40 + CASE counter WHEN 'sent' THEN 0 WHEN 'completed' THEN 1 WHEN 'failed' THEN 2
@@ -442,8 +1557,9 @@ LANGUAGE sql AS $$
           UNION ALL SELECT s.ord, 2, s.line FROM samples s) t
 $$;
 COMMENT ON FUNCTION axme.metrics() IS
-    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database) '
-    'in the Prometheus text exposition format (metric names axme_*, labels agent, mode, window), '
+    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database; '
+    'axme_database_unserved 1 when no worker serves it) in the Prometheus text exposition format '
+    '(metric names axme_*, labels agent, mode, window), '
     'plus axme_notification_queue_usage (pg_notification_queue_usage()), and monotonic counters '
     'per agent (labels agent, mode): axme_intents_{sent,completed,failed,dead_lettered,timed_out,'
     'canceled}_total and axme_delivery_attempts_total (label outcome), kept across restarts (a '

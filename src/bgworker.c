@@ -38,8 +38,8 @@ axme_launcher_register(void)
 }
 
 /*
- * Start a database's delivery worker (from the launcher) or handler worker (from the delivery
- * worker): a dynamic worker never restarted by the postmaster (its starter restarts it), that
+ * Start a database's delivery worker or alert worker (from the launcher) or handler worker (from
+ * the delivery worker): a dynamic worker never restarted by the postmaster (its starter restarts it), that
  * reports its end to the starter.  bgw_main_arg is its slot, bgw_extra the database.  False
  * when no background worker slot is free.
  */
@@ -47,7 +47,10 @@ bool
 axme_worker_start(AxmeProcessKind kind, int slot, Oid dboid, BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker w;
-	const char *name = kind == AXME_KIND_HANDLER_WORKER ? AXME_HANDLER_WORKER : AXME_DELIVERY_WORKER;
+	const char *name = kind == AXME_KIND_HANDLER_WORKER ? AXME_HANDLER_WORKER :
+		kind == AXME_KIND_ALERT_WORKER ? AXME_ALERT_WORKER : AXME_DELIVERY_WORKER;
+	const char *entry = kind == AXME_KIND_HANDLER_WORKER ? "axme_handler_worker_main" :
+		kind == AXME_KIND_ALERT_WORKER ? "axme_alert_worker_main" : "axme_delivery_worker_main";
 
 	Assert(kind != AXME_KIND_LAUNCHER);
 	memset(&w, 0, sizeof(w));
@@ -55,9 +58,7 @@ axme_worker_start(AxmeProcessKind kind, int slot, Oid dboid, BackgroundWorkerHan
 	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	w.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(w.bgw_library_name, "axme", BGW_MAXLEN);
-	strlcpy(w.bgw_function_name,
-			kind == AXME_KIND_HANDLER_WORKER ? "axme_handler_worker_main" : "axme_delivery_worker_main",
-			BGW_MAXLEN);
+	strlcpy(w.bgw_function_name, entry, BGW_MAXLEN);
 	snprintf(w.bgw_name, BGW_MAXLEN, "%s for database %u", name, dboid);
 	strlcpy(w.bgw_type, name, BGW_MAXLEN);
 	w.bgw_main_arg = Int32GetDatum(slot);

@@ -9,6 +9,9 @@
  * "Has role r" means has the privileges of r (directly, or through membership with INHERIT), as
  * PostgreSQL decides it for its own objects; superusers have every role.  An unknown or NULL role
  * name is held by superusers only (a dropped sender role is not an error).
+ *
+ * axme stores roles by OID (regrole columns): the regrole forms of the checks compare OIDs, so a
+ * role created later under a dropped role's name never has the dropped role's rows.
  */
 #include "postgres.h"
 
@@ -17,15 +20,21 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "axme.h"
 
 PG_FUNCTION_INFO_V1(axme_caller_fn);
 PG_FUNCTION_INFO_V1(axme_caller_has_fn);
 PG_FUNCTION_INFO_V1(axme_user_has_fn);
+PG_FUNCTION_INFO_V1(axme_caller_has_oid_fn);
+PG_FUNCTION_INFO_V1(axme_user_has_oid_fn);
+PG_FUNCTION_INFO_V1(axme_caller_id_fn);
+PG_FUNCTION_INFO_V1(axme_role_exists_fn);
 
 static bool
 role_has(Oid member, const char *role)
@@ -37,6 +46,18 @@ role_has(Oid member, const char *role)
 	if (role == NULL)
 		return false;
 	roleid = get_role_oid(role, true);
+	return OidIsValid(roleid) && has_privs_of_role(member, roleid);
+}
+
+/*
+ * Whether member has the privileges of the role with OID roleid: by OID, never by name.  A
+ * dropped role's OID (or InvalidOid, 0) is held by superusers only.
+ */
+static bool
+role_has_oid(Oid member, Oid roleid)
+{
+	if (superuser_arg(member))
+		return true;
 	return OidIsValid(roleid) && has_privs_of_role(member, roleid);
 }
 
@@ -84,7 +105,10 @@ axme_check_from_agent(const char *from_agent)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		args[1];
+	Datum		d;
 	bool		isnull;
+	bool		by_oid;
+	bool		has;
 	char	   *role;
 
 	if (from_agent == NULL)
@@ -95,7 +119,9 @@ axme_check_from_agent(const char *from_agent)
 	{
 		Oid			argtypes[1] = {TEXTOID};
 
-		plan = axme_keep_plan("SELECT db_role FROM axme.agents WHERE address OPERATOR(pg_catalog.=) $1",
+		/* the role by OID (0.4.0: db_role is a regrole) and its name now, for the message */
+		plan = axme_keep_plan("SELECT db_role, db_role::pg_catalog.text FROM axme.agents"
+							  " WHERE address OPERATOR(pg_catalog.=) $1",
 							  1, argtypes);
 	}
 	args[0] = CStringGetTextDatum(from_agent);
@@ -103,11 +129,13 @@ axme_check_from_agent(const char *from_agent)
 		elog(ERROR, "from_agent lookup failed");
 	if (SPI_processed == 0)
 		return;
-	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
 		return;
-	role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (!axme_caller_has(role) && !axme_caller_has("axme_admin"))
+	role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	by_oid = SPI_gettypeid(SPI_tuptable->tupdesc, 1) == REGROLEOID;
+	has = by_oid ? role_has_oid(GetOuterUserId(), DatumGetObjectId(d)) : axme_caller_has(role);
+	if (!has && !axme_caller_has("axme_admin"))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to send as from_agent \"%s\": role \"%s\" does not receive for it",
@@ -147,4 +175,61 @@ axme_user_has_fn(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(role_has(GetUserId(),
 							PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0))));
+}
+
+/*
+ * axme._caller_has(role regrole) RETURNS boolean: whether the calling role has the privileges of
+ * the role with that OID.  NULL, 0 or a dropped role's OID: true for superusers only.
+ */
+Datum
+axme_caller_has_oid_fn(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(role_has_oid(GetOuterUserId(), PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0)));
+}
+
+/*
+ * axme._user_has(role regrole) RETURNS boolean: the same for the current user (row-level
+ * security policies).
+ */
+Datum
+axme_user_has_oid_fn(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(role_has_oid(GetUserId(), PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0)));
+}
+
+/*
+ * axme._caller_id() RETURNS regrole: the calling role by OID (what sender_role and registered_by
+ * store).
+ */
+Datum
+axme_caller_id_fn(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_OID(GetOuterUserId());
+}
+
+/*
+ * axme._role_exists(role regrole) RETURNS boolean: whether a role with that OID exists now (a
+ * syscache probe: cheap enough for every poll).  NULL or 0: false.
+ */
+Datum
+axme_role_exists_fn(PG_FUNCTION_ARGS)
+{
+	Oid			roleid = PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0);
+
+	PG_RETURN_BOOL(OidIsValid(roleid) && SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(roleid)));
+}
+
+/*
+ * axme._receipts_required() RETURNS boolean: whether a receiver's call without a receipt on a
+ * handed-out intent is refused here: axme.require_receipts, except in axme's own background
+ * workers (they act for the database, never as a stale receiver; a handler they run may call
+ * complete for another intent).
+ */
+PG_FUNCTION_INFO_V1(axme_receipts_required);
+Datum
+axme_receipts_required(PG_FUNCTION_ARGS)
+{
+	if (MyBgworkerEntry != NULL && strcmp(MyBgworkerEntry->bgw_library_name, "axme") == 0)
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(axme_require_receipts);
 }

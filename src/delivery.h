@@ -48,6 +48,7 @@ typedef struct AxmeDelivery
 	bool		ssrf_blocked;
 	char		ssrf_detail[160];
 	char		errbuf[256];
+	char		tls_refused[256];	/* a TLS file option not allowed now: why, else "" */
 
 	/* outcome */
 	int			http_status;	/* 0: no response */

@@ -679,3 +679,27 @@ axme_doorbell_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = shmem_startup;
 }
+
+int
+axme_unserved_databases(Oid *dboids, TimestampTz *since, bool *capped, int max)
+{
+	AxmeShared *ss = axme_shared();
+	int			n = 0;
+
+	if (ss == NULL)
+		return 0;
+	SpinLockAcquire(&ss->mutex);
+	for (int i = 0; i < AXME_DB_SLOTS && n < max; i++)
+	{
+		AxmeDbSlot *s = &ss->slots[i];
+
+		if (s->state == AXME_SLOT_UNUSED || s->unserved_since == 0 || s->delivery_pid != 0)
+			continue;
+		dboids[n] = s->dboid;
+		since[n] = s->unserved_since;
+		capped[n] = s->unserved_capped;
+		n++;
+	}
+	SpinLockRelease(&ss->mutex);
+	return n;
+}

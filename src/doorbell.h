@@ -56,6 +56,9 @@ typedef struct AxmeDbSlot
 	Latch	   *handler_latch;
 	pg_atomic_uint64 wake_at;	/* when the timer loop looks next (TimestampTz; see above) */
 	pg_atomic_uint32 poke;		/* set by backends: the timer loop looks now */
+	TimestampTz unserved_since;	/* left without a delivery worker since (0: served or not wanted) */
+	bool		unserved_capped;	/* because of axme.max_database_workers (else no bgworker slot) */
+	bool		unserved_alerted;	/* the alert worker ran for this episode */
 } AxmeDbSlot;
 
 /* One row of axme.worker_status (status.c).  Protected by AxmeShared.status_mutex. */
@@ -98,6 +101,13 @@ extern AxmeShared *axme_shared(void);
 
 /* the slot of a database in use (state not UNUSED), or -1; caller holds the mutex */
 extern int	axme_slot_find(Oid dboid);
+
+/*
+ * The databases left without a delivery worker now (at most max), for axme.worker_status: their
+ * OIDs, since when, and whether axme.max_database_workers is the cause.  Any backend; 0 without
+ * preload.
+ */
+extern int	axme_unserved_databases(Oid *dboids, TimestampTz *since, bool *capped, int max);
 
 /* --- rung by backends: announced at commit --------------------------------------------------- */
 extern int	axme_wait_bucket(const pg_uuid_t *id);

@@ -21,6 +21,8 @@
 
 int			axme_max_delivery_attempts = 5;
 int			axme_max_payload_bytes = 131072;
+bool		axme_require_receipts = true;
+char	   *axme_tls_files_directory = NULL;
 int			axme_max_in_flight = 256;
 int			axme_max_database_workers = 8;
 int			axme_disable_after = 5 * 86400;	/* seconds; read by axme._endpoint_observe */
@@ -73,6 +75,28 @@ axme_define_gucs(void)
 							131072, 1, 256 * 1024 * 1024,
 							PGC_SUSET, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("axme.require_receipts",
+							 "Whether ack, progress, extend_lease, complete, complete_many and fail "
+							 "need the receipt (attempt) of a poll or stream hand-out.",
+							 "Off: a call without attempt acts on whoever holds the intent, as "
+							 "resolve does. The agent option require_receipts = false turns the check "
+							 "off for one agent.",
+							 &axme_require_receipts,
+							 true,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("axme.tls_files_directory",
+							   "Directory from which http agents' options ca_file, client_cert_file "
+							   "and client_key_file may name files.",
+							   "Empty (the default): those options take PEM contents only. The worker "
+							   "reads the files as the server's OS user, so only the administrator "
+							   "chooses where they may be.",
+							   &axme_tls_files_directory,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("axme.cleanup_interval",
 							"How often the worker runs axme.cleanup().",

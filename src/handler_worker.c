@@ -222,7 +222,11 @@ run(Claim *c, MemoryContext cxt)
 			if (SPI_execute_with_args(
 					"SELECT axme.get_intent($1),"
 					" pg_catalog.to_regprocedure($2 OPERATOR(pg_catalog.||) '(jsonb)')::pg_catalog.oid,"
-					" (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $3)",
+					/* 0.4.0 claims name the role by OID (a digit string), older ones by name */
+					" (SELECT r.oid FROM pg_catalog.pg_roles r WHERE CASE"
+					"   WHEN $3 OPERATOR(pg_catalog.~) '^[0-9]+$'"
+					"   THEN r.oid OPERATOR(pg_catalog.=) $3::pg_catalog.oid"
+					"   ELSE r.rolname OPERATOR(pg_catalog.=) $3 END)",
 					3, t3, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 				elog(ERROR, "reading the intent for its handler failed");
 		}
@@ -238,11 +242,13 @@ run(Claim *c, MemoryContext cxt)
 				role = DatumGetObjectId(d);
 		}
 		SPI_finish();
+		if (OidIsValid(role))	/* the name, for the messages (the claim may give an OID) */
+			c->run_as = MemoryContextStrdup(cxt, GetUserNameFromId(role, false));
 
 		if (!OidIsValid(fn))
 			message = psprintf("handler %s(jsonb) does not exist", c->handler);
 		else if (!OidIsValid(role))
-			message = psprintf("role \"%s\" the handler runs as does not exist", c->run_as);
+			message = psprintf("role %s the handler runs as does not exist", c->run_as);
 		else if (!c->run_as_ok)
 		{
 			message = psprintf("refused: handler %s would run as superuser \"%s\" (option db_role)",

@@ -170,6 +170,38 @@ busy_add(int64 agent_id, int delta)
 }
 
 /*
+ * One TLS option of an http agent: PEM contents go to libcurl as a blob (copied); a file path is
+ * checked again against axme.tls_files_directory (it may have changed since the registration),
+ * and one not allowed is not read: the attempt fails with error class tls (see prereq_cb).
+ */
+static void
+set_tls_source(AxmeDelivery *d, CURLoption file_opt, CURLoption blob_opt, const char *value,
+			   const char *option)
+{
+	char	   *problem;
+
+	if (strncmp(value, "-----BEGIN ", 11) == 0)
+	{
+		struct curl_blob blob;
+
+		blob.data = (void *) value;
+		blob.len = strlen(value);
+		blob.flags = CURL_BLOB_COPY;
+		ECHECK(curl_easy_setopt(d->easy, blob_opt, &blob));
+		return;
+	}
+	problem = axme_tls_file_problem(value, true);
+	if (problem != NULL)
+	{
+		if (d->tls_refused[0] == '\0')
+			snprintf(d->tls_refused, sizeof(d->tls_refused), "option %s: %s", option, problem);
+		pfree(problem);
+		return;
+	}
+	ECHECK(curl_easy_setopt(d->easy, file_opt, value));
+}
+
+/*
  * Start one request.  d was filled by the claim; the request is signed here, at send time,
  * so webhook-timestamp is the time of this attempt.
  */
@@ -226,13 +258,14 @@ axme_http_start(AxmeDelivery *d)
 	ECHECK(curl_easy_setopt(easy, CURLOPT_PROXY, ""));	/* ignore *_proxy variables */
 	ECHECK(curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L));
 	ECHECK(curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L));
+	d->tls_refused[0] = '\0';
 	if (d->ca_file)
-		ECHECK(curl_easy_setopt(easy, CURLOPT_CAINFO, d->ca_file));
+		set_tls_source(d, CURLOPT_CAINFO, CURLOPT_CAINFO_BLOB, d->ca_file, "ca_file");
 	if (d->client_cert && d->client_key)
 	{
-		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLCERT, d->client_cert));
+		set_tls_source(d, CURLOPT_SSLCERT, CURLOPT_SSLCERT_BLOB, d->client_cert, "client_cert_file");
 		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLCERTTYPE, "PEM"));
-		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLKEY, d->client_key));
+		set_tls_source(d, CURLOPT_SSLKEY, CURLOPT_SSLKEY_BLOB, d->client_key, "client_key_file");
 		ECHECK(curl_easy_setopt(easy, CURLOPT_SSLKEYTYPE, "PEM"));
 	}
 	ECHECK(curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, axme_ssrf_opensocket));
@@ -262,6 +295,8 @@ prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip, int conn_pr
 	AxmeDelivery *d = clientp;
 	struct sockaddr_storage ss;
 
+	if (d->tls_refused[0] != '\0')
+		return CURL_PREREQFUNC_ABORT;	/* a TLS file not allowed: nothing is sent */
 	memset(&ss, 0, sizeof(ss));
 	if (inet_pton(AF_INET, conn_primary_ip, &((struct sockaddr_in *) &ss)->sin_addr) == 1)
 		ss.ss_family = AF_INET;
@@ -380,6 +415,11 @@ harvest(void)
 				if (status == 429 || status == 503)
 					d->retry_after_ms = retry_after_ms(msg->easy_handle);
 			}
+		}
+		else if (d->tls_refused[0] != '\0')
+		{
+			d->error_class = "tls";
+			d->error = pstrdup(d->tls_refused);
 		}
 		else
 		{

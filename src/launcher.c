@@ -129,6 +129,44 @@ scan_databases(char names[AXME_DB_SLOTS][NAMEDATALEN])
 }
 
 /*
+ * Record whether database slot i is left without a delivery worker (axme.worker_status shows it);
+ * the first time of an episode, start the alert worker, which writes an alert row into that
+ * database (tried again on the next round when it cannot start).
+ */
+static void
+set_unserved(int i, bool unserved, bool capped)
+{
+	AxmeDbSlot *s = &ws->slots[i];
+	bool		alert;
+	Oid			dboid;
+	BackgroundWorkerHandle *handle;
+
+	if (!unserved && s->unserved_since == 0 && !s->unserved_alerted)
+		return;					/* nothing to clear (only the launcher writes these) */
+	SpinLockAcquire(&ws->mutex);
+	if (!unserved)
+	{
+		s->unserved_since = 0;
+		s->unserved_alerted = false;
+		SpinLockRelease(&ws->mutex);
+		return;
+	}
+	if (s->unserved_since == 0)
+		s->unserved_since = GetCurrentTimestamp();
+	s->unserved_capped = capped;
+	alert = !s->unserved_alerted;
+	dboid = s->dboid;
+	SpinLockRelease(&ws->mutex);
+	if (alert && axme_worker_start(AXME_KIND_ALERT_WORKER, i, dboid, &handle))
+	{
+		pfree(handle);
+		SpinLockAcquire(&ws->mutex);
+		s->unserved_alerted = true;
+		SpinLockRelease(&ws->mutex);
+	}
+}
+
+/*
  * Start the workers that should run and do not: new databases (a probe), serving databases
  * whose worker ended (crash, pg_terminate_backend), signalled databases without the extension.
  */
@@ -191,6 +229,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 		if (!want[i])
 		{
 			waiting_since[i] = 0;
+			set_unserved(i, false, false);
 			continue;
 		}
 		if (!signalled[i] && last_start[i] != 0 &&
@@ -201,6 +240,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 		{
 			last_start[i] = now;
 			waiting_since[i] = 0;
+			set_unserved(i, false, false);
 			running++;
 			continue;
 		}
@@ -210,6 +250,7 @@ start_workers(BackgroundWorkerHandle *handles[], TimestampTz last_start[],
 			waiting_since[i] = now;
 		if (!TimestampDifferenceExceeds(waiting_since[i], now, 3000))
 			continue;
+		set_unserved(i, true, no_slot);
 		if (no_slot)
 			appendStringInfo(&capped, "%s\"%s\"", capped.len ? ", " : "", names[i]);
 		else

@@ -49,6 +49,26 @@ axme_schema_has(const char *relname, const char *colname)
 }
 
 /*
+ * The type of column colname of table axme.<relname>, InvalidOid when there is none (the SQL of
+ * an older release: sender_role and db_role became regrole in 0.4.0).
+ */
+Oid
+axme_schema_column_type(const char *relname, const char *colname)
+{
+	Oid			nsp = get_namespace_oid("axme", true);
+	Oid			rel;
+	AttrNumber	att;
+
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+	rel = get_relname_relid(relname, nsp);
+	if (!OidIsValid(rel))
+		return InvalidOid;
+	att = get_attnum(rel, colname);
+	return att == InvalidAttrNumber ? InvalidOid : get_atttype(rel, att);
+}
+
+/*
  * In a background worker's transaction, before it touches axme's tables: whether axme is
  * installed in this database, taking a share lock on the extension object when it is.
  *

@@ -44,7 +44,10 @@ static SPIPlanPtr key_insert_plan = NULL;
 static SPIPlanPtr key_select_plan = NULL;
 static SPIPlanPtr key_insert_plan_legacy = NULL;
 static SPIPlanPtr key_select_plan_legacy = NULL;
+static SPIPlanPtr key_insert_plan_text = NULL;
+static SPIPlanPtr key_select_plan_text = NULL;
 static SPIPlanPtr store_plan = NULL;
+static bool store_plan_role_oids = false;	/* which sender_role column store_plan was made for */
 static SPIPlanPtr timer_plan = NULL;
 static SPIPlanPtr inbox_plan = NULL;
 
@@ -53,7 +56,7 @@ enum
 {
 	P_ID, P_TYPE, P_FROM, P_TO, P_ROLE, P_CORR, P_REPLY, P_PAYLOAD, P_BUDGET, P_DEADLINE,
 	P_NOT_BEFORE, P_REMIND_AFTER, P_REMIND_INTERVAL, P_MAX_REMINDERS, P_ESCALATE, P_TASK, P_KEY,
-	P_DEFAULT_BUDGET, N_STORE_PARAMS
+	P_DEFAULT_BUDGET, P_ROLE_ID, N_STORE_PARAMS
 };
 
 /*
@@ -66,7 +69,7 @@ prepare_key_plans(void)
 {
 	if (key_insert_plan == NULL)
 	{
-		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID};
+		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, REGROLEOID};
 
 		key_insert_plan = axme_keep_plan(
 			"INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash, sender_role)"
@@ -74,10 +77,30 @@ prepare_key_plans(void)
 	}
 	if (key_select_plan == NULL)
 	{
-		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID};
+		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, REGROLEOID};
 
 		/* the parameters of the insert ($3 and $4 unused) */
 		key_select_plan = axme_keep_plan(
+			"SELECT intent_id, request_hash FROM axme.idempotency_keys"
+			" WHERE sender_role OPERATOR(pg_catalog.=) $5 AND sender OPERATOR(pg_catalog.=) $1"
+			" AND key OPERATOR(pg_catalog.=) $2", 5, t);
+	}
+}
+
+/*
+ * The key plans of the 0.3.0 SQL (until ALTER EXTENSION UPDATE): sender_role stored as a name.
+ */
+static void
+prepare_text_key_plans(void)
+{
+	if (key_insert_plan_text == NULL)
+	{
+		Oid			t[5] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID};
+
+		key_insert_plan_text = axme_keep_plan(
+			"INSERT INTO axme.idempotency_keys (sender, key, intent_id, request_hash, sender_role)"
+			" VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", 5, t);
+		key_select_plan_text = axme_keep_plan(
 			"SELECT intent_id, request_hash FROM axme.idempotency_keys"
 			" WHERE sender_role OPERATOR(pg_catalog.=) $5 AND sender OPERATOR(pg_catalog.=) $1"
 			" AND key OPERATOR(pg_catalog.=) $2", 5, t);
@@ -105,16 +128,26 @@ prepare_legacy_key_plans(void)
 	}
 }
 
+/*
+ * role_oids: intents.sender_role is a regrole (0.4.0 SQL) and gets the caller's OID ($19); the
+ * SQL of an older release stores the name ($5).  The events' actor is the name either way.
+ */
 static void
-prepare_plans(void)
+prepare_plans(bool role_oids)
 {
+	if (store_plan != NULL && store_plan_role_oids != role_oids)
+	{
+		SPI_freeplan(store_plan);	/* ALTER EXTENSION UPDATE ran in this session's life */
+		store_plan = NULL;
+	}
 	if (store_plan == NULL)
 	{
 		Oid			t[N_STORE_PARAMS] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, UUIDOID,
 			TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, INT4OID,
-		TEXTOID, JSONBOID, TEXTOID, INT4OID};
+		TEXTOID, JSONBOID, TEXTOID, INT4OID, REGROLEOID};
 
-		store_plan = axme_keep_plan(
+		store_plan_role_oids = role_oids;
+		store_plan = axme_keep_plan(psprintf(
 			"WITH a AS ("
 			"  SELECT agent_id, address, delivery_mode,"
 			"         (options->'retry'->>'max_attempts')::pg_catalog.int4 AS retry_max"
@@ -124,7 +157,7 @@ prepare_plans(void)
 			"    sender_role, correlation_id, reply_to, payload, status, max_delivery_attempts,"
 			"    deadline_at, not_before, due_at, remind_after_seconds, remind_interval_seconds,"
 			"    max_reminders, escalate_to, human_task, idempotency_key, event_seq)"
-			"  SELECT $1, a.agent_id, $2, $3, a.address, $5, $6, $7, $8, 'SUBMITTED',"
+			"  SELECT $1, a.agent_id, $2, $3, a.address, %s, $6, $7, $8, 'SUBMITTED',"
 			"    COALESCE($9, a.retry_max, $18), $10, $11, GREATEST(pg_catalog.now(), $11),"
 			"    $12, $13, $14, $15, $16, $17, 2"
 			"  FROM a"
@@ -139,7 +172,7 @@ prepare_plans(void)
 			"          THEN pg_catalog.jsonb_build_object('not_before', $11)"
 			"          ELSE '{}'::pg_catalog.jsonb END)) AS s(seq, event_type, status, details)"
 			")"
-			" SELECT agent_id, delivery_mode FROM a", N_STORE_PARAMS, t);
+			" SELECT agent_id, delivery_mode FROM a", role_oids ? "$19" : "$5"), N_STORE_PARAMS, t);
 	}
 }
 
@@ -377,6 +410,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 			   *corr_text,
 			   *key = NULL;
 	char	   *role;
+	Oid			role_type;
 	Jsonb	   *human_task = NULL;
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 	pg_uuid_t  *corr = palloc(sizeof(pg_uuid_t));
@@ -506,7 +540,8 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	}
 
 	SPI_connect();
-	prepare_plans();
+	role_type = axme_schema_column_type("intents", "sender_role");
+	prepare_plans(role_type == REGROLEOID);
 	axme_check_from_agent(from_agent);	/* 42501: a mapped agent's name is its role's */
 	new_uuid_v7(id);			/* time-ordered: keeps primary key inserts at the right edge */
 
@@ -529,11 +564,19 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		args[2] = UUIDPGetDatum(id);
 		args[3] = CStringGetTextDatum(hash);
 		args[4] = CStringGetTextDatum(role);
-		if (axme_schema_has("idempotency_keys", "sender_role"))
+		if (role_type == REGROLEOID)
 		{
+			/* 0.4.0: the sending role by OID, so a later role of the same name has other keys */
+			args[4] = ObjectIdGetDatum(GetOuterUserId());
 			prepare_key_plans();
 			insert_plan = key_insert_plan;
 			select_plan = key_select_plan;
+		}
+		else if (axme_schema_has("idempotency_keys", "sender_role"))
+		{
+			prepare_text_key_plans();
+			insert_plan = key_insert_plan_text;
+			select_plan = key_select_plan_text;
 		}
 		else
 		{
@@ -602,6 +645,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 		nulls[P_TASK] = human_task ? ' ' : 'n';
 		args[P_KEY] = text_or_null(key, nulls, P_KEY);
 		args[P_DEFAULT_BUDGET] = Int32GetDatum(axme_max_delivery_attempts);
+		args[P_ROLE_ID] = ObjectIdGetDatum(GetOuterUserId());
 		if (SPI_execute_plan(store_plan, args, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "intent insert failed");
 	}

@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "axme.h"
 #include "doorbell.h"
 #include "status.h"
 
@@ -193,6 +194,35 @@ axme_worker_status(PG_FUNCTION_ARGS)
 			nulls[7] = nulls[8] = true;
 		values[9] = TimestampTzGetDatum(w->started_at);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+
+	/* databases left without a delivery worker: kind "none", no pid, since when in started_at */
+	{
+		Oid			dboids[AXME_DB_SLOTS];
+		TimestampTz since[AXME_DB_SLOTS];
+		bool		capped[AXME_DB_SLOTS];
+		int			k = axme_unserved_databases(dboids, since, capped, AXME_DB_SLOTS);
+
+		for (int i = 0; i < k; i++)
+		{
+			Datum		values[10];
+			bool		nulls[10];
+
+			memset(nulls, 0, sizeof(nulls));
+			values[0] = CStringGetTextDatum("none");
+			values[1] = ObjectIdGetDatum(dboids[i]);
+			nulls[2] = true;
+			values[3] = CStringGetTextDatum(capped[i]
+											? psprintf("not served: axme.max_database_workers (%d) reached",
+													   axme_max_database_workers)
+											: "not served: no background worker slot free (max_worker_processes)");
+			values[4] = Int32GetDatum(0);
+			values[5] = Float8GetDatum(0.0);
+			values[6] = Int64GetDatum(0);
+			nulls[7] = nulls[8] = true;
+			values[9] = TimestampTzGetDatum(since[i]);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
 	}
 	PG_RETURN_VOID();
 }

@@ -8,7 +8,10 @@
  *   axme delivery worker  one per database with axme: http deliveries, timers, operations and
  *                         stream wake-ups (delivery_worker.c, claim.c, http.c, timers.c, ops.c);
  *   axme handler worker   one per database with internal agents: runs their SQL handlers
- *                         (handler_worker.c), started by the delivery worker.
+ *                         (handler_worker.c), started by the delivery worker;
+ *   axme alert worker     short-lived, started by the launcher for a database it cannot serve
+ *                         (axme.max_database_workers or max_worker_processes reached): writes
+ *                         one alert row there and exits (unserved.c).
  * None of this is called from a user's session: backends only ring the doorbell (doorbell.h).
  */
 #ifndef AXME_WORKER_H
@@ -20,6 +23,7 @@
 #define AXME_LAUNCHER "axme launcher"
 #define AXME_DELIVERY_WORKER "axme delivery worker"
 #define AXME_HANDLER_WORKER "axme handler worker"
+#define AXME_ALERT_WORKER "axme alert worker"
 /* kinds in axme.worker_status */
 #define AXME_DELIVERY_WORKER_KIND "delivery worker"
 #define AXME_HANDLER_WORKER_KIND "handler worker"
@@ -28,7 +32,8 @@ typedef enum AxmeProcessKind
 {
 	AXME_KIND_LAUNCHER,
 	AXME_KIND_DELIVERY_WORKER,
-	AXME_KIND_HANDLER_WORKER
+	AXME_KIND_HANDLER_WORKER,
+	AXME_KIND_ALERT_WORKER
 } AxmeProcessKind;
 
 /* bgworker.c: registration, start, signals and the per-turn check, once for all kinds */
@@ -43,6 +48,7 @@ extern void axme_worker_check(void);
 PGDLLEXPORT extern void axme_launcher_main(Datum arg);
 PGDLLEXPORT extern void axme_delivery_worker_main(Datum arg);
 PGDLLEXPORT extern void axme_handler_worker_main(Datum arg);
+PGDLLEXPORT extern void axme_alert_worker_main(Datum arg);
 
 /* timers.c: the timer loop, run by the delivery worker on every turn */
 extern bool axme_timers_tick(int slot);

@@ -155,7 +155,8 @@ def wake_gateway(m, port, keys):
         c.request("POST", "/v1/intents", body=body, headers={"x-api-key": keys["shop"], "Content-Type": "application/json"})
         iid = json.loads(c.getresponse().read())["intent_id"]
         c.close()
-        rc.execute("SELECT attempt FROM axme.poll(%s, 10)", (WAKE_AGENT,))
+        rc.execute("SELECT intent_id, attempt FROM axme.poll(%s, 10)", (WAKE_AGENT,))
+        attempts = {str(r[0]): r[1] for r in rc.fetchall()}
         rconn.commit()
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(("GET /v1/intents/%s/events/stream?since=3&wait_seconds=10 HTTP/1.1\r\nHost: x\r\nx-api-key: %s\r\n\r\n"
@@ -164,7 +165,7 @@ def wake_gateway(m, port, keys):
         while b"retry: 2000" not in buf:
             buf += s.recv(65536)
         time.sleep(0.01)        # the stream is suspended and waiting
-        rc.execute("SELECT axme.ack(%s)", (iid,))
+        rc.execute("SELECT axme.ack(%s, %s)", (iid, attempts.get(iid, 1)))
         t0 = time.perf_counter()
         rconn.commit()
         while b"intent.acknowledged" not in buf:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/inbox/run.sh: the inbox listing benchmark (issue 5): an owner with 100,000 open threads,
+# bench/inbox/run.sh: the inbox listing benchmark: an owner with 100,000 open threads,
 # first page under 10 ms.  Runs bench.sql against the server in PG* (a throwaway cluster, e.g.
 #   pg_virtualenv -t -o shared_preload_libraries=axme sh bench/inbox/run.sh).
 set -e

@@ -42,7 +42,10 @@ BEGIN
     RETURN address;
 END $$;
 
--- A lease or timeout interval within [lo, hi]; raises 22023 naming the argument.
+-- A lease, timeout or grace interval within [lo, hi]; raises 22023 naming the argument.  Every
+-- interval argument of a public function goes through here (wait_for checks its own in C) before
+-- it is added to a timestamp: an unbounded one ('178000000 years') would overflow the addition
+-- and fail with 22008 naming nothing.
 CREATE FUNCTION axme._check_interval(value interval, argname text, lo interval, hi interval)
 RETURNS interval LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN

@@ -25,6 +25,30 @@ COMMENT ON FUNCTION axme._user_has(text) IS
     'Private: whether current_user has the privileges of role (superusers: always; unknown or NULL '
     'role: superusers only). For row-level security policies.';
 
+-- The same checks by OID: axme stores roles as regrole (sender_role, db_role, registered_by), so a
+-- role created later under a dropped role's name has a new OID and never matches.
+CREATE FUNCTION axme._caller_has(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_has_oid_fn';
+COMMENT ON FUNCTION axme._caller_has(regrole) IS
+    'Private: whether the calling role has the privileges of the role with this OID (superusers: '
+    'always; NULL, 0 or a dropped role''s OID: superusers only).';
+
+CREATE FUNCTION axme._user_has(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_user_has_oid_fn';
+COMMENT ON FUNCTION axme._user_has(regrole) IS
+    'Private: whether current_user has the privileges of the role with this OID (superusers: '
+    'always; NULL, 0 or a dropped role''s OID: superusers only). For row-level security policies.';
+
+CREATE FUNCTION axme._caller_id() RETURNS regrole
+    LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'axme_caller_id_fn';
+COMMENT ON FUNCTION axme._caller_id() IS
+    'Private: the calling role (axme._caller()) by OID, as stored in sender_role and registered_by.';
+
+CREATE FUNCTION axme._role_exists(role regrole) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'axme_role_exists_fn';
+COMMENT ON FUNCTION axme._role_exists(regrole) IS
+    'Private: whether a role with this OID exists (NULL or 0: false).';
+
 -- Whether the caller is an administrator of axme: a superuser or a role with the privileges of
 -- axme_admin.
 CREATE FUNCTION axme._is_admin() RETURNS boolean
@@ -112,15 +136,15 @@ COMMENT ON FUNCTION axme._check_receiver(bigint, text) IS
     'Private: 42501 unless the caller receives for the agent (its db_role, or an admin).';
 
 -- Whether the caller may read an intent: its sending role, its receiver's role, an admin.
-CREATE FUNCTION axme._can_read_intent(sender_role text, agent_id bigint) RETURNS boolean
+CREATE FUNCTION axme._can_read_intent(sender_role regrole, agent_id bigint) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT axme._caller_has(sender_role) OR axme._can_receive(agent_id)
 $$;
-COMMENT ON FUNCTION axme._can_read_intent(text, bigint) IS
+COMMENT ON FUNCTION axme._can_read_intent(regrole, bigint) IS
     'Private: whether the caller may read an intent with this sender_role and agent_id (the sending '
     'role, the receiver''s role, admins).';
 
-CREATE FUNCTION axme._check_read(sender_role text, agent_id bigint, intent_id uuid) RETURNS void
+CREATE FUNCTION axme._check_read(sender_role regrole, agent_id bigint, intent_id uuid) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF NOT axme._can_read_intent(sender_role, agent_id) THEN
@@ -130,13 +154,13 @@ BEGIN
                            'members of axme_admin may read an intent.';
     END IF;
 END $$;
-COMMENT ON FUNCTION axme._check_read(text, bigint, uuid) IS
+COMMENT ON FUNCTION axme._check_read(regrole, bigint, uuid) IS
     'Private: 42501 unless the caller may read the intent (see axme._can_read_intent).';
 
 CREATE FUNCTION axme._check_intent_reader(intent_id uuid) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_role text;
+    v_role regrole;
     v_agent bigint;
 BEGIN
     IF intent_id IS NULL THEN

@@ -11,7 +11,7 @@ CREATE TABLE axme.agents (
                   CHECK (delivery_mode IN ('stream', 'poll', 'http', 'inbox', 'internal')),
     endpoint_url  text,
     options       jsonb NOT NULL DEFAULT '{}',
-    registered_by text NOT NULL,
+    registered_by regrole NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     -- Agent administration and endpoint health, read by every claim path (poll, http, internal):
@@ -21,8 +21,10 @@ CREATE TABLE axme.agents (
     disabled_at     timestamptz,
     disabled_reason text,
     -- The receiving role as a column of its own: non-admins may read it (row-level security on
-    -- axme.intents uses it) but not options, which may hold credentials in headers.
-    db_role text GENERATED ALWAYS AS (options->>'db_role') STORED
+    -- axme.intents uses it) but not options, which may hold credentials in headers.  By OID, set
+    -- by register_agent from option db_role: a role created later under the same name is another
+    -- role and receives nothing.
+    db_role regrole
 );
 ALTER SEQUENCE axme.agents_agent_id_seq OWNED BY axme.agents.agent_id;
 COMMENT ON TABLE axme.agents IS
@@ -36,7 +38,12 @@ COMMENT ON COLUMN axme.agents.disabled_at IS
     'Set when the endpoint was disabled (410 Gone, failing for axme.disable_after): nothing is '
     'handed out until axme.enable_agent(); disabled_reason says why.';
 COMMENT ON COLUMN axme.agents.db_role IS
-    'The database role that receives for the agent (option db_role); NULL: admins only.';
+    'The database role (by OID) that receives for the agent, resolved from option db_role by '
+    'register_agent; NULL: admins only. When that role has been dropped the agent delivers '
+    'nothing and is disabled (alert role_missing).';
+COMMENT ON COLUMN axme.agents.registered_by IS
+    'The role (by OID) that registered the agent last; an internal agent without db_role runs its '
+    'handler as this role.';
 
 -- The registered agent of an address, or P0002 with a hint to register it.
 CREATE FUNCTION axme._agent(address text, argname text) RETURNS axme.agents
@@ -67,12 +74,18 @@ BEGIN
     END IF;
     extra := options - ARRAY['retry', 'secret', 'timeout_ms', 'max_in_flight', 'completion',
                              'headers', 'ca_file', 'breaker', 'rate_limit_per_second',
-                             'client_cert_file', 'client_key_file', 'handler', 'db_role'];
+                             'client_cert_file', 'client_key_file', 'handler', 'db_role',
+                             'require_receipts'];
     IF extra <> '{}' THEN
         RAISE EXCEPTION 'unknown agent option(s): %', (SELECT string_agg(k, ', ') FROM jsonb_object_keys(extra) k)
             USING ERRCODE = '22023',
                   HINT = 'Known options: retry, secret, timeout_ms, max_in_flight, completion, headers, ca_file, '
-                         'breaker, rate_limit_per_second, client_cert_file, client_key_file, handler, db_role.';
+                         'breaker, rate_limit_per_second, client_cert_file, client_key_file, handler, db_role, '
+                         'require_receipts.';
+    END IF;
+    IF options ? 'require_receipts' AND jsonb_typeof(options->'require_receipts') <> 'boolean' THEN
+        RAISE EXCEPTION 'option "require_receipts" must be true or false, got %', options->'require_receipts'
+            USING ERRCODE = '22023';
     END IF;
     IF options ? 'retry' THEN
         IF jsonb_typeof(options->'retry') <> 'object' THEN
@@ -112,12 +125,26 @@ BEGIN
         END IF;
     END IF;
     IF options ? 'ca_file' AND (jsonb_typeof(options->'ca_file') <> 'string'
-                                OR left(options->>'ca_file', 1) <> '/') THEN
-        RAISE EXCEPTION 'option "ca_file" must be an absolute file path' USING ERRCODE = '22023';
+                                OR (left(options->>'ca_file', 1) <> '/'
+                                    AND left(options->>'ca_file', 11) <> '-----BEGIN ')) THEN
+        RAISE EXCEPTION 'option "ca_file" must be PEM contents or an absolute file path' USING ERRCODE = '22023';
     END IF;
     IF options ? 'headers' THEN
         IF jsonb_typeof(options->'headers') <> 'object' THEN
             RAISE EXCEPTION 'option "headers" must be a JSON object of strings' USING ERRCODE = '22023';
+        END IF;
+        -- bounded: every request carries them (libcurl and receivers cap a request's headers too)
+        IF (SELECT count(*) FROM jsonb_object_keys(options->'headers')) > 64 THEN
+            RAISE EXCEPTION 'option "headers" has % headers, at most 64 are allowed',
+                            (SELECT count(*) FROM jsonb_object_keys(options->'headers'))
+                USING ERRCODE = '22023';
+        END IF;
+        IF (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+            FROM jsonb_each(options->'headers')) > 16384 THEN
+            RAISE EXCEPTION 'option "headers" is % bytes long, at most 16384 are allowed',
+                            (SELECT sum(octet_length(key) + octet_length(value #>> '{}') + 4)
+                             FROM jsonb_each(options->'headers'))
+                USING ERRCODE = '22023', DETAIL = 'Each header counts its name, its value and 4 bytes.';
         END IF;
         FOR h IN SELECT key, value FROM jsonb_each(options->'headers') LOOP
             IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR length(h.key) > 256 THEN
@@ -159,8 +186,9 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     FOREACH s IN ARRAY ARRAY['client_cert_file', 'client_key_file'] LOOP
-        IF options ? s AND (jsonb_typeof(options->s) <> 'string' OR left(options->>s, 1) <> '/') THEN
-            RAISE EXCEPTION 'option "%" must be an absolute file path', s USING ERRCODE = '22023';
+        IF options ? s AND (jsonb_typeof(options->s) <> 'string'
+                            OR (left(options->>s, 1) <> '/' AND left(options->>s, 11) <> '-----BEGIN ')) THEN
+            RAISE EXCEPTION 'option "%" must be PEM contents or an absolute file path', s USING ERRCODE = '22023';
         END IF;
     END LOOP;
     IF (options ? 'client_cert_file') <> (options ? 'client_key_file') THEN
@@ -190,6 +218,27 @@ BEGIN
     END IF;
 END $$;
 
+CREATE FUNCTION axme._tls_file_problem(value text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_tls_file_problem_fn';
+COMMENT ON FUNCTION axme._tls_file_problem(text) IS
+    'Private: NULL when value is PEM contents or a file path inside axme.tls_files_directory '
+    '(symbolic links resolved), else why not.';
+
+CREATE FUNCTION axme._url_problem(url text) RETURNS text
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'axme_url_problem';
+COMMENT ON FUNCTION axme._url_problem(text) IS
+    'Private: NULL when libcurl parses url with a host, else why not (an unclosed IPv6 bracket, a '
+    'bad port, ...).';
+
+-- A role by its name as written in option db_role (exact, not an SQL identifier), NULL when
+-- there is none.
+CREATE FUNCTION axme._role_named(name text) RETURNS regrole
+LANGUAGE sql STABLE AS $$
+    SELECT r.oid::regrole FROM pg_catalog.pg_roles r WHERE r.rolname = _role_named.name
+$$;
+COMMENT ON FUNCTION axme._role_named(text) IS
+    'Private: the role of that exact name (no identifier quoting) as a regrole, NULL when none.';
+
 CREATE OR REPLACE FUNCTION axme.register_agent(address text, delivery_mode text DEFAULT 'poll',
                                                endpoint_url text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql AS $$
@@ -198,6 +247,7 @@ DECLARE
     old_mode text;
     new_secret text;
     v_agent_id bigint;
+    v_db_role regrole;
 BEGIN
     PERFORM axme._check_admin('register_agent');   -- sec: agents are configured by admins only
     PERFORM axme._check_address(address, 'address');
@@ -219,6 +269,11 @@ BEGIN
             RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', coalesce(endpoint_url, 'NULL')
                 USING ERRCODE = '22023', HINT = 'Use an http:// or https:// URL.';
         END IF;
+        IF axme._url_problem(endpoint_url) IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid endpoint_url "%" for an http agent', endpoint_url
+                USING ERRCODE = '22023', DETAIL = axme._url_problem(endpoint_url) || '.',
+                      HINT = 'Use an http:// or https:// URL with a host name or address.';
+        END IF;
     ELSIF endpoint_url IS NOT NULL THEN
         RAISE EXCEPTION 'endpoint_url is only for http agents' USING ERRCODE = '22023';
     END IF;
@@ -231,19 +286,28 @@ BEGIN
     -- Merge inside the upsert, against the row as locked by it, so two concurrent registrations
     -- of one agent (the first ones included) merge one after the other; then check the result
     -- (an error undoes the upsert with the statement).
-    INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by)
-    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), axme._caller())
+    -- db_role is resolved to an OID here, once (NULL when the name is unknown: 42704 below).
+    INSERT INTO axme.agents AS a (address, delivery_mode, endpoint_url, options, registered_by, db_role)
+    VALUES (address, delivery_mode, endpoint_url, axme._jsonb_merge('{}', options - 'secret'), axme._caller_id(),
+            axme._role_named(options->>'db_role'))
     ON CONFLICT ON CONSTRAINT agents_address_key DO UPDATE
         SET delivery_mode = excluded.delivery_mode, endpoint_url = excluded.endpoint_url,
-            options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now()
-    RETURNING a.options, a.agent_id INTO merged, v_agent_id;
+            options = axme._jsonb_merge(a.options, register_agent.options - 'secret'), updated_at = now(),
+            db_role = CASE WHEN register_agent.options ? 'db_role' THEN excluded.db_role ELSE a.db_role END
+    RETURNING a.options, a.agent_id, a.db_role INTO merged, v_agent_id, v_db_role;
     PERFORM axme._check_agent_options(delivery_mode,
         CASE WHEN new_secret IS NULL THEN merged ELSE merged || jsonb_build_object('secret', options->'secret') END);
     PERFORM axme._check_agent_refs(delivery_mode, merged, options);
+    IF v_db_role IS NOT NULL AND NOT options ? 'db_role'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = v_db_role) THEN
+        RAISE EXCEPTION 'the role of agent "%" (option db_role, OID %) no longer exists', address, v_db_role::oid
+            USING ERRCODE = '42704',
+                  HINT = 'Pass {"db_role": "name"} again to bind the agent to a role that exists.';
+    END IF;
     IF delivery_mode = 'internal' THEN
         -- the handler runs as db_role, else as the role that registered it last (checked above)
-        UPDATE axme.agents a SET registered_by = axme._caller()   -- sec: the caller, not the definer
-        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM axme._caller();   -- sec
+        UPDATE axme.agents a SET registered_by = axme._caller_id()   -- sec: the caller, not the definer
+        WHERE a.agent_id = v_agent_id AND a.registered_by IS DISTINCT FROM axme._caller_id();   -- sec
         PERFORM axme._wake_internal();
     END IF;
     IF new_secret IS NOT NULL THEN
@@ -269,10 +333,13 @@ COMMENT ON FUNCTION axme.register_agent(text, text, text, jsonb) IS
     'merged into the stored ones (nested objects merge, null removes a key): retry {max_attempts, '
     'base_delay_ms, max_delay_ms}, and for http: secret (whsec_..., generated when absent, kept when '
     're-registering), timeout_ms (100..600000, default 15000), max_in_flight (1..10000, default 16), '
-    'completion (on_2xx | explicit), headers {name: value}, ca_file (absolute path); for internal: '
+    'completion (on_2xx | explicit), headers {name: value} (at most 64, 16384 bytes in all), ca_file, '
+    'client_cert_file, client_key_file (PEM contents, or a file in axme.tls_files_directory); for internal: '
     'handler ("schema.function", required: a function (intent jsonb) RETURNS jsonb), timeout_ms '
     '(100..600000, default 5000), db_role (http, poll, stream, inbox: the database role that receives '
-    'for the agent; internal: the role the handler runs as, default the registering role). Changing the '
+    'for the agent, resolved and stored by OID; internal: the role the handler runs as, default the '
+    'registering role), require_receipts (poll, stream: false lets ack/complete/fail... without '
+    'attempt act on a handed-out intent; default true, see axme.require_receipts). Changing the '
     'mode moves pending intents to the new mode. Superusers and axme_admin members only. '
     'Errors: 42501 not an admin, 22023 invalid address, mode, URL or option, '
     '42704 unknown db_role, 42883 handler missing or with other arguments, 42804 handler not '
@@ -334,22 +401,76 @@ COMMENT ON FUNCTION axme.agent_secret(text) IS
 -- merged: the options as stored after the merge; given: the options of this call.
 CREATE FUNCTION axme._check_agent_refs(mode text, merged jsonb, given jsonb) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    opt text;
+    problem text;
 BEGIN
-    IF merged ? 'db_role' AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
+    IF given ? 'db_role' AND jsonb_typeof(given->'db_role') = 'string'
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = merged->>'db_role') THEN
         RAISE EXCEPTION 'option "db_role": role "%" does not exist', merged->>'db_role'
             USING ERRCODE = '42704';
     END IF;
     IF mode = 'internal' THEN
         PERFORM axme._check_handler(merged->>'handler', merged->>'db_role');
     END IF;
+    -- the worker reads these files as the server's OS user: only inside the directory the
+    -- administrator chose (axme.tls_files_directory), or PEM contents
+    FOR opt IN SELECT unnest(ARRAY['ca_file', 'client_cert_file', 'client_key_file']) LOOP
+        IF given ? opt AND jsonb_typeof(given->opt) = 'string' THEN
+            problem := axme._tls_file_problem(given->>opt);
+            IF problem IS NOT NULL THEN
+                RAISE EXCEPTION 'option "%": %', opt, problem
+                    USING ERRCODE = '22023',
+                          HINT = 'Pass the PEM contents, or a file inside the directory set by '
+                                 'axme.tls_files_directory in postgresql.conf.';
+            END IF;
+        END IF;
+    END LOOP;
     IF given ?| ARRAY['client_cert_file', 'client_key_file'] AND NOT axme._is_admin() THEN
         RAISE EXCEPTION 'only superusers and members of axme_admin may set options client_cert_file and client_key_file'
             USING ERRCODE = '42501';
     END IF;
 END $$;
 COMMENT ON FUNCTION axme._check_agent_refs(text, jsonb, jsonb) IS
-    'Private: checks of agent options against the catalogs (roles, handlers, admin-only options). '
-    'Errors: 42704 unknown role, 42501 an admin-only option set by someone else.';
+    'Private: checks of agent options against the catalogs and settings (roles, handlers, TLS files, '
+    'admin-only options). Errors: 42704 unknown role, 22023 a TLS file outside '
+    'axme.tls_files_directory, 42501 an admin-only option set by someone else.';
+
+-- An agent whose role is gone delivers nothing: its db_role, and for an internal agent without
+-- db_role the role its handler runs as (registered_by).  The claim paths (poll, the http and
+-- internal workers, the inbox assignment) call this first: each such agent not yet disabled is
+-- disabled (disabled_reason role_missing) with one alert role_missing.  mode and agent_id narrow
+-- the agents looked at (NULL: all).  Returns how many were disabled.
+CREATE FUNCTION axme._disable_roleless(mode text DEFAULT NULL, agent_id bigint DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    a record;
+    n integer := 0;
+BEGIN
+    FOR a IN
+        UPDATE axme.agents ag SET disabled_at = now(), updated_at = now(),
+               disabled_reason = 'role_missing: the role the agent ' ||
+                   CASE WHEN ag.db_role IS NOT NULL THEN 'receives as (db_role)' ELSE 'runs its handler as' END ||
+                   ' no longer exists; register it again with option db_role, then axme.enable_agent()'
+        WHERE ag.disabled_at IS NULL
+          AND (_disable_roleless.mode IS NULL OR ag.delivery_mode = _disable_roleless.mode)
+          AND (_disable_roleless.agent_id IS NULL OR ag.agent_id = _disable_roleless.agent_id)
+          AND (ag.db_role IS NOT NULL OR ag.delivery_mode = 'internal')
+          AND NOT axme._role_exists(coalesce(ag.db_role, ag.registered_by))
+        RETURNING ag.address, ag.delivery_mode, ag.db_role, ag.registered_by
+    LOOP
+        PERFORM axme._alert(a.address, 'role_missing',
+            jsonb_build_object('mode', a.delivery_mode,
+                               'db_role', a.db_role::oid,
+                               'registered_by', a.registered_by::oid,
+                               'message', 'the role of the agent no longer exists (dropped): it delivers nothing'));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._disable_roleless(text, bigint) IS
+    'Private: disable (role_missing) the agents whose db_role (internal without db_role: '
+    'registered_by) no longer exists, with one alert role_missing each. Returns how many.';
 
 CREATE FUNCTION axme.enable_agent(agent text) RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -396,10 +517,8 @@ BEGIN
             USING ERRCODE = '42501';
     END IF;
     new_secret := axme._random_secret();
-    IF grace IS NULL OR grace < interval '0' THEN
-        RAISE EXCEPTION 'argument "grace" must be a non-negative interval, got %', coalesce(grace::text, 'NULL')
-            USING ERRCODE = '22023';
-    END IF;
+    -- bounded like every interval argument: a huge one would overflow t + grace (22008)
+    PERFORM axme._check_interval(grace, 'grace', interval '0', interval '365 days');
     a := axme._agent(agent, 'agent');
     IF a.delivery_mode <> 'http' THEN
         RAISE EXCEPTION 'agent "%" is not an http agent (delivery mode %)', agent, a.delivery_mode
@@ -424,8 +543,9 @@ COMMENT ON FUNCTION axme.rotate_secret(text, interval) IS
     'The new secret signs from the next request on; the secrets valid before keep signing beside '
     'it (one v1 entry each in webhook-signature) until grace has passed (or until their own earlier '
     'expiry); at most 5 secrets are valid at once (the oldest are dropped). grace = 0 drops the old '
-    'ones now. Admins only. Errors: 42501 not a superuser or axme_admin member, 22023 invalid '
-    'address, negative or NULL grace, not an http agent, P0002 agent not registered.';
+    'ones now (0 .. 365 days). Admins only. Errors: 42501 not a superuser or axme_admin member, '
+    '22023 invalid address, grace NULL or outside 0 .. 365 days, not an http agent, P0002 agent not '
+    'registered.';
 
 CREATE FUNCTION axme.pause_agent(agent text) RETURNS void
 LANGUAGE plpgsql AS $$

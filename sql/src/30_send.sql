@@ -12,7 +12,7 @@ CREATE TABLE axme.intents (
     intent_type           text NOT NULL,
     from_agent            text,
     to_agent              text NOT NULL,
-    sender_role           text NOT NULL,
+    sender_role           regrole NOT NULL,
     correlation_id        uuid NOT NULL,
     reply_to              text,
     payload               jsonb NOT NULL,
@@ -44,6 +44,9 @@ COMMENT ON TABLE axme.intents IS
     'attempt counts hand-outs over the intent''s life; attempt - attempt_base is what counts '
     'against max_delivery_attempts (replay moves attempt_base). due_at is when the intent can next '
     'be handed out (SUBMITTED) or when its lease runs out (handed out); NULL when nothing is due.';
+COMMENT ON COLUMN axme.intents.sender_role IS
+    'The role (by OID) that sent the intent; it may read the intent. A role created later under '
+    'the same name is another role and may not.';
 COMMENT ON COLUMN axme.intents.due_at IS
     'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
 -- The claim path: due intents of one agent, oldest due first.
@@ -89,7 +92,7 @@ CREATE TABLE axme.idempotency_keys (
     created_at   timestamptz NOT NULL DEFAULT now(),
     -- keys are scoped by the sending role as well as by coalesce(from_agent, sender_role): two
     -- roles sending with the same from_agent label and the same key never share it
-    sender_role  text NOT NULL,
+    sender_role  regrole NOT NULL,
     PRIMARY KEY (sender_role, sender, key)
 );
 COMMENT ON TABLE axme.idempotency_keys IS
@@ -99,7 +102,8 @@ SELECT pg_catalog.pg_extension_config_dump('axme.idempotency_keys', '');
 -- idempotency keys by age (cleanup).
 CREATE INDEX idempotency_keys_created_idx ON axme.idempotency_keys (created_at);
 COMMENT ON COLUMN axme.idempotency_keys.sender_role IS
-    'The role that sent with the key (axme.intents.sender_role); keys of different roles never meet.';
+    'The role (by OID) that sent with the key (axme.intents.sender_role); keys of different roles, '
+    'or of a dropped role and a later one of the same name, never meet.';
 
 CREATE FUNCTION axme.send_intent(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_send_intent';

@@ -28,6 +28,46 @@ BEGIN
     RETURN i;
 END $$;
 
+CREATE FUNCTION axme._receipts_required() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'axme_receipts_required';
+COMMENT ON FUNCTION axme._receipts_required() IS
+    'Private: setting axme.require_receipts (default on), always false in axme''s own workers.';
+
+-- Whether a call on intent i needs a receipt: handed out by poll (a poll or stream agent), not
+-- terminal, axme.require_receipts on and the agent's option require_receipts not false.
+CREATE FUNCTION axme._needs_receipt(i axme.intents) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT i.attempt > 0 AND i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+       AND axme._receipts_required()
+       AND coalesce((SELECT a.delivery_mode IN ('poll', 'stream')
+                            AND a.options->'require_receipts' IS DISTINCT FROM 'false'::jsonb
+                     FROM axme.agents a WHERE a.agent_id = i.agent_id), false)
+$$;
+COMMENT ON FUNCTION axme._needs_receipt(axme.intents) IS
+    'Private: whether a receiver''s call on this intent must carry its receipt (see axme.require_receipts).';
+
+-- _lock_intent for the receiver's calls (ack, progress, extend_lease, complete, fail): also
+-- 55000 when the receipt is missing and required (axme._needs_receipt).  resolve, replay and the
+-- workers use _lock_intent itself.
+CREATE FUNCTION axme._lock_receipt(intent_id uuid, receipt integer, what text) RETURNS axme.intents
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents := axme._lock_intent(intent_id, receipt);
+BEGIN
+    IF receipt IS NULL AND axme._needs_receipt(i) THEN
+        RAISE EXCEPTION '% of intent % needs its receipt', what, i.intent_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'The intent was handed out by poll (attempt ' || i.attempt || '); a call '
+                           'without the receipt could overwrite the work of a receiver that holds it now.',
+                  HINT = 'Pass the attempt that poll returned (attempt => n), or use axme.resolve(); '
+                         'SET axme.require_receipts = off or the agent option "require_receipts": false '
+                         'turn the check off.';
+    END IF;
+    RETURN i;
+END $$;
+COMMENT ON FUNCTION axme._lock_receipt(uuid, integer, text) IS
+    'Private: axme._lock_intent, plus 55000 when the receipt is missing and required.';
+
 -- The single place that applies a transition: checks it against the transition table, updates the
 -- row, appends one event and arranges wake-ups.  `i` is the locked row as read by the caller
 -- (status still the old one), with the caller's changes to other columns applied; this sets
@@ -114,6 +154,11 @@ BEGIN
     IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
         RETURN;                     -- nothing handed out, no attempt charged
     END IF;
+    -- its receiving role was dropped: nothing is handed out (only an admin gets this far)
+    IF a.db_role IS NOT NULL AND NOT axme._role_exists(a.db_role) THEN
+        PERFORM axme._disable_roleless(NULL, a.agent_id);
+        RETURN;
+    END IF;
     LOOP
         seen := 0;
         -- Leases run from the claim, not from the start of the caller's transaction.
@@ -195,7 +240,7 @@ COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
 CREATE FUNCTION axme.ack(intent_id uuid, attempt integer DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    i axme.intents := axme._lock_intent(intent_id, attempt);
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'ack');
 BEGIN
     IF i.status <> 'DELIVERED' THEN
         RAISE EXCEPTION 'intent % cannot be acknowledged in status %', i.intent_id, i.status
@@ -205,12 +250,13 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme.ack(uuid, integer) IS
     'Acknowledge a DELIVERED intent (-> ACKNOWLEDGED); its lease keeps running. attempt: the '
-    'receipt from poll. Errors: 22023 NULL, P0002 unknown intent, 55000 not DELIVERED or stale receipt.';
+    'receipt from poll, required for a poll or stream hand-out (see axme.require_receipts). '
+    'Errors: 22023 NULL, P0002 unknown intent, 55000 not DELIVERED, stale or missing receipt.';
 
 CREATE FUNCTION axme.progress(intent_id uuid, details jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    i axme.intents := axme._lock_intent(intent_id, attempt);
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'progress');
 BEGIN
     IF details IS NULL THEN
         RAISE EXCEPTION 'argument "details" must not be null' USING ERRCODE = '22023';
@@ -223,7 +269,9 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme.progress(uuid, jsonb, integer) IS
     'Report that work on a handed-out intent has started (-> IN_PROGRESS); details are kept in the '
-    'event. Errors: 22023 NULL, P0002 unknown intent, 55000 transition not allowed or stale receipt.';
+    'event. attempt: the receipt from poll, required for a poll or stream hand-out (see '
+    'axme.require_receipts). Errors: 22023 NULL, P0002 unknown intent, 55000 transition not allowed, '
+    'stale or missing receipt.';
 
 CREATE FUNCTION axme.extend_lease(intent_id uuid, lease interval, attempt integer DEFAULT NULL)
 RETURNS timestamptz LANGUAGE plpgsql AS $$
@@ -231,7 +279,7 @@ DECLARE
     i axme.intents;
 BEGIN
     PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
-    i := axme._lock_intent(intent_id, attempt);
+    i := axme._lock_receipt(intent_id, attempt, 'extend_lease');
     IF i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
         RAISE EXCEPTION 'intent % holds no lease in status %', i.intent_id, i.status
             USING ERRCODE = '55000';
@@ -245,12 +293,13 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION axme.extend_lease(uuid, interval, integer) IS
     'Set the lease of a handed-out intent to clock_timestamp() + lease (1 second .. 12 hours) and return the '
-    'new lease end. Errors: 22023 invalid argument, P0002 unknown intent, 55000 not handed out or stale receipt.';
+    'new lease end. attempt: the receipt from poll, required (see axme.require_receipts). '
+    'Errors: 22023 invalid argument, P0002 unknown intent, 55000 not handed out, stale or missing receipt.';
 
 CREATE FUNCTION axme.complete(intent_id uuid, result jsonb DEFAULT '{}', attempt integer DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    i axme.intents := axme._lock_intent(intent_id, attempt);
+    i axme.intents := axme._lock_receipt(intent_id, attempt, 'complete');
 BEGIN
     IF result IS NULL THEN
         RAISE EXCEPTION 'argument "result" must not be null' USING ERRCODE = '22023',
@@ -260,8 +309,10 @@ BEGIN
     PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
 END $$;
 COMMENT ON FUNCTION axme.complete(uuid, jsonb, integer) IS
-    'Finish an intent successfully (-> COMPLETED) with a result. attempt: the receipt from poll. '
-    'Errors: 22023 NULL intent_id, P0002 unknown intent, 55000 already terminal or stale receipt.';
+    'Finish an intent successfully (-> COMPLETED) with a result. attempt: the receipt from poll, '
+    'required for a poll or stream hand-out unless axme.require_receipts is off or the agent option '
+    'require_receipts is false. Errors: 22023 NULL intent_id, P0002 unknown intent, 55000 already '
+    'terminal, stale or missing receipt.';
 
 CREATE OR REPLACE FUNCTION axme.complete_many(intent_ids uuid[], attempts integer[] DEFAULT NULL,
                                    results jsonb[] DEFAULT NULL)
@@ -272,6 +323,8 @@ DECLARE
     v_admin boolean := axme._is_admin();
     v_agents bigint[] := CASE WHEN NOT axme._is_admin() THEN ARRAY(
         SELECT a.agent_id FROM axme.agents a WHERE axme._caller_has(a.db_role)) END;
+    v_missing uuid;
+    v_attempt integer;
 BEGIN
     IF intent_ids IS NULL THEN
         RAISE EXCEPTION 'argument "intent_ids" must not be null' USING ERRCODE = '22023';
@@ -287,6 +340,25 @@ BEGIN
     IF results IS NOT NULL AND cardinality(results) <> n THEN
         RAISE EXCEPTION 'argument "results" must have as many elements as "intent_ids" (%), got %', n, cardinality(results)
             USING ERRCODE = '22023';
+    END IF;
+    -- A missing receipt where one is required refuses the call, as complete() does (only for
+    -- the intents the caller receives for: the others are skipped below, like unknown ones).
+    IF (attempts IS NULL OR array_position(attempts, NULL) IS NOT NULL) AND axme._receipts_required() THEN
+        SELECT i.intent_id, i.attempt INTO v_missing, v_attempt
+        FROM unnest(intent_ids, coalesce(attempts, array_fill(NULL::integer, ARRAY[n]))) AS r(id, att)
+        JOIN axme.intents i ON i.intent_id = r.id
+        WHERE r.att IS NULL AND i.attempt > 0 AND (v_admin OR i.agent_id = ANY (v_agents))
+          AND axme._needs_receipt(i)
+        LIMIT 1;
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION 'complete_many of intent % needs its receipt', v_missing
+                USING ERRCODE = '55000',
+                      DETAIL = 'The intent was handed out by poll (attempt ' || v_attempt || '); a call '
+                               'without the receipt could overwrite the work of a receiver that holds it now.',
+                      HINT = 'Pass the attempts that poll returned (attempts => ARRAY[...]), in the order '
+                             'of intent_ids; SET axme.require_receipts = off or the agent option '
+                             '"require_receipts": false turn the check off.';
+        END IF;
     END IF;
     -- The set-based form of complete(): the same rule (any non-terminal -> COMPLETED, receipt
     -- checked when given) in one UPDATE and one INSERT of events.
@@ -322,7 +394,8 @@ COMMENT ON FUNCTION axme.complete_many(uuid[], integer[], jsonb[]) IS
     'Complete many intents at once (at most 10000): intent_ids with, optionally, the receipts '
     '(attempts) and results at the same positions. Returns the ids it completed; an id that is '
     'unknown, already terminal, whose receipt is stale, or whose agent the caller does not receive '
-    'for is skipped, not an error. '
+    'for is skipped, not an error; a missing receipt where one is required (see '
+    'axme.require_receipts) is an error, 55000. '
     'Errors: 22023 NULL intent_ids, arrays of different lengths, more than 10000 ids.';
 
 CREATE FUNCTION axme.fail(intent_id uuid, error jsonb DEFAULT '{}', retry boolean DEFAULT false,
@@ -335,7 +408,7 @@ BEGIN
         RAISE EXCEPTION 'argument "%" must not be null', CASE WHEN retry IS NULL THEN 'retry' ELSE 'error' END
             USING ERRCODE = '22023';
     END IF;
-    i := axme._lock_intent(intent_id, attempt);
+    i := axme._lock_receipt(intent_id, attempt, 'fail');
     IF retry THEN
         IF i.status NOT IN ('DELIVERED', 'ACKNOWLEDGED', 'IN_PROGRESS') THEN
             RAISE EXCEPTION 'intent % cannot be retried in status %', i.intent_id, i.status
@@ -351,7 +424,9 @@ COMMENT ON FUNCTION axme.fail(uuid, jsonb, boolean, integer) IS
     'Report a failure. retry => false: the intent ends FAILED (a business outcome, not a dead '
     'letter). retry => true: a failed attempt; the intent goes back to SUBMITTED after an exponential '
     'backoff with jitter, or is dead-lettered (reason exhausted) when its budget is spent. '
-    'Errors: 22023 NULL, P0002 unknown intent, 55000 not allowed in this status or stale receipt.';
+    'attempt: the receipt from poll, required for a poll or stream hand-out (see '
+    'axme.require_receipts). Errors: 22023 NULL, P0002 unknown intent, 55000 not allowed in this '
+    'status, stale or missing receipt.';
 
 CREATE FUNCTION axme.resolve(intent_id uuid, status text, result jsonb DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$

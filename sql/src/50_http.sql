@@ -55,6 +55,7 @@ DECLARE
     rated_agents bigint[] := '{}';
     rated_tokens double precision[] := '{}';
 BEGIN
+    PERFORM axme._disable_roleless('http');   -- an agent whose db_role is gone: disabled
     -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
     -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
     IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id

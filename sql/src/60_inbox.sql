@@ -384,9 +384,11 @@ DECLARE
     i axme.intents;
     n integer := 0;
 BEGIN
+    PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
     FOR i IN
         SELECT x.* FROM axme.intents x JOIN axme.agents a ON a.agent_id = x.agent_id
         WHERE a.delivery_mode = 'inbox' AND x.due_at <= now() AND x.status = 'SUBMITTED'
+          AND a.disabled_at IS NULL
           AND x.human_task IS NOT NULL
         ORDER BY x.due_at LIMIT max_count
         FOR UPDATE OF x SKIP LOCKED

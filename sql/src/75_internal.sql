@@ -21,8 +21,9 @@ DECLARE
     t timestamptz := clock_timestamp();
     tmo integer;
 BEGIN
+    PERFORM axme._disable_roleless('internal');   -- an agent whose run-as role is gone: disabled
     FOR c IN
-        SELECT ag.agent_id, ag.options, ag.registered_by, f.intent_id, f.due_at
+        SELECT ag.agent_id, ag.options, ag.registered_by, ag.db_role, f.intent_id, f.due_at
         FROM axme.agents ag
         CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
                             WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
@@ -62,10 +63,11 @@ BEGIN
         intent_id := i.intent_id;
         attempt := i.attempt;
         handler := c.options->>'handler';
-        run_as := coalesce(c.options->>'db_role', c.registered_by);
+        -- by OID (a digit string): a later role of the same name is not the one registered
+        run_as := coalesce(c.db_role, c.registered_by)::oid::text;
         -- a handler runs as a superuser only when a superuser registered it without db_role
-        run_as_checked := NOT (c.options ? 'db_role') OR NOT coalesce(
-            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = c.options->>'db_role'), false);
+        run_as_checked := c.db_role IS NULL OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.db_role), false);
         timeout_ms := tmo;
         next_due := t;
         RETURN NEXT;

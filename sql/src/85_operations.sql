@@ -68,7 +68,8 @@ CREATE FUNCTION axme._worker_status(OUT kind text, OUT database oid, OUT pid int
                                     OUT last_error_at timestamptz, OUT started_at timestamptz)
 RETURNS SETOF record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_worker_status';
 COMMENT ON FUNCTION axme._worker_status() IS
-    'Private: one row per running axme worker of the cluster, read from shared memory.';
+    'Private: one row per running axme worker of the cluster, read from shared memory, and one of '
+    'kind none per database left without a worker.';
 
 -- Alert state: one row per agent and condition currently raised, so each crossing alerts once.
 CREATE TABLE axme.alert_state (
@@ -282,7 +283,10 @@ COMMENT ON VIEW axme.worker_status IS
     'The running axme workers of the cluster (shared memory): kind (delivery worker, handler worker), database, pid, state '
     '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
     'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
-    'when, started_at. Needs shared_preload_libraries = axme (empty otherwise).';
+    'when, started_at. A database left without a worker (axme.max_database_workers or '
+    'max_worker_processes reached) has a row of kind none, no pid, its state saying why and '
+    'started_at when it began (and an alert database_unserved in its axme.alerts). Needs '
+    'shared_preload_libraries = axme (empty otherwise).';
 
 -- Counters (src/counters.c): monotonic totals per agent for axme.metrics()'s axme_*_total.
 -- Counted in the backend while a transaction runs and added to shared memory at its commit
@@ -399,7 +403,7 @@ LANGUAGE sql AS $$
         FROM axme.delivery_stats
     ), ws AS MATERIALIZED (
         SELECT format('{kind="%s",pid="%s"}', kind, pid) AS l, *
-        FROM axme.worker_status WHERE database = current_database()
+        FROM axme.worker_status WHERE database = current_database() AND pid IS NOT NULL
     ), cv AS MATERIALIZED (
         SELECT * FROM axme._counter_values()
     ), ctr AS MATERIALIZED (
@@ -437,6 +441,7 @@ LANGUAGE sql AS $$
         (20, 'axme_worker_in_flight', 'gauge', 'Requests in flight of a worker of this database.'),
         (21, 'axme_worker_deliveries_per_second', 'gauge', 'Outcomes recorded per second over the last 10 s.'),
         (22, 'axme_worker_deliveries_total', 'counter', 'Outcomes recorded since the worker started.'),
+        (23, 'axme_database_unserved', 'gauge', '1 when no axme worker serves this database (axme.max_database_workers or max_worker_processes reached).'),
         (30, 'axme_alerts_last_hour', 'gauge', 'Alerts raised in the last hour.'),
         (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).'),
         (40, 'axme_intents_sent_total', 'counter', 'Intents sent (committed sends).'),
@@ -469,6 +474,8 @@ LANGUAGE sql AS $$
         UNION ALL SELECT 20, 'axme_worker_in_flight' || l || ' ' || in_flight FROM ws
         UNION ALL SELECT 21, 'axme_worker_deliveries_per_second' || l || ' ' || round(deliveries_per_second::numeric, 3) FROM ws
         UNION ALL SELECT 22, 'axme_worker_deliveries_total' || l || ' ' || deliveries_total FROM ws
+        UNION ALL SELECT 23, 'axme_database_unserved ' || (EXISTS (
+                      SELECT FROM axme.worker_status w WHERE w.database = current_database() AND w.kind = 'none'))::int
         UNION ALL SELECT 30, 'axme_alerts_last_hour ' || (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour')
         UNION ALL SELECT 31, 'axme_notification_queue_usage ' || pg_catalog.pg_notification_queue_usage()
         UNION ALL SELECT 40 + CASE counter WHEN 'sent' THEN 0 WHEN 'completed' THEN 1 WHEN 'failed' THEN 2
@@ -486,8 +493,9 @@ LANGUAGE sql AS $$
           UNION ALL SELECT s.ord, 2, s.line FROM samples s) t
 $$;
 COMMENT ON FUNCTION axme.metrics() IS
-    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database) '
-    'in the Prometheus text exposition format (metric names axme_*, labels agent, mode, window), '
+    'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database; '
+    'axme_database_unserved 1 when no worker serves it) in the Prometheus text exposition format '
+    '(metric names axme_*, labels agent, mode, window), '
     'plus axme_notification_queue_usage (pg_notification_queue_usage()), and monotonic counters '
     'per agent (labels agent, mode): axme_intents_{sent,completed,failed,dead_lettered,timed_out,'
     'canceled}_total and axme_delivery_attempts_total (label outcome), kept across restarts (a '

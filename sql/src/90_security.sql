@@ -79,6 +79,7 @@ BEGIN
     END LOOP;
     -- row-level security policies call this one as the reader
     EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(regrole) TO ' || roles;
 
     -- Tables.  The policy of a table other than agents and intents is the OR of the rules its
     -- columns allow: intent_id uuid (rows of the intents the reader may read), thread_id uuid

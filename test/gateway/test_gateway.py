@@ -616,13 +616,13 @@ class T04Streams(unittest.TestCase):
         FIGURES["sse_wakeup_ms_one"] = round((time.time() - t0) * 1000, 1)
         s.close()
         # resume after seq 3 with Last-Event-ID: only what came after
-        st, d, _ = call("POST", "/v1/intents/%s/progress" % iid, {"details": {"p": 1}}, "rx")
+        st, d, _ = call("POST", "/v1/intents/%s/progress" % iid, {"details": {"p": 1}, "attempt": 1}, "rx")
         self.assertEqual(st, 200, d)
         s = SSE(GW, "/v1/intents/%s/events/stream?since=1" % iid, "shop", last_event_id="3")
         evs = s.events(timeout=3, count=1)
         self.assertEqual([e["id"] for e in evs], ["4"])
         self.assertEqual(evs[0]["event"], "intent.in_progress")
-        psql("SELECT axme.complete('%s', '{}')" % iid)
+        psql("SELECT axme.complete('%s', '{}', 1)" % iid)
         evs = s.events(timeout=5)
         self.assertEqual([e["event"] for e in evs], ["intent.completed"])
         self.assertTrue(s.closed)           # a terminal event ends the stream
@@ -707,7 +707,7 @@ class T04Streams(unittest.TestCase):
         for i, s in zip(ids, streams):
             seen[i] += [int(e["id"]) for e in s.events(timeout=3, count=3)]
         self.assertEqual({tuple(v) for v in seen.values()}, {(1, 2, 3)})
-        psql("SELECT axme.ack(i) FROM unnest('{%s}'::uuid[]) i" % ",".join(ids))
+        psql("SELECT axme.ack(i, 1) FROM unnest('{%s}'::uuid[]) i" % ",".join(ids))
         rc = GW.stop()
         self.assertEqual(rc, 0)
         for i, s in zip(ids, streams):
@@ -715,9 +715,9 @@ class T04Streams(unittest.TestCase):
             self.assertEqual(evs[-1]["event"], "stream.closed", evs)
             seen[i] += [int(e["id"]) for e in evs if e.get("id")]
             s.close()
-        psql("SELECT axme.progress(i, '{\"while_down\": 1}') FROM unnest('{%s}'::uuid[]) i" % ",".join(ids))
+        psql("SELECT axme.progress(i, '{\"while_down\": 1}', 1) FROM unnest('{%s}'::uuid[]) i" % ",".join(ids))
         GW = Gateway(name="gateway-restarted").start()
-        psql("SELECT axme.complete(i, '{}') FROM unnest('{%s}'::uuid[]) i" % ",".join(ids))
+        psql("SELECT axme.complete(i, '{}', 1) FROM unnest('{%s}'::uuid[]) i" % ",".join(ids))
         for i in ids:
             s = SSE(GW, "/v1/intents/%s/events/stream?wait_seconds=10" % i, "shop", last_event_id=str(seen[i][-1]))
             seen[i] += [int(e["id"]) for e in s.events(timeout=5, until=lambda e: e.get("event") == "intent.completed")

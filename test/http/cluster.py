@@ -9,6 +9,22 @@ import time
 import psycopg2
 
 
+def _server_env():
+    """NAME=value words for the server's environment, from the file named by $AXME_TEST_SERVER_ENV
+    (pg_createcluster's environment-file format, one NAME = 'value' a line).  scripts/sanitize.sh
+    writes one to preload the sanitizer runtimes into the server only, not into these tests."""
+    path = os.environ.get("AXME_TEST_SERVER_ENV")
+    words = []
+    if path:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    name, _, value = line.partition("=")
+                    words.append("%s=%s" % (name.strip(), value.strip().strip("'")))
+    return words
+
+
 def _as_postgres(cmd):
     if os.geteuid() == 0:
         return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join("'%s'" % c for c in cmd)]
@@ -38,12 +54,13 @@ fsync = off
 max_worker_processes = 16
 restart_after_crash = on
 axme.http_allowed_networks = '127.0.0.0/8'
+axme.tls_files_directory = '%s'
 %s
-""" % (port, extra_conf))
+""" % (port, self.dir, extra_conf))
 
     def ctl(self, *args, check=True):
-        return subprocess.run(_as_postgres([os.path.join(self.bindir, "pg_ctl"), "-D", self.data,
-                                            "-l", self.logfile, "-w", "-t", "60"] + list(args)),
+        pg_ctl = [os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-l", self.logfile, "-w", "-t", "60"]
+        return subprocess.run(_as_postgres(["env"] + _server_env() + pg_ctl + list(args)),
                               check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self):
@@ -73,4 +90,8 @@ axme.http_allowed_networks = '127.0.0.0/8'
 
     def destroy(self):
         self.stop("immediate")
+        # $AXME_TEST_SERVER_LOGDIR: keep the server log (scripts/sanitize.sh reads reports in it)
+        keep = os.environ.get("AXME_TEST_SERVER_LOGDIR")
+        if keep and os.path.exists(self.logfile):
+            shutil.copy(self.logfile, os.path.join(keep, "http-%d-%s.log" % (self.port, os.path.basename(self.dir))))
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -581,6 +581,11 @@ def test_worker_memory_stable(ctx):
     after = _rss_anon_kb(pid)
     for iid in ids:
         q(ctx.db, "SELECT axme.resolve(%s, 'CANCELED')", (iid,))
+    if os.environ.get("AXME_TEST_SERVER_ENV"):
+        # scripts/sanitize.sh: AddressSanitizer keeps freed memory in its quarantine (256 MB), so
+        # RSS grows by design there; that run checks the 10000 attempts for memory errors instead
+        print("    (worker RSS %d -> %d kB; not bounded under the sanitizer)" % (before, after))
+        return
     check(after - before < 4096, "worker memory grew from %d kB to %d kB over 10000 attempts" % (before, after))
 
 
@@ -736,6 +741,19 @@ def test_database_worker_cap_warns(ctx):
               "cap exceeded")
         check(q(admin, "SELECT datname FROM pg_stat_activity WHERE backend_type = 'axme delivery worker'") == served,
               "the served database changed")
+        # not only the log: worker_status, metrics() and an alert row of the unserved database
+        oc = c2.connect(other)
+        rows = wait_until(lambda: q(oc, "SELECT kind, pid, state FROM axme.worker_status "
+                                        "WHERE database = current_database()"), 10, "a worker_status row")
+        check(rows == [("none", None, "not served: axme.max_database_workers (1) reached")], "worker_status %s" % rows)
+        check("\naxme_database_unserved 1\n" in q1(oc, "SELECT axme.metrics()"), "metrics")
+        alerts = wait_until(lambda: q(oc, "SELECT kind, details->>'reason' FROM axme.alerts"), 10, "an alert row")
+        check(alerts == [("database_unserved", "max_database_workers")], "alerts %s" % alerts)
+        sc = c2.connect(served[0][0])
+        check("\naxme_database_unserved 0\n" in q1(sc, "SELECT axme.metrics()"), "metrics of the served one")
+        check(q(sc, "SELECT kind FROM axme.alerts") == [], "an alert in the served database")
+        sc.close()
+        oc.close()
         admin.close()
     except Exception:
         print("\n".join(l for l in c2.log().splitlines() if "axme" in l)[-3000:])
@@ -760,6 +778,11 @@ def test_worker_processes_exhausted_warns(ctx):
                    20, "the WARNING naming starved")
         check(q(admin, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'axme delivery worker'") == [],
               "a worker runs without a slot")
+        sc = c3.connect("starved")
+        rows = q(sc, "SELECT kind, state FROM axme.worker_status WHERE database = current_database()")
+        check(rows == [("none", "not served: no background worker slot free (max_worker_processes)")],
+              "worker_status %s" % rows)
+        sc.close()
         admin.close()
     finally:
         c3.destroy()

@@ -1,4 +1,4 @@
-"""Tests of http resilience (issue 4): circuit breaker, slow start, rate limit, secret rotation,
+"""Tests of http resilience: circuit breaker, slow start, rate limit, secret rotation,
 mTLS, 410 / disable_after and enable_agent, endpoint_health, alerts.
 
 Run through test/http/run.sh (which also runs test_http.py and prints the combined count).
@@ -325,7 +325,37 @@ def test_mtls_client_certificate(ctx):
         b = send(ctx, yes)
         wait_status(ctx, b, ("COMPLETED",))
         check(len(rx.requests("/mtls")) == 1, "requests %d" % len(rx.requests("/mtls")))
+        # the same as PEM contents instead of files
+        pem = "agent://acme/tests/mtls-pem"
+        read = lambda n: open(p(n)).read()
+        q(ctx.db, "SELECT axme.register_agent(%s, 'http', %s, %s)",
+          (pem, rx.url("/mtls"), json.dumps({"ca_file": read("ca.pem"), "client_cert_file": read("client.pem"),
+                                              "client_key_file": read("client.key")})))
+        c = send(ctx, pem)
+        wait_status(ctx, c, ("COMPLETED",))
+        check(len(rx.requests("/mtls")) == 2, "requests %d" % len(rx.requests("/mtls")))
+        # a symbolic link out of axme.tls_files_directory is refused at registration
+        os.symlink("/etc/passwd", p("evil.pem"))
+        try:
+            q(ctx.db, "SELECT axme.register_agent(%s, 'http', %s, %s)",
+              ("agent://acme/tests/mtls-evil", rx.url("/mtls"), json.dumps({"ca_file": p("evil.pem")})))
+            raise AssertionError("a symbolic link out of the directory was accepted")
+        except psycopg2.Error as e:
+            check(e.pgcode == "22023" and "leads outside" in e.pgerror, e.pgerror)
+        # the directory changes (reload): the files of agent yes are no longer read, the attempt
+        # fails with error class tls and nothing is sent
+        q(ctx.db, "ALTER SYSTEM SET axme.tls_files_directory = '/nonexistent/axme-tls'")
+        q(ctx.db, "SELECT pg_reload_conf()")
+        time.sleep(1)
+        q(ctx.db, "SELECT axme.register_agent(%s, 'http', %s, '{\"retry\": {\"max_attempts\": 1}}')", (yes, rx.url("/mtls")))
+        e = send(ctx, yes)
+        wait_status(ctx, e, ("FAILED",))
+        row = q(ctx.db, "SELECT error_class, error FROM axme.delivery_attempts WHERE intent_id = %s", (e,))
+        check(row and row[0][0] == "tls" and "not a file inside axme.tls_files_directory" in row[0][1], "attempt %s" % row)
+        check(len(rx.requests("/mtls")) == 2, "sent with a refused file: %d" % len(rx.requests("/mtls")))
     finally:
+        q(ctx.db, "ALTER SYSTEM RESET axme.tls_files_directory")
+        q(ctx.db, "SELECT pg_reload_conf()")
         rx.server.shutdown()
 
 

@@ -1,6 +1,8 @@
 """pg_dump -Fc of a database using axme, pg_restore into a fresh database (the restore runs
 CREATE EXTENSION): agents, intents, events, idempotency keys and the agent id sequence survive,
-and the restored database keeps working."""
+and the restored database keeps working.  Roles are stored by OID (regrole): the dump writes their
+names and the restore resolves them again, so a cluster whose roles have other OIDs keeps working;
+a role missing there makes the restore fail (restore the roles first: pg_dumpall --roles-only)."""
 import json
 import os
 import subprocess
@@ -53,7 +55,7 @@ class DumpRestoreTest(AxmeTestCase):
         # hand out the three oldest: keyed and submitted[0] stay leased, dead is dead-lettered
         handed = self.poll(POLL, 3, lease="1 hour")
         self.assertEqual(handed, [(keyed, 1), (dead, 1), (submitted[0], 1)])
-        self.q("SELECT axme.fail(%s, '{\"code\": \"boom\"}', true)", (dead,))
+        self.q("SELECT axme.fail(%s, '{\"code\": \"boom\"}', true, 1)", (dead,))
         self.assertEqual(self.doc(dead)["dead_letter_reason"], "exhausted")
         self.q("SELECT axme.resolve(%s, 'CANCELED')", (submitted[1],))
         self.assertEqual(self.poll(STREAM), [(done, 1)])
@@ -123,6 +125,116 @@ class DumpRestoreTest(AxmeTestCase):
         self.assertEqual(q("SELECT intent_id, attempt FROM axme.poll(%s, 10)", (POLL,)), [(dead, 2)])
         self.assertEqual(q1("SELECT axme.wait_for(%s, '0')", (done,))["result"], {"ok": True})
         self.assertEqual(q1("SELECT count(*) FROM axme.intents WHERE status = 'DELIVERED'"), 5)
+
+
+    def dump(self, tmp):
+        path = os.path.join(tmp, "axme.dump")
+        subprocess.run([os.path.join(BINDIR, "pg_dump"), "-Fc", "-d", self.dbname, "-f", path], check=True)
+        return path
+
+    def restore(self, dump, restored):
+        admin = connect("postgres")
+        with admin.cursor() as cur:
+            cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % restored)
+            cur.execute('CREATE DATABASE "%s"' % restored)
+        admin.close()
+        return subprocess.run([os.path.join(BINDIR, "pg_restore"), "--exit-on-error", "-d", restored, dump],
+                              capture_output=True, text=True)
+
+    def drop_db(self, name):
+        admin = connect("postgres")
+        with admin.cursor() as cur:
+            cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+        admin.close()
+
+    def roles(self, *names, drop=False):
+        admin = connect("postgres")
+        with admin.cursor() as cur:
+            for r in names:
+                if drop:
+                    cur.execute("DROP OWNED BY %s" % r)   # in this test's database
+                cur.execute("DROP ROLE IF EXISTS %s" % r)
+                if not drop:
+                    cur.execute("CREATE ROLE %s" % r)
+        admin.close()
+
+    def test_restore_where_the_roles_have_other_oids(self):
+        """The roles exist at the restore with other OIDs (as in another cluster): they are
+        resolved by name, the receiver polls, the sender reads its intent and its key answers."""
+        agent = "agent://myorg/prod/dump-roles"
+        self.roles("dr_recv", "dr_send")
+        try:
+            self.q("GRANT axme_agent TO dr_recv")
+            self.q("GRANT axme_sender TO dr_send")
+            self.register(agent, "poll", {"db_role": "dr_recv"})
+            self.q("SET ROLE dr_send")
+            doc = json.dumps({"intent_type": "intent.order.pay.v1", "to_agent": agent, "payload": {"n": 1}})
+            sent = self.q1("SELECT axme.send_intent(%s, 'dump-roles-key')", (doc,))
+            self.q("RESET ROLE")
+            old = self.q1("SELECT ARRAY['dr_recv'::regrole::oid, 'dr_send'::regrole::oid]")
+            restored = self.dbname + "_roles"
+            with tempfile.TemporaryDirectory() as tmp:
+                dump = self.dump(tmp)
+                # the same names, new OIDs
+                self.q("REVOKE ALL ON SCHEMA axme FROM dr_recv, dr_send")
+                self.roles("dr_recv", "dr_send", drop=True)
+                self.roles("dr_recv", "dr_send")
+                try:
+                    r = self.restore(dump, restored)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    db2 = connect(restored)
+                    try:
+                        q1 = lambda sql, args=None: self.q1(sql, args, conn=db2)
+                        new = q1("SELECT ARRAY['dr_recv'::regrole::oid, 'dr_send'::regrole::oid]")
+                        self.assertNotEqual(new, old)
+                        self.assertTrue(q1("SELECT db_role = 'dr_recv'::regrole FROM axme.agents WHERE address = %s",
+                                           (agent,)))
+                        self.assertTrue(q1("SELECT sender_role = 'dr_send'::regrole FROM axme.intents WHERE intent_id = %s",
+                                           (sent,)))
+                        self.q("GRANT axme_agent TO dr_recv", conn=db2)
+                        self.q("GRANT axme_sender TO dr_send", conn=db2)
+                        self.q("SET ROLE dr_send", conn=db2)
+                        self.assertEqual(q1("SELECT axme.send_intent(%s, 'dump-roles-key')", (doc,)), sent)
+                        self.assertEqual(q1("SELECT axme.get_intent(%s)->>'status'", (sent,)), "SUBMITTED")
+                        self.q("SET ROLE dr_recv", conn=db2)
+                        self.assertEqual(self.q("SELECT intent_id, attempt FROM axme.poll(%s)", (agent,), conn=db2),
+                                         [(sent, 1)])
+                        self.q("RESET ROLE", conn=db2)
+                    finally:
+                        db2.close()
+                finally:
+                    self.drop_db(restored)
+        finally:
+            self.q("RESET ROLE")
+            self.q("SELECT axme.unregister_agent(%s, true)", (agent,))
+            self.roles("dr_recv", "dr_send", drop=True)
+
+    def test_restore_without_the_roles_fails(self):
+        """A role named in axme's tables that does not exist at the restore aborts the COPY of
+        the table (regrole input resolves names): restore the roles first."""
+        agent = "agent://myorg/prod/dump-norole"
+        self.roles("dr_missing")
+        try:
+            self.register(agent, "poll", {"db_role": "dr_missing"})
+            restored = self.dbname + "_norole"
+            with tempfile.TemporaryDirectory() as tmp:
+                dump = self.dump(tmp)
+                self.q("SELECT axme.unregister_agent(%s, true)", (agent,))
+                self.roles("dr_missing", drop=True)
+                try:
+                    r = self.restore(dump, restored)
+                    self.assertNotEqual(r.returncode, 0)
+                    self.assertIn('role "dr_missing" does not exist', r.stderr)
+                    self.assertIn("COPY agents", r.stderr)
+                    # with the role created first (pg_dumpall --roles-only), the restore works
+                    self.roles("dr_missing")
+                    r = self.restore(dump, restored)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                finally:
+                    self.drop_db(restored)
+        finally:
+            self.q("SELECT axme.unregister_agent(%s, true) FROM axme.agents WHERE address = %s", (agent, agent))
+            self.roles("dr_missing", drop=True)
 
 
 if __name__ == "__main__":

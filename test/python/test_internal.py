@@ -14,6 +14,7 @@ HUGE = "agent://myorg/prod/int-huge"
 ROLE = "agent://myorg/prod/int-role"
 PAUSED = "agent://myorg/prod/int-paused"
 POLL = "agent://myorg/prod/int-poll"
+CLOSER = "agent://myorg/prod/int-closer"
 
 SETUP = r"""
 CREATE SCHEMA ih;
@@ -40,6 +41,12 @@ CREATE FUNCTION ih.huge(intent jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '%', repeat('é', 2000000);
 END $$;
+-- completes the intent named in the payload, without its receipt (axme's own worker: exempt)
+CREATE FUNCTION ih.closer(intent jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM axme.complete((intent->'payload'->>'target')::uuid, '{"by": "handler"}');
+    RETURN '{"closed": true}';
+END $$;
 CREATE ROLE ih_runner;
 GRANT USAGE ON SCHEMA ih TO ih_runner;
 GRANT INSERT ON ih.log TO ih_runner;
@@ -64,6 +71,7 @@ class InternalTest(AxmeTestCase):
                 (HUGE, {"handler": "ih.huge", "retry": {"max_attempts": 1}}),
                 (ROLE, {"handler": "ih.ok", "db_role": "ih_runner"}),
                 (PAUSED, {"handler": "ih.ok"}),
+                (CLOSER, {"handler": "ih.closer", "retry": {"max_attempts": 1}}),
             ]:
                 cur.execute("SELECT axme.register_agent(%s, 'internal', NULL, %s)", (addr, json.dumps(opts)))
             cur.execute("SELECT axme.register_agent(%s, 'poll')", (POLL,))
@@ -118,6 +126,18 @@ class InternalTest(AxmeTestCase):
         doc = self.wait_terminal(iid)
         self.assertEqual(doc["status"], "COMPLETED", doc)
         self.assertEqual(doc["result"]["run_as"], "ih_runner")
+
+    def test_handler_is_exempt_from_receipts(self):
+        """axme.require_receipts binds receivers, not axme's own workers: a handler may complete a
+        polled intent without its receipt, which a session may not."""
+        self.register("agent://myorg/prod/int-rcpt", "poll")
+        target = self.send("agent://myorg/prod/int-rcpt")
+        self.assertEqual(self.poll("agent://myorg/prod/int-rcpt"), [(target, 1)])
+        self.assertSQLState("55000", "SELECT axme.complete(%s)", (target,))
+        iid = self.send(CLOSER, payload={"target": target})
+        doc = self.wait_terminal(iid)
+        self.assertEqual((doc["status"], doc["result"]), ("COMPLETED", {"closed": True}), doc)
+        self.assertEqual((self.doc(target)["status"], self.doc(target)["result"]), ("COMPLETED", {"by": "handler"}))
 
     def test_exception_retries_then_dead_letters(self):
         iid = self.send(FAILING, payload={"sku": "X1"})

@@ -72,8 +72,8 @@ class SecurityTest(AxmeTestCase):
         super().setUp()
         # every test starts from an empty queue
         for a in (STREAM, OTHER):
-            for iid, _ in self.poll(a, 10000):
-                self.q("SELECT axme.complete(%s)", (iid,))
+            for iid, attempt in self.poll(a, 10000):
+                self.q("SELECT axme.complete(%s, '{}', %s)", (iid, attempt))
 
     def login(self, role):
         c = psycopg2.connect(dbname=self.dbname, user=role, password=PASSWORD,
@@ -164,7 +164,7 @@ class SecurityTest(AxmeTestCase):
         self.assertTrue(waiter.wait_until_waiting(self.db))
         got = self.q("SELECT intent_id, payload FROM axme.poll(%s, 10)", (STREAM,), conn=worker)
         self.assertEqual(got, [(iid, {"card": SECRET})])
-        self.q("SELECT axme.complete(%s, '{\"ok\": true}')", (iid,), conn=worker)
+        self.q("SELECT axme.complete(%s, '{\"ok\": true}', 1)", (iid,), conn=worker)
         waiter.join(30)
         self.assertIsNone(waiter.error)
         self.assertEqual(waiter.result["status"], "COMPLETED")
@@ -177,7 +177,7 @@ class SecurityTest(AxmeTestCase):
         iid = self.secret_intent(self.db)
         self.assertEqual(self.doc(iid)["sender_role"], self.q1("SELECT current_user"))
         self.assertEqual(self.poll(STREAM), [(iid, 1)])
-        self.q("SELECT axme.complete(%s)", (iid,))
+        self.q("SELECT axme.complete(%s, '{}', 1)", (iid,))
         self.assertEqual(self.status(iid), "COMPLETED")
         self.assertEqual(self.q1("SELECT axme.agent_secret(%s)", (OTHER,)), None)   # a poll agent: none
         self.assertIsNotNone(self.q1("SELECT count(*) FROM axme.agent_secrets"))

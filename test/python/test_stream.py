@@ -32,8 +32,8 @@ class StreamTest(AxmeTestCase):
                 cur.execute("LISTEN %s" % c)
         # start every test from an empty queue
         for a in (A, B, P):
-            for iid, _ in self.poll(a, 10000):
-                self.q("SELECT axme.complete(%s)", (iid,))
+            for iid, attempt in self.poll(a, 10000):
+                self.q("SELECT axme.complete(%s, '{}', %s)", (iid, attempt))
         drain_notifies(self.listener, 0.2)
 
     def by_channel(self, notes):
@@ -122,7 +122,7 @@ class StreamTest(AxmeTestCase):
         iid = self.send(A, 1, max_delivery_attempts=1)
         self.assertEqual(len(collect_notifies(self.listener, 1)), 1)
         self.assertEqual(self.poll(A), [(iid, 1)])
-        self.q("SELECT axme.fail(%s, '{}', true)", (iid,))
+        self.q("SELECT axme.fail(%s, '{}', true, 1)", (iid,))
         self.assertEqual(self.doc(iid)["dead_letter_reason"], "exhausted")
         self.assertEqual(drain_notifies(self.listener, 0.3), [])
         self.q("SELECT axme.replay(%s)", (iid,))

@@ -264,7 +264,7 @@ class TimersTest(AxmeTestCase):
         self.assertGreaterEqual(self.q1("""SELECT extract(epoch FROM e.at - i.not_before)::float8 FROM axme.intents i
                                            JOIN axme.events e USING (intent_id)
                                            WHERE intent_id = %s AND e.event_type = 'intent.delivered'""", (iid,)), 0.0)
-        self.q("SELECT axme.complete(%s)", (iid,))
+        self.q("SELECT axme.complete(%s, '{}', 1)", (iid,))
 
     def test_not_before_stream_gets_a_wakeup_when_due(self):
         listener = self.connect()
@@ -280,7 +280,7 @@ class TimersTest(AxmeTestCase):
         self.assertGreaterEqual(time.time() - t0, 1.9)
         self.assertEqual(json.loads(notes[0].payload), {"intent_id": iid, "count": 1})
         self.assertEqual(self.poll(STREAM), [(iid, 1)])
-        self.q("SELECT axme.complete(%s)", (iid,))
+        self.q("SELECT axme.complete(%s, '{}', 1)", (iid,))
 
     def test_not_before_http(self):
         self.q("SELECT axme.register_agent(%s, 'http', %s, '{}')",

@@ -264,6 +264,62 @@ class UpgradeTest(unittest.TestCase):
             self.assertEqual(diff, [], "the extension's objects differ:\n" + "\n".join(diff))
             up.close()
 
+    def test_update_to_0_4_0_binds_roles_by_oid(self):
+        """0.4.0 stores roles by OID: the update resolves the stored names once. An agent whose
+        role no longer exists is disabled with an alert role_missing, intents of a dropped sender
+        keep OID 0 (readable by their receiver and admins only), its keys go."""
+        up = connect(self.UP)
+        self.conns = [up]
+        roles = ["up_gone", "up_kept", "up_runner", "up_sender"]
+        for r in roles:
+            q(self.admin, "DROP ROLE IF EXISTS %s" % r)
+            q(self.admin, "CREATE ROLE %s" % r)
+        try:
+            q(up, "CREATE EXTENSION axme VERSION '0.3.0'")
+            q(up, "GRANT axme_admin TO up_runner")
+            q(up, "GRANT axme_sender TO up_sender")
+            q(up, "CREATE FUNCTION public.up_handler(intent jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$")
+            q(up, "GRANT EXECUTE ON FUNCTION public.up_handler(jsonb) TO up_runner")
+            q(up, "SELECT axme.register_agent('agent://myorg/prod/up-gone', 'poll', NULL, '{\"db_role\": \"up_gone\"}')")
+            q(up, "SELECT axme.register_agent('agent://myorg/prod/up-kept', 'poll', NULL, '{\"db_role\": \"up_kept\"}')")
+            q(up, "SET ROLE up_runner")
+            q(up, "SELECT axme.register_agent('agent://myorg/prod/up-run', 'internal', NULL, '{\"handler\": \"public.up_handler\"}')")
+            q(up, "SELECT axme.pause_agent('agent://myorg/prod/up-run')")
+            q(up, "SET ROLE up_sender")
+            sent = q1(up, "SELECT axme.send_intent(%s, 'up-sender-key-1')", (intent("agent://myorg/prod/up-kept", 1),))
+            q(up, "RESET ROLE")
+            q(up, "REVOKE EXECUTE ON FUNCTION public.up_handler(jsonb) FROM up_runner")
+            for r in ("up_gone", "up_runner", "up_sender"):
+                q(up, "REVOKE ALL ON SCHEMA axme FROM %s" % r)
+                q(self.admin, "DROP ROLE %s" % r)
+            q(up, "ALTER EXTENSION axme UPDATE")
+            rows = q(up, """SELECT address, disabled_at IS NOT NULL, db_role IS NOT NULL AND db_role::oid = 0,
+                                   pg_typeof(db_role)::text
+                            FROM axme.agents ORDER BY address""")
+            self.assertEqual(rows, [("agent://myorg/prod/up-gone", True, True, "regrole"),
+                                    ("agent://myorg/prod/up-kept", False, False, "regrole"),
+                                    ("agent://myorg/prod/up-run", True, False, "regrole")])
+            self.assertTrue(q1(up, "SELECT db_role = 'up_kept'::regrole FROM axme.agents WHERE address = 'agent://myorg/prod/up-kept'"))
+            self.assertEqual(q(up, "SELECT agent, kind FROM axme.alerts ORDER BY agent"),
+                             [("agent://myorg/prod/up-gone", "role_missing"), ("agent://myorg/prod/up-run", "role_missing")])
+            self.assertEqual(q1(up, "SELECT sender_role::oid FROM axme.intents WHERE intent_id = %s", (sent,)), 0)
+            self.assertEqual(q1(up, "SELECT count(*) FROM axme.idempotency_keys"), 0)
+            # a role created again under the dropped name is another role
+            q(self.admin, "CREATE ROLE up_gone")
+            q(up, "GRANT axme_agent TO up_gone")
+            q(up, "SET ROLE up_gone")
+            with self.assertRaises(Exception) as cm:
+                q(up, "SELECT * FROM axme.poll('agent://myorg/prod/up-gone')")
+            self.assertEqual(cm.exception.pgcode, "42501")
+            q(up, "RESET ROLE")
+            q(up, "REVOKE ALL ON SCHEMA axme FROM up_gone")
+            q(up, "REVOKE axme_agent FROM up_gone")
+        finally:
+            up.close()
+            q(self.admin, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.UP)
+            for r in roles:
+                q(self.admin, "DROP ROLE IF EXISTS %s" % r)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -144,7 +144,7 @@ class WaitForTest(AxmeTestCase):
         self.register(agent, "poll", {"retry": {"max_attempts": 1}})
         iid = self.send(agent)
         self.poll(agent)
-        self.q("SELECT axme.fail(%s, '{}', true)", (iid,))
+        self.q("SELECT axme.fail(%s, '{}', true, 1)", (iid,))
         self.assertEqual(self.q1("SELECT axme.wait_for(%s, '0')", (iid,))["status"], "FAILED")
         self.q("SELECT axme.replay(%s)", (iid,))
         w = self.start_waiter(iid)

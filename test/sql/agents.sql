@@ -9,7 +9,7 @@ SELECT axme.register_agent('agent://myorg/prod/agent-http', 'http', 'https://exa
 SELECT axme.register_agent('agent://myorg/prod/agent-inbox', 'inbox');
 CREATE FUNCTION public.agents_handler(intent jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
 SELECT axme.register_agent('agent://myorg/prod/agent-internal', 'internal', NULL, '{"handler": "public.agents_handler"}');
-SELECT address, delivery_mode, endpoint_url, options, registered_by = current_user AS by_me
+SELECT address, delivery_mode, endpoint_url, options, registered_by = current_user::text::regrole AS by_me
 FROM axme.agents WHERE address LIKE 'agent://myorg/prod/agent-%' ORDER BY agent_id;
 
 -- Address rules: org and workspace 3..63 of [a-z0-9-] without leading/trailing '-',
@@ -179,7 +179,7 @@ FROM unnest(ARRAY[
 ]) o;
 -- a superuser may register a handler that runs as itself (superuser) without db_role
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/int-h', 'internal', NULL, '{"handler": "agents_h.definer", "db_role": null}')$$);
-SELECT options, registered_by = current_user AS by_me FROM axme.agents WHERE address = 'agent://myorg/prod/int-h';
+SELECT options, registered_by = current_user::text::regrole AS by_me FROM axme.agents WHERE address = 'agent://myorg/prod/int-h';
 SELECT pg_temp.err($$SELECT axme.register_agent('agent://myorg/prod/poll-h', 'poll', NULL, '{"handler": "agents_h.ok"}')$$);
 -- a role that is not an admin may not register agents at all (roles and security)
 SET ROLE agents_h_user;

@@ -1,4 +1,4 @@
--- contract: the SQL surface of issue 2 (names, argument names, defaults, results), what PUBLIC
+-- contract: the public SQL surface (names, argument names, defaults, results), what PUBLIC
 -- may do (nothing), 42501 for roles without grants, SECURITY INVOKER, no STRICT public function,
 -- and the tables pg_dump keeps.  Output must not depend on shared_preload_libraries.
 \i test/include/setup.psql

@@ -72,15 +72,15 @@ SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg
 SELECT count(*) AS nothing_due FROM axme.poll('agent://myorg/prod/life', 10, '5 minutes');
 
 -- DELIVERED -> ACKNOWLEDGED -> IN_PROGRESS -> COMPLETED, extend_lease on the way.
-SELECT axme.ack(pg_temp.id('a'));
-SELECT pg_temp.err('SELECT axme.ack($1)', pg_temp.id('a'));
-SELECT axme.progress(pg_temp.id('a'), '{"step": "charging"}');
-SELECT pg_temp.err('SELECT axme.progress($1)', pg_temp.id('a'));
-SELECT pg_temp.err('SELECT axme.ack($1)', pg_temp.id('a'));
+SELECT axme.ack(pg_temp.id('a'), 1);
+SELECT pg_temp.err('SELECT axme.ack($1, 1)', pg_temp.id('a'));
+SELECT axme.progress(pg_temp.id('a'), '{"step": "charging"}', 1);
+SELECT pg_temp.err('SELECT axme.progress($1, ''{}'', 1)', pg_temp.id('a'));
+SELECT pg_temp.err('SELECT axme.ack($1, 1)', pg_temp.id('a'));
 BEGIN;
 SELECT pg_sleep(1.1);
 -- leases run from the clock, not from the start of the transaction (which is 1.1 s old here)
-SELECT axme.extend_lease(pg_temp.id('a'), '10 minutes') > now() + interval '10 minutes 1 second' AS extended;
+SELECT axme.extend_lease(pg_temp.id('a'), '10 minutes', 1) > now() + interval '10 minutes 1 second' AS extended;
 SELECT (axme.get_intent(pg_temp.id('a'))->>'lease_until')::timestamptz > now() + interval '10 minutes 1 second' AS lease_moved;
 COMMIT;
 SELECT axme.complete(pg_temp.id('a'), '{"charged": 42.5}', 1);
@@ -105,7 +105,7 @@ SELECT * FROM pg_temp.state('a');
 SELECT count(*) AS events_of_a FROM axme.intent_events(pg_temp.id('a'));
 
 -- DELIVERED -> FAILED by the receiver's decision (retry => false): not a dead letter.
-SELECT axme.fail(pg_temp.id('b'), '{"code": "out_of_stock"}');
+SELECT axme.fail(pg_temp.id('b'), '{"code": "out_of_stock"}', false, 1);
 SELECT * FROM pg_temp.state('b');
 SELECT * FROM pg_temp.events('b');
 SELECT count(*) AS dead_letters FROM axme.dead_letters WHERE intent_id = pg_temp.id('b');
@@ -215,7 +215,7 @@ SELECT axme.resolve(pg_temp.id('f2'), 'CANCELED');
 -- replay notifies nobody but a stream agent, and poll serves stream agents too
 SELECT pg_temp.send('s', 'agent://myorg/prod/streamer', '{"max_delivery_attempts": 1}');
 SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg/prod/streamer', 10);
-SELECT axme.fail(pg_temp.id('s'), '{}', true);
+SELECT axme.fail(pg_temp.id('s'), '{}', true, 1);
 SELECT * FROM pg_temp.state('s');
 SELECT axme.replay(pg_temp.id('s'));
 SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg/prod/streamer', 10);
@@ -226,7 +226,7 @@ SELECT axme.register_agent('agent://myorg/prod/slow-retry');
 SELECT pg_temp.send('g', 'agent://myorg/prod/slow-retry');
 SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg/prod/slow-retry');
 BEGIN;
-SELECT axme.fail(pg_temp.id('g'), '{"code": 503}', true);
+SELECT axme.fail(pg_temp.id('g'), '{"code": 503}', true, 1);
 SELECT (d->>'next_attempt_at')::timestamptz - now() BETWEEN interval '500 ms' AND interval '1 s' AS backoff_ok
 FROM axme.get_intent(pg_temp.id('g')) d;
 COMMIT;
@@ -301,7 +301,7 @@ SELECT pg_temp.send('m2', 'agent://myorg/prod/batch');
 SELECT pg_temp.send('m3', 'agent://myorg/prod/batch');
 SELECT pg_temp.send('m4', 'agent://myorg/prod/batch');
 SELECT pg_temp.name_of(intent_id) AS name, attempt FROM axme.poll('agent://myorg/prod/batch', 10);
-SELECT axme.complete(pg_temp.id('m4'));
+SELECT axme.complete(pg_temp.id('m4'), '{}', 1);
 SELECT pg_temp.name_of(id) AS completed FROM axme.complete_many(
     ARRAY[pg_temp.id('m1'), pg_temp.id('m2'), pg_temp.id('m3'), pg_temp.id('m4'), '00000000-0000-0000-0000-000000000000'],
     ARRAY[1, 1, 7, NULL, NULL],
@@ -326,7 +326,7 @@ FROM axme.poll('agent://myorg/prod/life', 1, '1 second');
 COMMIT;
 
 -- NULL results, errors and details are refused, not stored.
-SELECT pg_temp.err('SELECT axme.complete($1, NULL)', pg_temp.id('late'));
+SELECT pg_temp.err('SELECT axme.complete($1, NULL, 1)', pg_temp.id('late'));
 SELECT pg_temp.err('SELECT axme.fail($1, NULL)', pg_temp.id('late'));
-SELECT pg_temp.err('SELECT axme.progress($1, NULL)', pg_temp.id('late'));
+SELECT pg_temp.err('SELECT axme.progress($1, NULL, 1)', pg_temp.id('late'));
 SELECT (axme.get_intent(pg_temp.id('late')))->>'status' AS still;

@@ -36,12 +36,12 @@ SELECT pg_temp.err('SELECT axme.resume_agent(''bad address'')');
 SELECT pg_temp.err('SELECT axme.pause_agent(NULL)');
 
 -- complete one, fail one for good, dead-letter one (budget of 1)
-SELECT axme.complete(intent_id) FROM axme.intents
+SELECT axme.complete(intent_id, '{}', attempt) FROM axme.intents
 WHERE to_agent = 'agent://acme/ops/worker' AND status = 'DELIVERED' ORDER BY created_at, intent_id LIMIT 1;
-SELECT axme.fail(intent_id, '{"why": "no"}') FROM axme.intents
+SELECT axme.fail(intent_id, '{"why": "no"}', false, attempt) FROM axme.intents
 WHERE to_agent = 'agent://acme/ops/worker' AND status = 'DELIVERED';
 SELECT pg_temp.send('agent://acme/ops/worker', '{"max_delivery_attempts": 1}') IS NOT NULL AS sent;
-SELECT count(axme.fail(p.intent_id, '{"why": "boom"}', true)) FROM axme.poll('agent://acme/ops/worker', 10) p;
+SELECT count(axme.fail(p.intent_id, '{"why": "boom"}', true, p.attempt)) FROM axme.poll('agent://acme/ops/worker', 10) p;
 SELECT * FROM pg_temp.statuses('agent://acme/ops/worker');
 SELECT agent, mode, "window", sent, delivered, completed, failed, dead_lettered, retrying, success_rate,
        p50_ms >= 0 AS p50, p95_ms >= p50_ms AS p95, p99_ms >= p95_ms AS p99
@@ -93,7 +93,7 @@ CREATE TEMP TABLE keyed AS SELECT pg_temp.send('agent://acme/ops/other', '{}', '
 SELECT axme.resolve(id, 'COMPLETED') FROM keyed;
 SELECT axme.register_agent('agent://acme/ops/dead', 'poll');
 SELECT pg_temp.send('agent://acme/ops/dead', '{"max_delivery_attempts": 1}') IS NOT NULL AS sent;
-SELECT count(axme.fail(p.intent_id, '{"why": "boom"}', true)) FROM axme.poll('agent://acme/ops/dead', 1) p;
+SELECT count(axme.fail(p.intent_id, '{"why": "boom"}', true, p.attempt)) FROM axme.poll('agent://acme/ops/dead', 1) p;
 INSERT INTO axme.delivery_attempts (intent_id, attempt, agent_id, started_at, duration_ms)
 SELECT id, 1, 0, now() - interval '2 days', 1 FROM keyed;
 -- (only this test's intents: the regression tests share a database)

@@ -26,6 +26,12 @@ SELECT array_agg(s.secret = :'s9') FROM axme.agent_secrets s JOIN axme.agents a 
 WHERE a.address = 'agent://resil/tests/hook';
 SELECT pg_temp.err($$SELECT axme.rotate_secret('agent://resil/tests/hook', '-1 second')$$);
 SELECT pg_temp.err($$SELECT axme.rotate_secret('agent://resil/tests/hook', NULL)$$);
+-- every interval argument is bounded before any arithmetic: 22023 naming it, never 22008
+SELECT pg_temp.err($$SELECT axme.rotate_secret('agent://resil/tests/hook', '178000000 years')$$);
+SELECT pg_temp.err($$SELECT axme.rotate_secret('agent://resil/tests/hook', '366 days')$$);
+SELECT pg_temp.err($$SELECT axme.extend_lease(gen_random_uuid(), '178000000 years')$$);
+SELECT pg_temp.err($$SELECT * FROM axme.poll('agent://resil/tests/poller', 1, '178000000 years')$$);
+SELECT pg_temp.err($$SELECT axme.wait_for(gen_random_uuid(), '178000000 years')$$);
 SELECT pg_temp.err($$SELECT axme.rotate_secret('agent://resil/tests/nobody')$$);
 SELECT pg_temp.err($$SELECT axme.rotate_secret('not-an-address')$$);
 SELECT pg_temp.err($$SELECT axme.rotate_secret('agent://resil/tests/poller')$$);

@@ -149,8 +149,8 @@ SELECT status FROM axme.intents WHERE intent_id IN (:'a1', :'a2') ORDER BY statu
 SET ROLE sec_w1_member;
 SELECT count(*) AS polled FROM axme.poll('agent://secorg/prod/one', 10);
 SELECT payload->>'card' AS card FROM axme.intents ORDER BY 1;
-SELECT count(*) AS completed FROM axme.complete_many(ARRAY[:'a1'::uuid, :'b2'::uuid, :'b1'::uuid]);
-SELECT axme.fail(:'a2', '{"code": "declined"}');
+SELECT count(*) AS completed FROM axme.complete_many(ARRAY[:'a1'::uuid, :'b2'::uuid, :'b1'::uuid], ARRAY[1, 1, 1]);
+SELECT axme.fail(:'a2', '{"code": "declined"}', false, 1);
 RESET ROLE;
 SELECT intent_id = :'a1' AS is_a1, event_type, actor FROM axme.events
 WHERE intent_id IN (:'a1', :'a2') AND seq > 2 ORDER BY intent_id = :'a1', seq;
@@ -239,7 +239,7 @@ SET ROLE sec_admin;
 SELECT pg_temp.err($$SELECT axme.send_intent('{"intent_type": "intent.sec.v1", "to_agent": "agent://secorg/prod/orphan", "from_agent": "agent://secorg/prod/one", "payload": {}}')$$) AS admin;
 RESET ROLE;
 SELECT sender_role, from_agent FROM axme.intents WHERE to_agent = 'agent://secorg/prod/orphan' AND from_agent IS NOT NULL
-ORDER BY sender_role, from_agent;
+ORDER BY sender_role::text, from_agent;
 
 -- Removing db_role leaves the agent to admins.
 SELECT axme.register_agent('agent://secorg/prod/two', 'stream', NULL, '{"db_role": null}');
@@ -393,7 +393,7 @@ SELECT note FROM axme.sec_later_by_intent;
 SELECT count(*) AS ok_view_rows FROM axme.sec_later_ok;
 RESET ROLE;
 SET ROLE sec_w1;
-SELECT note FROM axme.sec_later_by_owner;
+SELECT note FROM axme.sec_later_by_owner ORDER BY note;
 RESET ROLE;
 DROP VIEW axme.sec_later_urls, axme.sec_later_fn, axme.sec_later_ok;
 DROP TABLE axme.sec_later_by_intent, axme.sec_later_by_owner, axme.sec_later_plain;

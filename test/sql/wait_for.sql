@@ -47,7 +47,7 @@ SELECT axme.send_intent(jsonb_build_object('intent_type', 'intent.wait.v1', 'to_
        'payload', jsonb_build_object('n', 6), 'deadline_at', clock_timestamp() + interval '1 second')) AS late_id \gset
 SELECT axme.complete(:'open_id');
 SELECT count(*) AS handed_out FROM axme.poll('agent://myorg/prod/waiter', 10);
-SELECT axme.fail(:'dead_id', '{"code": "y"}', true);
+SELECT axme.fail(:'dead_id', '{"code": "y"}', true, 1);
 SELECT pg_sleep(1.2);
 SELECT count(*) AS handed_out FROM axme.poll('agent://myorg/prod/waiter-late', 10);
 SELECT d->>'status' AS status, d->>'dead_letter_reason' AS dead_letter_reason, d->'error' AS error
@@ -68,7 +68,7 @@ BEGIN;
 SELECT count(*) AS claimed FROM axme.poll('agent://myorg/prod/waiter-held', 10);
 SELECT pg_temp.err('SELECT axme.wait_for($1, ''1 second'')', :'held_id');
 -- but a terminal transition made in this transaction is visible to it: returns at once
-SELECT axme.complete(:'held_id');
+SELECT axme.complete(:'held_id', '{}', 1);
 SELECT (axme.wait_for(:'held_id', '1 second'))->>'status' AS status;
 COMMIT;
 
