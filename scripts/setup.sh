@@ -20,6 +20,7 @@ PACKAGES=(
     postgresql-15-pgq3         # PgQ, the benchmark's comparison queue
     nodejs                     # the npm standardwebhooks verifier in the http tests
     openssl                    # the http tests' private CA and TLS certificates
+    prometheus                 # promtool: checks the example alert rules and metrics() output
     ca-certificates
     libmicrohttpd-dev          # axme-gateway's HTTP server (epoll, suspend/resume for SSE)
     libpq-dev                  # axme-gateway's database connections

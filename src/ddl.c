@@ -4,7 +4,8 @@
  * Before DROP DATABASE waits for the sessions of that database, its workers are asked to leave
  * (and the launcher to start none there); PostgreSQL 15 would otherwise fail the drop after 5 s.
  * DROP EXTENSION axme rings the delivery worker at commit, so it notices and leaves; CREATE
- * DATABASE has the launcher list the databases again.  Needs the shared memory (preload).
+ * DATABASE has the launcher list the databases again.  Dropping either forgets the database's
+ * counters (counters.c).  Needs the shared memory (preload).
  */
 #include "postgres.h"
 
@@ -117,7 +118,10 @@ utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 			leave_database(dropping);
 	}
 	if (sh != NULL && drops_axme(parsetree))
+	{
 		axme_ring_delivery();	/* the worker sees the extension gone and leaves */
+		axme_counters_forget_at_commit();	/* its agents' counters go with it */
+	}
 
 	PG_TRY();
 	{
@@ -136,7 +140,10 @@ utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	}
 	PG_END_TRY();
 	if (OidIsValid(dropping))
+	{
 		leave_done(dropping, true);
+		axme_counters_forget(dropping);
+	}
 	if (sh != NULL && IsA(parsetree, CreatedbStmt))
 	{
 		SpinLockAcquire(&sh->mutex);

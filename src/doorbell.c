@@ -14,6 +14,9 @@
  * of a timer due earlier than that pokes it (a flag, then its latch).  While it scans, wake_at
  * is AXME_WAKE_UNKNOWN, so nothing committed during a scan is missed.
  *
+ * The counters of axme.metrics() ride on the same callbacks: counters.c keeps them, and is
+ * called here at shared memory startup, at commit, at abort and at the end of a subtransaction.
+ *
  * Nothing here calls worker code: this file is on the user-facing path.
  */
 #include "postgres.h"
@@ -91,6 +94,7 @@ shmem_startup(void)
 		for (int i = 0; i < AXME_WAIT_BUCKETS; i++)
 			ConditionVariableInit(&shared->waiters[i]);
 	}
+	axme_counters_shmem_startup(&shared->counters, found);
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -402,6 +406,7 @@ xact_callback(XactEvent event, void *arg)
 				if (ring)
 					ring_delivery_worker(MyDatabaseId);
 			}
+			axme_counters_at_commit();
 			reset_pending();
 			break;
 		case XACT_EVENT_ABORT:
@@ -410,8 +415,9 @@ xact_callback(XactEvent event, void *arg)
 			/*
 			 * A prepared transaction cannot NOTIFY; its stream receivers find the intents on
 			 * their next poll, its waiters on their next periodic re-check, and the delivery
-			 * worker on its next look.
+			 * worker on its next look.  Its counts are not kept either.
 			 */
+			axme_counters_at_abort();
 			reset_pending();
 			break;
 		default:
@@ -429,6 +435,8 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	int			level = GetCurrentTransactionNestLevel();
 	ListCell   *lc;
 
+	if (event == SUBXACT_EVENT_ABORT_SUB || event == SUBXACT_EVENT_COMMIT_SUB)
+		axme_counters_subxact(event == SUBXACT_EVENT_COMMIT_SUB, level);
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
 		foreach(lc, pending_notifies)

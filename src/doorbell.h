@@ -4,8 +4,9 @@
  * Backends ring the doorbell: what they write (a send, a timer, a terminal status, a change of
  * agents) is remembered while their transaction runs and announced at commit.  Workers answer:
  * they keep their latch and their plans in the per-database slot and read the flags set there.
- * Everything in shared memory is laid out here; it exists only when the library is in
- * shared_preload_libraries (axme_shared() is NULL otherwise, and every ring is a no-op).
+ * Everything in shared memory is laid out here (the counters' slots in counters.h, included
+ * below); it exists only when the library is in shared_preload_libraries (axme_shared() is NULL
+ * otherwise, and every ring is a no-op).
  */
 #ifndef AXME_DOORBELL_H
 #define AXME_DOORBELL_H
@@ -16,6 +17,8 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/uuid.h"
+
+#include "counters.h"
 
 /* databases served at once (one slot each) */
 #define AXME_DB_SLOTS 256
@@ -84,6 +87,7 @@ typedef struct AxmeShared
 	ConditionVariable waiters[AXME_WAIT_BUCKETS];
 	slock_t		status_mutex;
 	AxmeWorkerStatus status[AXME_STATUS_SLOTS];
+	AxmeCounters counters;		/* the totals of axme_*_total, per database and agent (counters.c) */
 } AxmeShared;
 
 /* set up from _PG_init: the commit callbacks always, the shared memory hooks when preloading */

@@ -46,6 +46,7 @@
 
 #include "axme.h"
 #include "doorbell.h"
+#include "status.h"
 #include "worker.h"
 #include "worker_tx.h"
 
@@ -404,6 +405,7 @@ axme_handler_worker_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(AXME_HANDLER_WORKER);
 	axme_set_actor("axme:handler-worker");	/* the actor of its events (actor.c) */
+	axme_status_register(AXME_HANDLER_WORKER_KIND);
 	cxt = AllocSetContextCreate(TopMemoryContext, "axme handler worker", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
@@ -417,10 +419,15 @@ axme_handler_worker_main(Datum arg)
 		axme_worker_check();
 		if (claim(&c, &next_due, cxt))
 		{
+			axme_status_state("handling");
+			axme_status_in_flight(1);
 			run(&c, cxt);
+			axme_status_in_flight(0);
+			axme_status_delivered(1);
 			MemoryContextReset(cxt);
 			continue;
 		}
+		axme_status_state("idle");
 		MemoryContextReset(cxt);
 		now = GetCurrentTimestamp();
 		if (next_due <= now)

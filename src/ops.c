@@ -4,9 +4,9 @@
  * they read are in guc.c).
  *
  * The worker calls axme_ops_tick() on every turn of its loop; it does something only when an
- * alert check (every 10 s) or a cleanup batch (every axme.cleanup_interval, then batch after
- * batch until nothing is left, one short transaction each) is due, and bounds the worker's sleep
- * with axme_ops_next_ms().  Errors are reported as WARNINGs and in axme.worker_status; they never
+ * alert check and a copy of the counters into axme.counters (every 10 s) or a cleanup batch
+ * (every axme.cleanup_interval, then batch after batch until nothing is left, one short
+ * transaction each) is due, and bounds the worker's sleep with axme_ops_next_ms().  Errors are reported as WARNINGs and in axme.worker_status; they never
  * end the worker.
  */
 #include "postgres.h"
@@ -165,6 +165,8 @@ axme_ops_tick(void)
 	{
 		axme_status_state("checking alerts");
 		(void) run_step("SELECT axme._check_alerts()", "checking alerts");
+		/* the shared counters into axme.counters, so a crash loses at most this period */
+		(void) run_step("SELECT axme._counters_flush()", "copying the counters");
 		next_alert_check = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ALERT_CHECK_MS);
 	}
 	if (cleanup_more || now >= next_cleanup())

@@ -24,8 +24,9 @@
 #define AXME_DELIVERY_WORKER "axme delivery worker"
 #define AXME_HANDLER_WORKER "axme handler worker"
 #define AXME_ALERT_WORKER "axme alert worker"
-/* kind in axme.worker_status */
+/* kinds in axme.worker_status */
 #define AXME_DELIVERY_WORKER_KIND "delivery worker"
+#define AXME_HANDLER_WORKER_KIND "handler worker"
 
 typedef enum AxmeProcessKind
 {

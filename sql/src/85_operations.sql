@@ -280,13 +280,110 @@ CREATE VIEW axme.worker_status AS
     FROM axme._worker_status() s
     LEFT JOIN pg_catalog.pg_database d ON d.oid = s.database;
 COMMENT ON VIEW axme.worker_status IS
-    'The running axme workers of the cluster (shared memory): kind (delivery worker), database, pid, state '
+    'The running axme workers of the cluster (shared memory): kind (delivery worker, handler worker), database, pid, state '
     '(idle, delivering, cleanup, waiting for ALTER EXTENSION axme UPDATE, ...), in_flight requests, '
     'deliveries_per_second (outcomes recorded over the last 10 s), deliveries_total, last_error and '
     'when, started_at. A database left without a worker (axme.max_database_workers or '
     'max_worker_processes reached) has a row of kind none, no pid, its state saying why and '
     'started_at when it began (and an alert database_unserved in its axme.alerts). Needs '
     'shared_preload_libraries = axme (empty otherwise).';
+
+-- Counters (src/counters.c): monotonic totals per agent for axme.metrics()'s axme_*_total.
+-- Counted in the backend while a transaction runs and added to shared memory at its commit
+-- (never a row update per event, which would serialise senders); copied into axme.counters by
+-- the delivery worker every 10 seconds; read as the table plus what shared memory holds since.
+CREATE FUNCTION axme._count_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'axme_count_trigger';
+COMMENT ON FUNCTION axme._count_trigger() IS
+    'Private: row trigger that counts a send (argument sent), an intent that became terminal '
+    '(ended) or an http attempt (attempt) in this transaction; added to the shared counters at commit.';
+
+CREATE TRIGGER intents_count_sent AFTER INSERT ON axme.intents
+    FOR EACH ROW EXECUTE FUNCTION axme._count_trigger('sent');
+COMMENT ON TRIGGER intents_count_sent ON axme.intents IS
+    'Counts the send for axme_intents_sent_total (axme._count_trigger).';
+CREATE TRIGGER intents_count_ended AFTER UPDATE OF status ON axme.intents
+    FOR EACH ROW
+    WHEN (NEW.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          AND OLD.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'))
+    EXECUTE FUNCTION axme._count_trigger('ended');
+COMMENT ON TRIGGER intents_count_ended ON axme.intents IS
+    'Counts an intent that became terminal for axme_intents_{completed,failed,dead_lettered,'
+    'timed_out,canceled}_total (axme._count_trigger).';
+CREATE TRIGGER delivery_attempts_count AFTER INSERT ON axme.delivery_attempts
+    FOR EACH ROW EXECUTE FUNCTION axme._count_trigger('attempt');
+COMMENT ON TRIGGER delivery_attempts_count ON axme.delivery_attempts IS
+    'Counts an http attempt by outcome for axme_delivery_attempts_total (axme._count_trigger).';
+
+CREATE FUNCTION axme._counters(OUT agent_id bigint, OUT counter text, OUT outcome text,
+                               OUT total bigint, OUT epoch bigint)
+RETURNS SETOF record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'axme_counters';
+COMMENT ON FUNCTION axme._counters() IS
+    'Private: this database''s counters in shared memory, one row per agent and counter that '
+    'moved, totals since the epoch (of the server start that began them and of this database); plus one row with '
+    'agent_id NULL, counter lost: counts not kept because every shared slot was taken.';
+
+-- Dumped like every axme table (pg_extension_config_dump): a database moved by pg_dump and
+-- pg_restore (a migration, a major upgrade) keeps counting from its last copied values instead
+-- of restarting at zero.  A restored row's epoch is never the running one (the epoch is that of
+-- a server start and a database), so its value is read as a base, never mistaken for totals
+-- that this server's shared memory holds.
+CREATE TABLE axme.counters (
+    agent_id bigint NOT NULL,
+    counter  text NOT NULL,
+    outcome  text NOT NULL DEFAULT '',
+    value    bigint NOT NULL,
+    base     bigint NOT NULL DEFAULT 0,
+    epoch    bigint NOT NULL,
+    PRIMARY KEY (agent_id, counter, outcome)
+);
+COMMENT ON TABLE axme.counters IS
+    'The counters of axme.metrics() as last copied from shared memory by the delivery worker '
+    '(every 10 seconds), one row per agent, counter (sent, completed, failed, dead_lettered, '
+    'timed_out, canceled, attempts) and outcome (of attempts; '''' otherwise). value: the total at '
+    'that copy; base: the total before epoch, the server start whose shared counters it adds. '
+    'Read them with axme.metrics(), which adds what shared memory counted since.';
+SELECT pg_catalog.pg_extension_config_dump('axme.counters', '');
+
+-- Copy the shared counters of this database into axme.counters (the delivery worker, every
+-- 10 seconds).  A row's value is base + the shared total of its epoch; a new epoch (after a
+-- crash) starts from the last value copied.  Rows of unregistered agents go.  Returns the rows
+-- written.
+CREATE FUNCTION axme._counters_flush() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    INSERT INTO axme.counters AS c (agent_id, counter, outcome, value, base, epoch)
+    SELECT s.agent_id, s.counter, s.outcome, s.total, 0, s.epoch
+    FROM axme._counters() s JOIN axme.agents a ON a.agent_id = s.agent_id
+    ON CONFLICT (agent_id, counter, outcome) DO UPDATE SET
+        base = CASE WHEN c.epoch = excluded.epoch THEN c.base ELSE c.value END,
+        value = CASE WHEN c.epoch = excluded.epoch THEN c.base ELSE c.value END + excluded.value,
+        epoch = excluded.epoch
+    WHERE c.epoch <> excluded.epoch OR c.value <> c.base + excluded.value;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM axme.counters c WHERE NOT EXISTS (SELECT FROM axme.agents a WHERE a.agent_id = c.agent_id);
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._counters_flush() IS
+    'Private: copy this database''s shared counters into axme.counters; returns the rows written.';
+
+-- The current value of every counter: the copied value, or its base when the copy is of the
+-- running epoch, plus the shared total.  The same sum whether or not a copy committed since
+-- the reader's snapshot, so a scrape never sees a counter go back.
+CREATE FUNCTION axme._counter_values(OUT agent_id bigint, OUT counter text, OUT outcome text,
+                                     OUT value bigint)
+RETURNS SETOF record LANGUAGE sql AS $$
+    SELECT coalesce(t.agent_id, s.agent_id), coalesce(t.counter, s.counter),
+           coalesce(t.outcome, s.outcome),
+           CASE WHEN t.epoch = s.epoch THEN t.base ELSE coalesce(t.value, 0) END + coalesce(s.total, 0)
+    FROM axme.counters t
+    FULL JOIN (SELECT * FROM axme._counters() x WHERE x.agent_id IS NOT NULL) s
+        ON s.agent_id = t.agent_id AND s.counter = t.counter AND s.outcome = t.outcome
+$$;
+COMMENT ON FUNCTION axme._counter_values() IS
+    'Private: every counter of this database (axme.counters plus shared memory).';
 
 CREATE FUNCTION axme._prom_escape(v text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
@@ -307,6 +404,23 @@ LANGUAGE sql AS $$
     ), ws AS MATERIALIZED (
         SELECT format('{kind="%s",pid="%s"}', kind, pid) AS l, *
         FROM axme.worker_status WHERE database = current_database() AND pid IS NOT NULL
+    ), cv AS MATERIALIZED (
+        SELECT * FROM axme._counter_values()
+    ), ctr AS MATERIALIZED (
+        -- every agent's series from zero (increase() misses the first step of a new series);
+        -- attempt outcomes for http agents, or when counted
+        SELECT format('agent="%s",mode="%s"', axme._prom_escape(a.address), a.delivery_mode) AS l,
+               k.counter, k.outcome, coalesce(cv.value, 0) AS value
+        FROM axme.agents a
+        CROSS JOIN (VALUES ('sent', ''), ('completed', ''), ('failed', ''), ('dead_lettered', ''),
+                           ('timed_out', ''), ('canceled', ''), ('attempts', 'success'),
+                           ('attempts', 'http_4xx'), ('attempts', 'http_5xx'), ('attempts', 'http_other'),
+                           ('attempts', 'timeout'), ('attempts', 'connect'), ('attempts', 'dns'),
+                           ('attempts', 'tls'), ('attempts', 'network'), ('attempts', 'redirect'),
+                           ('attempts', 'ssrf_blocked'), ('attempts', 'invalid_url'), ('attempts', 'other'))
+            AS k(counter, outcome)
+        LEFT JOIN cv ON cv.agent_id = a.agent_id AND cv.counter = k.counter AND cv.outcome = k.outcome
+        WHERE k.counter <> 'attempts' OR a.delivery_mode = 'http' OR cv.value > 0
     ), m(ord, name, type, help) AS (VALUES
         (1, 'axme_queue_ready', 'gauge', 'Intents due now, not yet handed out.'),
         (2, 'axme_queue_leased', 'gauge', 'Intents handed out whose lease is running.'),
@@ -329,7 +443,15 @@ LANGUAGE sql AS $$
         (22, 'axme_worker_deliveries_total', 'counter', 'Outcomes recorded since the worker started.'),
         (23, 'axme_database_unserved', 'gauge', '1 when no axme worker serves this database (axme.max_database_workers or max_worker_processes reached).'),
         (30, 'axme_alerts_last_hour', 'gauge', 'Alerts raised in the last hour.'),
-        (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).')
+        (31, 'axme_notification_queue_usage', 'gauge', 'Fraction of the NOTIFY queue in use (pg_notification_queue_usage()).'),
+        (40, 'axme_intents_sent_total', 'counter', 'Intents sent (committed sends).'),
+        (41, 'axme_intents_completed_total', 'counter', 'Intents that became COMPLETED.'),
+        (42, 'axme_intents_failed_total', 'counter', 'Intents that became FAILED, dead letters not included.'),
+        (43, 'axme_intents_dead_lettered_total', 'counter', 'Intents dead-lettered (each time, replays included).'),
+        (44, 'axme_intents_timed_out_total', 'counter', 'Intents that became TIMED_OUT (deadline passed).'),
+        (45, 'axme_intents_canceled_total', 'counter', 'Intents that became CANCELED.'),
+        (46, 'axme_delivery_attempts_total', 'counter', 'http delivery attempts recorded, by outcome (success, http_4xx, http_5xx, http_other, timeout, connect, dns, tls, network, redirect, ssrf_blocked, invalid_url, other).'),
+        (47, 'axme_counts_lost_total', 'counter', 'Counts not kept because every shared counter slot of the server was taken.')
     ), samples(ord, line) AS (
         SELECT 1, 'axme_queue_ready' || l || ' ' || ready FROM qd
         UNION ALL SELECT 2, 'axme_queue_leased' || l || ' ' || leased FROM qd
@@ -356,6 +478,14 @@ LANGUAGE sql AS $$
                       SELECT FROM axme.worker_status w WHERE w.database = current_database() AND w.kind = 'none'))::int
         UNION ALL SELECT 30, 'axme_alerts_last_hour ' || (SELECT count(*) FROM axme.alerts WHERE at > now() - interval '1 hour')
         UNION ALL SELECT 31, 'axme_notification_queue_usage ' || pg_catalog.pg_notification_queue_usage()
+        UNION ALL SELECT 40 + CASE counter WHEN 'sent' THEN 0 WHEN 'completed' THEN 1 WHEN 'failed' THEN 2
+                                           WHEN 'dead_lettered' THEN 3 WHEN 'timed_out' THEN 4 ELSE 5 END,
+                         format('axme_intents_%s_total{%s} %s', counter, l, value)
+                  FROM ctr WHERE counter <> 'attempts'
+        UNION ALL SELECT 46, format('axme_delivery_attempts_total{%s,outcome="%s"} %s', l, outcome, value)
+                  FROM ctr WHERE counter = 'attempts'
+        UNION ALL SELECT 47, 'axme_counts_lost_total ' ||
+                  coalesce((SELECT x.total FROM axme._counters() x WHERE x.agent_id IS NULL), 0)
     )
     SELECT string_agg(t.line, E'\n' ORDER BY t.ord, t.sub, t.line) || E'\n'
     FROM (SELECT m.ord, 0 AS sub, format('# HELP %s %s', m.name, m.help) AS line FROM m
@@ -366,8 +496,11 @@ COMMENT ON FUNCTION axme.metrics() IS
     'The figures of axme.queue_depth, axme.delivery_stats and axme.worker_status (this database; '
     'axme_database_unserved 1 when no worker serves it) in the Prometheus text exposition format '
     '(metric names axme_*, labels agent, mode, window), '
-    'plus axme_notification_queue_usage (pg_notification_queue_usage()). For members of pg_monitor '
-    'and axme_admin (42501 otherwise).';
+    'plus axme_notification_queue_usage (pg_notification_queue_usage()), and monotonic counters '
+    'per agent (labels agent, mode): axme_intents_{sent,completed,failed,dead_lettered,timed_out,'
+    'canceled}_total and axme_delivery_attempts_total (label outcome), kept across restarts (a '
+    'crash loses up to the last 10 seconds: a counter reset). For members of pg_monitor and '
+    'axme_admin (42501 otherwise).';
 
 -- Check the alert conditions of every agent and raise each crossing once (called by the worker
 -- about every 10 seconds): dead_letter_threshold when an agent's dead letters reach

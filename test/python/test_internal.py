@@ -113,6 +113,18 @@ class InternalTest(AxmeTestCase):
                                 (iid,)),
                          [("intent.delivered", "axme:handler-worker"), ("intent.completed", "axme:handler-worker")])
 
+    def test_listed_in_worker_status(self):
+        iid = self.send(OK, payload={"qty": 1, "price": 1})
+        self.assertEqual(self.wait_terminal(iid)["status"], "COMPLETED")
+        rows = self.q("""SELECT w.pid, w.state, w.deliveries_total, a.backend_type
+                         FROM axme.worker_status w JOIN pg_stat_activity a USING (pid)
+                         WHERE w.kind = 'handler worker' AND w.database = current_database()""")
+        self.assertEqual(len(rows), 1, rows)
+        pid, state, total, backend_type = rows[0]
+        self.assertEqual(backend_type, "axme handler worker")
+        self.assertIn(state, ("idle", "handling"))
+        self.assertGreaterEqual(total, 1, "every handler run is an outcome recorded")
+
     def test_runs_as_db_role(self):
         iid = self.send(ROLE, payload={"qty": 1, "price": 1})
         doc = self.wait_terminal(iid)

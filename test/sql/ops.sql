@@ -58,6 +58,12 @@ SELECT count(*) AS bad_lines FROM regexp_split_to_table(axme.metrics(), E'\n') l
 WHERE line <> '' AND line !~ '^# (HELP|TYPE) axme_[a-z_]+ ' AND line !~ '^axme_[a-z_]+(\{[^}]*\})? [0-9.e+-]+$';
 SELECT count(*) AS queue_usage_lines FROM regexp_split_to_table(axme.metrics(), E'\n') line
 WHERE line ~ '^axme_notification_queue_usage [0-9.e-]+$';
+-- the counters (values depend on preloading: tested in test/python/test_counters.py): every
+-- counter is TYPE counter and ends in _total; every agent has its six intent counters
+SELECT line FROM regexp_split_to_table(axme.metrics(), E'\n') line
+WHERE line ~ '^# TYPE axme_\w+ counter$' ORDER BY line;
+SELECT count(*) AS worker_intent_counters FROM regexp_split_to_table(axme.metrics(), E'\n') line
+WHERE line ~ '^axme_intents_[a-z_]+_total\{agent="agent://acme/ops/worker",mode="poll"\} [0-9]+$';
 
 -- purge_dead_letters: only dead letters, only before the given time
 SELECT axme.purge_dead_letters('agent://acme/ops/worker', now() - interval '1 hour') AS purged_none;
