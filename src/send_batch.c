@@ -253,7 +253,7 @@ axme_send_intents(PG_FUNCTION_ARGS)
 	prepare_batch_plans();
 	for (volatile int i = 0; i < n; i++)
 	{
-		AgentRef   *ref = NULL;
+		AgentRef   *volatile ref = NULL;	/* set after the PG_TRY of WITH_INDEX */
 
 		/* 42501: a mapped agent's name is its role's (checked once per distinct from_agent) */
 		if (p[i].from_agent != NULL)
