@@ -745,6 +745,7 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 	int64		agent_id;
 	char	   *mode;
+	char		mode_buf[NAMEDATALEN];
 	bool		isnull;
 
 	/*
@@ -818,8 +819,10 @@ axme_send_intent(PG_FUNCTION_ARGS)
 	agent_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	axme_after_store(&p, id, mode);
+	/* the mode lives in SPI's memory, which SPI_finish frees: keep a copy for the wake-ups */
+	strlcpy(mode_buf, mode, sizeof(mode_buf));
 	SPI_finish();
-	axme_after_commit_wakeups(&p, agent_id, id, mode);
+	axme_after_commit_wakeups(&p, agent_id, id, mode_buf);
 
 	PG_RETURN_UUID_P(id);
 }
