@@ -2684,6 +2684,504 @@ BEGIN
 END $$;
 
 
+-- Priorities: intents.priority (-100..100, default 0; existing intents get 0),
+-- the claim index with priority as its second column, every claim site ordered by it, and the
+-- workers' next-due look-ups through axme._agent_next_due (one index range per priority).
+ALTER TABLE axme.intents ADD COLUMN priority integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN axme.intents.priority IS
+    'The sender''s priority, -100..100 (default 0): among due intents of one agent, higher priority '
+    'is handed out first, FIFO by due time within a priority (a retry goes behind).';
+DROP INDEX axme.intents_agent_due_idx;
+CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, priority DESC, due_at)
+    WHERE due_at IS NOT NULL;
+
+CREATE FUNCTION axme._agent_priorities(agent_id bigint) RETURNS SETOF integer
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE p(pr) AS (
+        (SELECT i.priority FROM axme.intents i
+         WHERE i.agent_id = $1 AND i.due_at IS NOT NULL
+         ORDER BY i.priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT i.priority FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.due_at IS NOT NULL AND i.priority < p.pr
+                ORDER BY i.priority DESC LIMIT 1)
+        FROM p WHERE p.pr IS NOT NULL
+    )
+    SELECT p.pr FROM p WHERE p.pr IS NOT NULL
+$$;
+COMMENT ON FUNCTION axme._agent_priorities(bigint) IS
+    'Private: the distinct priorities of an agent''s intents that have a due time, highest first.';
+
+CREATE FUNCTION axme._agent_next_due(agent_id bigint, after timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min((SELECT i.due_at FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.priority = p.pr AND i.due_at IS NOT NULL
+                  AND i.due_at > coalesce($2, '-infinity'::timestamptz)
+                ORDER BY i.due_at LIMIT 1))
+    FROM axme._agent_priorities($1) AS p(pr)
+$$;
+COMMENT ON FUNCTION axme._agent_next_due(bigint, timestamptz) IS
+    'Private: an agent''s earliest due time later than after (NULL: the earliest), any priority.';
+
+CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
+               correlation_id uuid, attempt integer, lease_until timestamptz, traceparent text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    claimed integer := 0;
+    seen integer;
+    r record;
+    t timestamptz;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'poll');   -- sec
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 10000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    IF a.delivery_mode NOT IN ('poll', 'stream') THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
+        RETURN;                     -- nothing handed out, no attempt charged
+    END IF;
+    -- its receiving role was dropped: nothing is handed out (only an admin gets this far)
+    IF a.db_role IS NOT NULL AND NOT axme._role_exists(a.db_role) THEN
+        PERFORM axme._disable_roleless(NULL, a.agent_id);
+        RETURN;
+    END IF;
+    LOOP
+        seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
+        -- Claim up to the remaining count, highest priority first, oldest due first within one.  A candidate whose deadline passed
+        -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
+        -- handed out; then the loop claims again to fill the batch.
+        FOR r IN
+            WITH c AS (
+                SELECT i.intent_id, i.due_at AS was_due,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
+                       i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
+                ORDER BY i.priority DESC, i.due_at
+                LIMIT max_count - claimed
+                FOR UPDATE SKIP LOCKED
+            ), u AS (
+                UPDATE axme.intents i SET
+                    status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                                  ELSE 'DELIVERED' END,
+                    attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                    dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    updated_at = now(),
+                    event_seq = i.event_seq + 1
+                FROM c
+                WHERE i.intent_id = c.intent_id
+                RETURNING i.*, c.was_due
+            ), e AS (
+                INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+                SELECT u.intent_id, u.event_seq,
+                       CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                     WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                     ELSE 'intent.timed_out' END,
+                       u.status, axme._caller(),   -- sec: the caller, not the definer
+                       CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
+                                     WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                           'error', u.error)
+                                     ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+                FROM u
+            )
+            SELECT u.* FROM u ORDER BY u.priority DESC, u.was_due
+        LOOP
+            seen := seen + 1;
+            IF r.status = 'DELIVERED' THEN
+                claimed := claimed + 1;
+                intent_id := r.intent_id;
+                intent_type := r.intent_type;
+                payload := r.payload;
+                from_agent := r.from_agent;
+                correlation_id := r.correlation_id;
+                attempt := r.attempt;
+                lease_until := r.lease_until;
+                traceparent := r.traceparent;
+                RETURN NEXT;
+            ELSE
+                PERFORM axme._wake_waiters(r.intent_id);
+            END IF;
+        END LOOP;
+        EXIT WHEN seen = 0 OR claimed >= max_count;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
+    'Claim up to max_count (1..10000) due intents of a poll or stream agent, oldest due first, '
+    'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
+    'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
+    'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. traceparent: the '
+    'sender''s W3C trace context, NULL when it gave none. '
+    'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
+    'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
+
+CREATE OR REPLACE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    PERFORM axme._disable_roleless('http');   -- an agent whose db_role is gone: disabled
+    -- webhook bodies carry created_at in UTC whatever the server's TimeZone (axme.render_request
+    -- renders them the same way); local to the worker's claim transaction
+    PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.priority DESC, ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at, i.priority
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.priority DESC, i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, axme._caller(),   -- sec: the caller, not the definer
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        IF r.traceparent IS NOT NULL THEN   -- W3C Trace Context, on every attempt
+            headers := headers || ('traceparent: ' || r.traceparent);
+            IF r.tracestate IS NOT NULL THEN
+                headers := headers || ('tracestate: ' || r.tracestate);
+            END IF;
+        END IF;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (delivery worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
+CREATE OR REPLACE FUNCTION axme._http_next_due(busy_agents bigint[], busy_counts integer[]) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+    SELECT min(CASE
+                 WHEN es.breaker = 'open' THEN greatest(d.due_at, es.open_until)
+                 WHEN es.breaker = 'half_open' AND es.probe_at IS NOT NULL THEN
+                     greatest(d.due_at, es.probe_at + (coalesce((ag.options->>'timeout_ms')::integer, 15000) + 60000)
+                                                      * interval '1 millisecond')
+                 WHEN es.breaker = 'half_open' AND coalesce(b.n, 0) > 0 THEN NULL
+                 WHEN coalesce(b.n, 0) >= least(coalesce((ag.options->>'max_in_flight')::integer, 16),
+                                                coalesce(floor(es.conc_limit)::integer, 2147483647)) THEN NULL
+                 WHEN ag.options ? 'rate_limit_per_second' AND es.tokens_at IS NOT NULL THEN
+                     greatest(d.due_at,
+                              es.tokens_at + (least(greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.1),
+                                                    greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.02))
+                                              - es.tokens)
+                                             / (ag.options->>'rate_limit_per_second')::float8 * interval '1 second')
+                 ELSE d.due_at END)
+    FROM axme.agents ag
+    LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+    LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+               GROUP BY x.id) b ON b.id = ag.agent_id
+    CROSS JOIN LATERAL (SELECT axme._agent_next_due(ag.agent_id, NULL) AS due_at) d
+    WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+      AND d.due_at IS NOT NULL
+      AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
+END $$;
+COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
+    'Private (delivery worker): when an http agent can next be handed something (NULL: nothing due).';
+
+CREATE OR REPLACE FUNCTION axme._internal_claim()
+RETURNS TABLE (intent_id uuid, attempt integer, handler text, run_as text, run_as_checked boolean,
+               timeout_ms integer, next_due timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    i axme.intents;
+    t timestamptz := clock_timestamp();
+    tmo integer;
+BEGIN
+    PERFORM axme._disable_roleless('internal');   -- an agent whose run-as role is gone: disabled
+    FOR c IN
+        SELECT ag.agent_id, ag.options, ag.registered_by, ag.db_role, f.intent_id, f.due_at
+        FROM axme.agents ag
+        -- the agent's due intent of highest priority, oldest due first, else its next due time
+        CROSS JOIN LATERAL (SELECT x.intent_id, x.due_at FROM (
+                                (SELECT it.intent_id, it.due_at FROM axme.intents it
+                                 WHERE it.agent_id = ag.agent_id AND it.due_at <= t
+                                 ORDER BY it.priority DESC, it.due_at LIMIT 1)
+                                UNION ALL
+                                SELECT NULL::uuid, axme._agent_next_due(ag.agent_id, t)) x
+                            WHERE x.due_at IS NOT NULL LIMIT 1) f
+        WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+        ORDER BY f.due_at
+    LOOP
+        IF c.due_at > t THEN
+            next_due := c.due_at;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT * INTO i FROM axme.intents it
+        WHERE it.intent_id = c.intent_id AND it.due_at <= t FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF i.deadline_at <= t THEN
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                                     jsonb_build_object('deadline_at', i.deadline_at));
+            next_due := t;          -- look again at once
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF i.status <> 'SUBMITTED' AND NOT axme._has_attempts_left(i) THEN
+            PERFORM axme._dead_letter(i, 'handler_error', jsonb_build_object('reason', 'lease_expired',
+                'message', 'the last allowed handler run did not finish (the worker stopped)'));
+            next_due := t;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        tmo := coalesce((c.options->>'timeout_ms')::integer, 5000);
+        i.attempt := i.attempt + 1;
+        i.lease_until := t + (tmo + 30000) * interval '1 millisecond';
+        i.due_at := i.lease_until;
+        i.waiting_reason := NULL;
+        PERFORM axme._transition(i, 'DELIVERED', 'intent.delivered',
+            jsonb_build_object('attempt', i.attempt, 'lease_until', i.lease_until, 'via', 'internal'));
+        intent_id := i.intent_id;
+        attempt := i.attempt;
+        handler := c.options->>'handler';
+        -- by OID (a digit string): a later role of the same name is not the one registered
+        run_as := coalesce(c.db_role, c.registered_by)::oid::text;
+        -- a handler runs as a superuser only when a superuser registered it without db_role
+        run_as_checked := c.db_role IS NULL OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.db_role), false);
+        timeout_ms := tmo;
+        next_due := t;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the handler worker (DELIVERED).';
+
+CREATE OR REPLACE FUNCTION axme._wake_streams(since timestamptz, upto timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    nxt timestamptz;
+BEGIN
+    FOR r IN
+        SELECT ag.agent_id, w.first_id, w.n, axme._agent_next_due(ag.agent_id, upto) AS later
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (
+            SELECT (array_agg(i.intent_id ORDER BY i.due_at))[1] AS first_id, count(*) AS n
+            FROM axme._agent_priorities(ag.agent_id) AS p(pr)
+            JOIN axme.intents i ON i.agent_id = ag.agent_id AND i.priority = p.pr
+            WHERE i.due_at > since AND i.due_at <= upto
+              AND i.due_at > i.updated_at
+        ) w
+        WHERE ag.delivery_mode = 'stream' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+    LOOP
+        IF r.n > 0 THEN
+            PERFORM axme._notify_agent_n(r.agent_id, r.first_id, r.n);
+        END IF;
+        IF r.later IS NOT NULL AND (nxt IS NULL OR r.later < nxt) THEN
+            nxt := r.later;
+        END IF;
+    END LOOP;
+    RETURN nxt;
+END $$;
+COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
+    'Private: NOTIFY each stream agent whose delayed, backed-off or lease-expired intents became '
+    'due in (since, upto]; returns the next such due time.';
+
+CREATE OR REPLACE FUNCTION axme._timers_turn(since timestamptz, upto timestamptz,
+                                  OUT next_due timestamptz, OUT internal_agents boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    modes text[] := ARRAY(SELECT DISTINCT a.delivery_mode::text FROM axme.agents a);
+BEGIN
+    next_due := (SELECT min(t.due_at) FROM axme.timers t);
+    IF 'stream' = ANY (modes) THEN
+        next_due := least(axme._wake_streams(since, upto), next_due, upto + interval '1 second');
+    END IF;
+    IF 'inbox' = ANY (modes)
+       AND pg_catalog.to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL THEN
+        IF axme._inbox_assign_due(1000) >= 1000 THEN
+            next_due := upto;       -- more to assign: at once
+        END IF;
+        next_due := least(next_due,
+            (SELECT min(axme._agent_next_due(a.agent_id, upto)) FROM axme.agents a
+             WHERE a.delivery_mode = 'inbox'));
+    END IF;
+    internal_agents := 'internal' = ANY (modes);
+END $$;
+COMMENT ON FUNCTION axme._timers_turn(timestamptz, timestamptz) IS
+    'Private: stream wake-ups, due inbox tasks, and the next due time of the worker''s timer loop.';
+
+CREATE OR REPLACE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer := 0;
+BEGIN
+    PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
+    FOR i IN
+        SELECT x.* FROM axme.agents a
+        CROSS JOIN LATERAL (
+            SELECT y.* FROM axme.intents y
+            WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
+              AND y.human_task IS NOT NULL
+            ORDER BY y.priority DESC, y.due_at LIMIT max_count
+            FOR UPDATE OF y SKIP LOCKED) x
+        WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
+        ORDER BY x.due_at LIMIT max_count
+    LOOP
+        PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._inbox_assign_due(integer) IS
+    'Private: assign human tasks whose not_before has passed (SUBMITTED -> WAITING with a task '
+    'thread), at most max_count, oldest due first. Returns the number assigned.';
+
+
 -- The database's delivery worker, waiting for this update, resumes at commit.
 SELECT axme._wake_http();
 

@@ -37,7 +37,7 @@ static const char *const intent_keys[] = {
 	"intent_type", "to_agent", "payload", "from_agent", "correlation_id", "reply_to",
 	"deadline_at", "not_before", "max_delivery_attempts", "remind_after_seconds",
 	"remind_interval_seconds", "max_reminders", "escalate_to", "human_task", "traceparent",
-	"tracestate"
+	"tracestate", "priority"
 };
 
 #define N_INTENT_KEYS lengthof(intent_keys)
@@ -302,7 +302,7 @@ check_unknown_keys(Jsonb *intent)
 				 errhint("Known fields: intent_type, to_agent, payload, from_agent, correlation_id, "
 						 "reply_to, deadline_at, not_before, max_delivery_attempts, "
 						 "remind_after_seconds, remind_interval_seconds, max_reminders, "
-						 "escalate_to, human_task, traceparent, tracestate.")));
+						 "escalate_to, human_task, traceparent, tracestate, priority.")));
 }
 
 static void
@@ -499,6 +499,8 @@ axme_parse_intent(Jsonb *intent, text *idem_key, AxmeIntent *p)
 			invalid("intent field \"%s\" must be a JSON object", "human_task");
 		p->human_task = JsonbValueToJsonb(v);
 	}
+	/* priority: -100..100, 0 when absent (get_int's -1 for "absent" is a valid priority) */
+	p->priority = get_key(intent, "priority") != NULL ? get_int(intent, "priority", -100, 100) : 0;
 	p->traceparent = get_string(intent, "traceparent");
 	if (p->traceparent != NULL && !axme_traceparent_is_valid(p->traceparent))
 		ereport(ERROR,
@@ -644,6 +646,13 @@ axme_after_store(const AxmeIntent *p, pg_uuid_t *id, const char *mode)
 		if (SPI_execute_plan(trace_plan, targs, tnulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "trace context update failed");
 	}
+
+	/*
+	 * Priority, only when not 0: a second statement, as for the trace context, so that a send
+	 * without one runs exactly the statements it did before.
+	 */
+	if (p->priority != 0)
+		axme_store_priority(id, p->priority);
 
 	/*
 	 * Human tasks, reply_to and escalate_to are checked, and a task assigned, by

@@ -39,7 +39,8 @@ CREATE TABLE axme.intents (
     idempotency_key       text,
     event_seq             integer NOT NULL DEFAULT 0,
     traceparent           text,
-    tracestate            text
+    tracestate            text,
+    priority              integer NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE axme.intents IS
     'One row per intent: its current status, attempt counter, due time and lease. '
@@ -53,6 +54,9 @@ COMMENT ON COLUMN axme.intents.traceparent IS
     'W3C traceparent the sender gave (validated at send; none is generated when absent): sent as a header on every webhook attempt, returned by poll.';
 COMMENT ON COLUMN axme.intents.tracestate IS
     'W3C tracestate the sender gave with its traceparent: sent as a header on every webhook attempt.';
+COMMENT ON COLUMN axme.intents.priority IS
+    'The sender''s priority, -100..100 (default 0): among due intents of one agent, higher priority '
+    'is handed out first, FIFO by due time within a priority (a retry goes behind).';
 COMMENT ON COLUMN axme.intents.due_at IS
     'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
 -- The claim path: due intents of one agent, oldest due first.  Per-key ordering and priorities
@@ -63,7 +67,40 @@ COMMENT ON COLUMN axme.intents.due_at IS
 -- (agent_id, ordering_key, created_at) WHERE ordering_key IS NOT NULL AND the intent is not
 -- terminal, so unkeyed intents pay nothing.  send_intents (src/send_batch.c) takes the new
 -- fields as one more array each.
-CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, due_at) WHERE due_at IS NOT NULL;
+-- Built: priority is the second column.  Queries that want an agent's earliest due time whatever
+-- the priority (the workers' next-due look-ups) read one range per priority through it,
+-- axme._agent_next_due(), which costs two probes for an agent whose intents all have priority 0.
+CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, priority DESC, due_at)
+    WHERE due_at IS NOT NULL;
+-- The priorities an agent has intents with a due time in, highest first: a loose scan of
+-- intents_agent_due_idx, one probe per distinct priority (two for an agent that uses none).
+CREATE FUNCTION axme._agent_priorities(agent_id bigint) RETURNS SETOF integer
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE p(pr) AS (
+        (SELECT i.priority FROM axme.intents i
+         WHERE i.agent_id = $1 AND i.due_at IS NOT NULL
+         ORDER BY i.priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT i.priority FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.due_at IS NOT NULL AND i.priority < p.pr
+                ORDER BY i.priority DESC LIMIT 1)
+        FROM p WHERE p.pr IS NOT NULL
+    )
+    SELECT p.pr FROM p WHERE p.pr IS NOT NULL
+$$;
+COMMENT ON FUNCTION axme._agent_priorities(bigint) IS
+    'Private: the distinct priorities of an agent''s intents that have a due time, highest first.';
+-- An agent's earliest due time after a point (NULL: any), whatever the priority.
+CREATE FUNCTION axme._agent_next_due(agent_id bigint, after timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min((SELECT i.due_at FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.priority = p.pr AND i.due_at IS NOT NULL
+                  AND i.due_at > coalesce($2, '-infinity'::timestamptz)
+                ORDER BY i.due_at LIMIT 1))
+    FROM axme._agent_priorities($1) AS p(pr)
+$$;
+COMMENT ON FUNCTION axme._agent_next_due(bigint, timestamptz) IS
+    'Private: an agent''s earliest due time later than after (NULL: the earliest), any priority.';
 CREATE INDEX intents_dead_letter_idx ON axme.intents (dead_lettered_at)
     WHERE dead_letter_reason IS NOT NULL;
 SELECT pg_catalog.pg_extension_config_dump('axme.intents', '');
