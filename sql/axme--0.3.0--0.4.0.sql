@@ -3263,6 +3263,391 @@ CREATE TRIGGER intents_key_release AFTER UPDATE OF status ON axme.intents
 COMMENT ON TRIGGER intents_key_release ON axme.intents IS
     'Per-key ordering: the end of a keyed intent releases the next one of its key (axme._release_key).';
 
+-- Fan-out: intents.fanout_id (NULL for existing intents), the subscriptions and fanouts tables,
+-- subscribe, unsubscribe and publish, and _secure with them on its lists.
+ALTER TABLE axme.intents ADD COLUMN fanout_id uuid;
+COMMENT ON COLUMN axme.intents.fanout_id IS
+    'The publish (axme.publish) that created the intent, shared by all the intents it created; NULL for a send.';
+
+-- Fan-out: agents subscribe to intent types (dotted, with AMQP wildcards) and an optional
+-- payload filter; axme.publish sends one intent per matching subscription, in the sender's
+-- transaction, each an ordinary intent (its own lifecycle, retries, dead letters) sharing the
+-- correlation id and a fanout_id.  Every intent goes through send_intent's own parse and store.
+
+CREATE SEQUENCE axme.subscriptions_subscription_id_seq;
+SELECT pg_catalog.pg_extension_config_dump('axme.subscriptions_subscription_id_seq', '');
+CREATE TABLE axme.subscriptions (
+    subscription_id     bigint PRIMARY KEY DEFAULT nextval('axme.subscriptions_subscription_id_seq'),
+    agent_id            bigint NOT NULL REFERENCES axme.agents ON DELETE CASCADE,
+    intent_type_pattern text NOT NULL,
+    filter              jsonb,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    created_by          text NOT NULL
+);
+ALTER SEQUENCE axme.subscriptions_subscription_id_seq OWNED BY axme.subscriptions.subscription_id;
+COMMENT ON TABLE axme.subscriptions IS
+    'Fan-out subscriptions: the agent receives a copy of every published intent whose type matches '
+    'intent_type_pattern (* one segment, # zero or more) and whose payload contains filter.';
+CREATE INDEX subscriptions_agent_idx ON axme.subscriptions (agent_id);
+SELECT pg_catalog.pg_extension_config_dump('axme.subscriptions', '');
+
+CREATE TABLE axme.fanouts (
+    fanout_id    uuid PRIMARY KEY,
+    sender_role  regrole NOT NULL,
+    sender       text NOT NULL,
+    key          text,
+    request_hash text NOT NULL,
+    intent_ids   uuid[] NOT NULL DEFAULT '{}',
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE axme.fanouts IS
+    'One row per publish with an idempotency key: (sender_role, sender, key) -> the fanout_id and '
+    'the intents it created, in subscription order (none when nothing matched).';
+CREATE UNIQUE INDEX fanouts_key_idx ON axme.fanouts (sender_role, sender, key);
+SELECT pg_catalog.pg_extension_config_dump('axme.fanouts', '');
+
+-- Whether a dotted intent type matches a pattern: * is one segment, # zero or more (AMQP).
+CREATE FUNCTION axme._segments_match(p text[], t text[]) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+BEGIN
+    IF cardinality(p) = 0 THEN
+        RETURN cardinality(t) = 0;
+    ELSIF p[1] = '#' THEN
+        RETURN axme._segments_match(p[2:], t) OR (cardinality(t) > 0 AND axme._segments_match(p, t[2:]));
+    ELSIF cardinality(t) = 0 THEN
+        RETURN false;
+    ELSIF p[1] = '*' OR p[1] = t[1] THEN
+        RETURN axme._segments_match(p[2:], t[2:]);
+    END IF;
+    RETURN false;
+END $$;
+COMMENT ON FUNCTION axme._segments_match(text[], text[]) IS
+    'Private: whether type segments t match pattern segments p (* one segment, # zero or more).';
+CREATE FUNCTION axme._type_matches(pattern text, intent_type text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT axme._segments_match(pg_catalog.string_to_array($1, '.'), pg_catalog.string_to_array($2, '.'))
+$$;
+COMMENT ON FUNCTION axme._type_matches(text, text) IS
+    'Private: whether a dotted intent type matches a subscription pattern.';
+
+CREATE FUNCTION axme.subscribe(agent text, intent_type_pattern text, filter jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    id bigint;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'subscribe');   -- sec
+    IF intent_type_pattern IS NULL OR length(intent_type_pattern) > 255
+       OR intent_type_pattern !~ '^([A-Za-z0-9_-]+|\*|#)(\.([A-Za-z0-9_-]+|\*|#))*$' THEN
+        RAISE EXCEPTION 'argument "intent_type_pattern" must be dotted segments of letters, digits, _ or -, '
+                        'or * (one segment) or # (zero or more), at most 255 characters, got %',
+                        coalesce(pg_catalog.quote_literal(left(intent_type_pattern, 100)), 'NULL')
+            USING ERRCODE = '22023', HINT = 'For example intent.order.# or intent.*.created.v1.';
+    END IF;
+    IF filter IS NOT NULL AND jsonb_typeof(filter) <> 'object' THEN
+        RAISE EXCEPTION 'argument "filter" must be a JSON object (contained in the payload), got %', jsonb_typeof(filter)
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO axme.subscriptions (agent_id, intent_type_pattern, filter, created_by)
+    VALUES (a.agent_id, subscribe.intent_type_pattern, subscribe.filter, axme._caller())
+    RETURNING subscription_id INTO id;
+    RETURN id;
+END $$;
+COMMENT ON FUNCTION axme.subscribe(text, text, jsonb) IS
+    'Subscribe an agent to published intents whose type matches intent_type_pattern (* one '
+    'segment, # zero or more) and, when filter is given, whose payload contains it (@>); returns the '
+    'subscription id.  The agent''s receiver or an admin.  22023 bad pattern or filter, P0002 no such '
+    'agent, 42501 not its receiver.';
+
+CREATE FUNCTION axme.unsubscribe(subscription_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ag bigint;
+BEGIN
+    SELECT s.agent_id INTO ag FROM axme.subscriptions s WHERE s.subscription_id = unsubscribe.subscription_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription % does not exist', coalesce(subscription_id::text, 'NULL')
+            USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM axme._check_receiver(ag, 'unsubscribe');   -- sec
+    DELETE FROM axme.subscriptions s WHERE s.subscription_id = unsubscribe.subscription_id;
+END $$;
+COMMENT ON FUNCTION axme.unsubscribe(bigint) IS
+    'End a subscription (intents already published stay).  The agent''s receiver or an admin.  '
+    'P0002 no such subscription, 42501 not its receiver.';
+
+CREATE FUNCTION axme.publish(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    fid uuid;
+    old axme.fanouts;
+    doc jsonb;
+    s record;
+    ids uuid[] := '{}';
+    one uuid;
+    hash text;
+    who text := coalesce(intent->>'from_agent', axme._caller());
+BEGIN
+    IF intent IS NULL OR jsonb_typeof(intent) <> 'object' THEN
+        RAISE EXCEPTION 'argument "intent" must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF intent ? 'to_agent' THEN
+        RAISE EXCEPTION 'publish takes no "to_agent": the subscriptions choose the receivers'
+            USING ERRCODE = '22023', HINT = 'Use send_intent to send to one agent.';
+    END IF;
+    IF jsonb_typeof(intent->'intent_type') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'intent field "intent_type" must be a string' USING ERRCODE = '22023';
+    END IF;
+    IF idempotency_key IS NOT NULL AND length(idempotency_key) NOT BETWEEN 8 AND 128 THEN
+        RAISE EXCEPTION 'argument "idempotency_key" must be 8..128 characters, got %', length(idempotency_key)
+            USING ERRCODE = '22023';
+    END IF;
+    fid := gen_random_uuid();
+    hash := md5(intent::text);
+    IF idempotency_key IS NOT NULL THEN
+        -- the key maps to the fanout: a second publish with it waits for the first to commit
+        INSERT INTO axme.fanouts (fanout_id, sender_role, sender, key, request_hash)
+        VALUES (fid, axme._caller_id(), who, idempotency_key, hash)
+        ON CONFLICT (sender_role, sender, key) DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT * INTO old FROM axme.fanouts f
+            WHERE f.sender_role = axme._caller_id() AND f.sender = who AND f.key = idempotency_key;
+            IF old.request_hash <> hash THEN
+                RAISE EXCEPTION 'idempotency key "%" was already used with a different intent', idempotency_key
+                    USING ERRCODE = '23505', DETAIL = format('It made fan-out %s.', old.fanout_id);
+            END IF;
+            RETURN QUERY SELECT x FROM unnest(old.intent_ids) WITH ORDINALITY AS u(x, n) ORDER BY n;
+            RETURN;
+        END IF;
+    END IF;
+    -- one correlation id for all of them: the sender's, or a new one (send_intent validates it)
+    doc := CASE WHEN intent ? 'correlation_id' THEN intent
+                ELSE intent || jsonb_build_object('correlation_id', gen_random_uuid()) END;
+    -- every subscription, whoever's (the sender cannot read them: this runs as the definer)
+    FOR s IN
+        SELECT a.address FROM axme.subscriptions sb JOIN axme.agents a ON a.agent_id = sb.agent_id
+        WHERE axme._type_matches(sb.intent_type_pattern, intent->>'intent_type')
+          AND (sb.filter IS NULL OR coalesce(intent->'payload', '{}'::jsonb) @> sb.filter)
+        ORDER BY sb.subscription_id
+    LOOP
+        one := axme.send_intent(doc || jsonb_build_object('to_agent', s.address));
+        UPDATE axme.intents i SET fanout_id = fid WHERE i.intent_id = one;
+        ids := ids || one;
+    END LOOP;
+    IF idempotency_key IS NOT NULL THEN
+        UPDATE axme.fanouts f SET intent_ids = ids WHERE f.fanout_id = fid;
+    END IF;
+    RETURN QUERY SELECT x FROM unnest(ids) WITH ORDINALITY AS u(x, n) ORDER BY n;
+END $$;
+COMMENT ON FUNCTION axme.publish(jsonb, text) IS
+    'Send one intent per matching subscription (send_intent''s document without to_agent), in the '
+    'caller''s transaction, sharing the correlation id and a fanout_id; returns their ids in '
+    'subscription order, none when nothing matches.  With idempotency_key the whole publish is '
+    'idempotent (the same key returns the same set, also an empty one).  22023 bad document, '
+    '23505 key reused with another document, and send_intent''s errors.';
+
+CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'publish', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
+                               'render_request',
+                               'inbox_thread'];   -- the thread of a human task it sent
+    agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
+                              'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',
+                              'get_intent', 'intent_events', 'wait_for', 'render_request', 'ping_agent',
+                              'subscribe', 'unsubscribe',
+                              -- inbox and human tasks
+                              'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
+    -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor
+    monitor_fns text[] := ARRAY['metrics'];
+    -- public functions that stay SECURITY INVOKER so that the planner can inline them (it never
+    -- inlines a SECURITY DEFINER function or one with SET): their caller check is a private
+    -- SECURITY DEFINER helper below, and row-level security binds what they read
+    invoker_fns text[] := ARRAY['inbox'];
+    -- private helpers those call: SECURITY DEFINER with the pinned search_path, EXECUTE for the
+    -- roles that may call the public function
+    definer_private_fns text[] := ARRAY['_inbox_reader'];
+    roles text := 'axme_admin, axme_sender, axme_agent';
+    f record;
+    t record;
+    pol text;   -- (SELECT f()) of a constant: an InitPlan, evaluated once per query, not per row
+    what text;
+    cols text;
+BEGIN
+    EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles || ', pg_monitor';
+    -- axme-gateway's role (80_gateway.sql): its key check and listener functions live here
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'axme_gateway') THEN
+        EXECUTE 'GRANT USAGE ON SCHEMA axme TO axme_gateway';
+    END IF;
+
+    -- Functions
+    FOR f IN
+        SELECT p.oid::regprocedure AS sig, p.proname, p.prosecdef, p.proconfig
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'axme'::regnamespace AND p.prokind IN ('f', 'p')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, pg_monitor, %s', f.sig, roles);
+        IF f.proname = ANY (definer_private_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin, axme_agent', f.sig);
+        END IF;
+        CONTINUE WHEN left(f.proname, 1) = '_';
+        CONTINUE WHEN (SELECT p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)
+                       FROM pg_catalog.pg_proc p WHERE p.oid = f.sig);
+        IF f.proname = ANY (invoker_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY INVOKER RESET ALL', f.sig);
+        ELSE
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        IF f.proname = ANY (sender_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_sender', f.sig);
+        END IF;
+        IF f.proname = ANY (agent_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_agent', f.sig);
+        END IF;
+        IF f.proname = ANY (monitor_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO pg_monitor', f.sig);
+        END IF;
+    END LOOP;
+    -- row-level security policies call this one as the reader
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(regrole) TO ' || roles;
+
+    -- Tables.  The policy of a table other than agents and intents is the OR of the rules its
+    -- columns allow: intent_id uuid (rows of the intents the reader may read), thread_id uuid
+    -- (rows of the threads it may read, when axme.threads exists), agent_id or owner_id integer
+    -- (rows of the agents it receives for); none of them, or a name containing "secret": admins.
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'intent_id'
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) AS has_intent,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'thread_id'
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped)
+                   AND c.relname <> 'threads' AND pg_catalog.to_regclass('axme.threads') IS NOT NULL AS has_thread,
+               (SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid
+                  AND a.attname IN ('agent_id', 'owner_id') AND NOT a.attisdropped
+                  AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                ORDER BY a.attname LIMIT 1) AS agent_col
+        FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
+        ORDER BY c.oid
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
+        IF EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polname = 'axme_read') THEN
+            EXECUTE pg_catalog.format('DROP POLICY axme_read ON %s', t.rel);
+        END IF;
+        IF t.relname LIKE '%secret%' THEN
+            pol := NULL;
+        ELSIF t.relname = 'agents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent''))';
+            what := 'Every agent, for axme_admin, axme_sender and axme_agent members.';
+        ELSIF t.relname = 'intents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'')) OR axme._user_has(sender_role) OR agent_id IN '
+                   '(SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))';
+            what := 'Intents whose sending role or whose agent''s db_role the reader has; all for axme_admin members.';
+        ELSE
+            pol := '';
+            what := 'Rows';
+            IF t.has_intent THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.intents i WHERE i.intent_id = %s.intent_id)', t.rel);
+                what := what || ' of the intents the reader may read,';
+            END IF;
+            IF t.has_thread THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.threads th WHERE th.thread_id = %s.thread_id)', t.rel);
+                what := what || ' of the threads the reader may read,';
+            END IF;
+            IF t.agent_col IS NOT NULL THEN
+                -- first after the admin test: OR stops at the first true part, and this one is a
+                -- small hashed list of agents (a receiver listing its inbox never probes intents)
+                pol := pg_catalog.format(' OR %s.%I IN (SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))',
+                                         t.rel, t.agent_col) || pol;
+                what := what || pg_catalog.format(' of the agents (%s) whose db_role the reader has,', t.agent_col);
+            END IF;
+            IF pol = '' THEN
+                pol := NULL;
+            ELSE
+                pol := '(SELECT axme._user_has(''axme_admin''))' || pol;
+                what := rtrim(what, ',') || '; all for axme_admin members.';
+            END IF;
+        END IF;
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        IF pol IS NULL THEN
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING ((SELECT axme._user_has(''axme_admin'')))', t.rel);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel,
+                'Rows readable by members of axme_admin only (superusers bypass row-level security).');
+        ELSE
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (%s)', t.rel, pol);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel, what);
+            IF t.relname = 'agents' THEN
+                SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+                FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = t.rel AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.attname NOT IN ('options', 'endpoint_url');
+                EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO axme_sender, axme_agent', cols, t.rel);
+            ELSE
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- Views: evaluated with the reader's rights (security_invoker), so the policies above apply.
+    -- A view is for admins only when it reads something a sender may not (a column such as
+    -- agents.options, an admin-only table or view, a private function: those get EXECUTE for
+    -- axme_admin) or when its name contains "secret".  Materialized views have no row-level
+    -- security: admins only.  In creation order, so a view over a view sees its grants.
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname, c.relkind FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('v', 'm')
+        ORDER BY c.oid
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        FOR f IN
+            SELECT DISTINCT d.refobjid::regprocedure AS sig, NULL::text AS proname, NULL::boolean AS prosecdef,
+                   NULL::text[] AS proconfig
+            FROM pg_catalog.pg_rewrite rw
+            JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+            JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_proc'::regclass AND p.oid = d.refobjid
+            WHERE rw.ev_class = t.rel AND p.pronamespace = 'axme'::regnamespace AND left(p.proname, 1) = '_'
+        LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        END LOOP;
+        IF t.relkind = 'v' THEN
+            EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', t.rel);
+            IF t.relname NOT LIKE '%secret%' AND NOT EXISTS (
+                SELECT FROM pg_catalog.pg_rewrite rw
+                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                WHERE rw.ev_class = t.rel
+                  AND CASE WHEN d.refclassid = 'pg_class'::regclass AND d.refobjid <> t.rel THEN
+                           CASE WHEN d.refobjsubid > 0
+                                THEN NOT pg_catalog.has_column_privilege('axme_sender', d.refobjid, d.refobjsubid::smallint, 'SELECT')
+                                ELSE NOT pg_catalog.has_table_privilege('axme_sender', d.refobjid, 'SELECT') END
+                           WHEN d.refclassid = 'pg_proc'::regclass THEN
+                                NOT pg_catalog.has_function_privilege('axme_sender', d.refobjid, 'EXECUTE')
+                           ELSE false END) THEN
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- Sequences: only the functions use them.
+    FOR t IN
+        SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind = 'S'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC, %s', t.rel, roles);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._secure() IS
+    'Private: apply the security model (SECURITY DEFINER with a pinned search_path, EXECUTE grants, '
+    'row-level security, security_invoker views) to everything in schema axme. Idempotent; the last '
+    'step of every upgrade script.';
+
+
 -- The database's delivery worker, waiting for this update, resumes at commit.
 SELECT axme._wake_http();
 

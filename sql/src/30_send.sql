@@ -42,7 +42,8 @@ CREATE TABLE axme.intents (
     tracestate            text,
     priority              integer NOT NULL DEFAULT 0,
     ordering_key          text,
-    ordering_seq          bigint
+    ordering_seq          bigint,
+    fanout_id             uuid
 );
 COMMENT ON TABLE axme.intents IS
     'One row per intent: its current status, attempt counter, due time and lease. '
@@ -65,6 +66,8 @@ COMMENT ON COLUMN axme.intents.ordering_key IS
     'due time, until every earlier one of its key is terminal.';
 COMMENT ON COLUMN axme.intents.ordering_seq IS
     'Send order within an ordering key: taken from axme.ordering_seq under the (agent, key) lock.';
+COMMENT ON COLUMN axme.intents.fanout_id IS
+    'The publish (axme.publish) that created the intent, shared by all the intents it created; NULL for a send.';
 COMMENT ON COLUMN axme.intents.due_at IS
     'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
 -- The claim path: due intents of one agent, oldest due first.  Per-key ordering and priorities
