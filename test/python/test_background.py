@@ -42,7 +42,7 @@ class BackgroundBoundedTest(AxmeTestCase):
                 INSERT INTO axme.intents (intent_id, agent_id, intent_type, to_agent, sender_role,
                     correlation_id, payload, status, attempt, max_delivery_attempts, result,
                     created_at, updated_at, event_seq)
-                SELECT gen_random_uuid(), a.agent_id, 'intent.test.job.v1', a.address, current_user,
+                SELECT gen_random_uuid(), a.agent_id, 'intent.test.job.v1', a.address, current_user::text::regrole,
                        gen_random_uuid(), jsonb_build_object('n', g), 'COMPLETED', 1, 5, '{}',
                        now() - interval '1 hour' - g * interval '10 ms',
                        now() - interval '1 hour' - g * interval '10 ms', 4
