@@ -333,9 +333,14 @@ BEGIN
     FOR c IN
         SELECT ag.agent_id, ag.options, ag.registered_by, ag.db_role, f.intent_id, f.due_at
         FROM axme.agents ag
-        CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
-                            WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
-                            ORDER BY it.due_at LIMIT 1) f
+        -- the agent's due intent of highest priority, oldest due first, else its next due time
+        CROSS JOIN LATERAL (SELECT x.intent_id, x.due_at FROM (
+                                (SELECT it.intent_id, it.due_at FROM axme.intents it
+                                 WHERE it.agent_id = ag.agent_id AND it.due_at <= t
+                                 ORDER BY it.priority DESC, it.due_at LIMIT 1)
+                                UNION ALL
+                                SELECT NULL::uuid, axme._agent_next_due(ag.agent_id, t)) x
+                            WHERE x.due_at IS NOT NULL LIMIT 1) f
         WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
         ORDER BY f.due_at
     LOOP
@@ -448,13 +453,13 @@ BEGIN
             SELECT ci.intent_id, a.tmo,
                    coalesce(ci.deadline_at <= now(), false) AS timed_out,
                    ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
-                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.priority DESC, ci.due_at) AS rn, a.idle
             FROM a, LATERAL (
                 SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
-                       i.max_delivery_attempts, i.due_at
+                       i.max_delivery_attempts, i.due_at, i.priority
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= now()
-                ORDER BY i.due_at
+                ORDER BY i.priority DESC, i.due_at
                 LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
                 FOR UPDATE SKIP LOCKED) ci
             WHERE a.free > 0
@@ -562,7 +567,7 @@ BEGIN
             SELECT y.* FROM axme.intents y
             WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
               AND y.human_task IS NOT NULL
-            ORDER BY y.due_at LIMIT max_count
+            ORDER BY y.priority DESC, y.due_at LIMIT max_count
             FOR UPDATE OF y SKIP LOCKED) x
         WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
         ORDER BY x.due_at LIMIT max_count
@@ -1057,12 +1062,13 @@ COMMENT ON FUNCTION axme._worker_status() IS
 CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
+    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'publish', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
                                'render_request',
                                'inbox_thread'];   -- the thread of a human task it sent
     agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
                               'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',
                               'get_intent', 'intent_events', 'wait_for', 'render_request', 'ping_agent',
+                              'subscribe', 'unsubscribe',
                               -- inbox and human tasks
                               'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
     -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor
@@ -2454,7 +2460,7 @@ BEGIN
         seen := 0;
         -- Leases run from the claim, not from the start of the caller's transaction.
         t := clock_timestamp();
-        -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
+        -- Claim up to the remaining count, highest priority first, oldest due first within one.  A candidate whose deadline passed
         -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
         -- handed out; then the loop claims again to fill the batch.
         FOR r IN
@@ -2464,7 +2470,7 @@ BEGIN
                        i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= t
-                ORDER BY i.due_at
+                ORDER BY i.priority DESC, i.due_at
                 LIMIT max_count - claimed
                 FOR UPDATE SKIP LOCKED
             ), u AS (
@@ -2498,7 +2504,7 @@ BEGIN
                                      ELSE jsonb_build_object('deadline_at', u.deadline_at) END
                 FROM u
             )
-            SELECT u.* FROM u ORDER BY u.was_due
+            SELECT u.* FROM u ORDER BY u.priority DESC, u.was_due
         LOOP
             seen := seen + 1;
             IF r.status = 'DELIVERED' THEN
@@ -2594,13 +2600,13 @@ BEGIN
             SELECT ci.intent_id, a.tmo,
                    coalesce(ci.deadline_at <= now(), false) AS timed_out,
                    ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
-                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.priority DESC, ci.due_at) AS rn, a.idle
             FROM a, LATERAL (
                 SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
-                       i.max_delivery_attempts, i.due_at
+                       i.max_delivery_attempts, i.due_at, i.priority
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= now()
-                ORDER BY i.due_at
+                ORDER BY i.priority DESC, i.due_at
                 LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
                 FOR UPDATE SKIP LOCKED) ci
             WHERE a.free > 0
@@ -2728,7 +2734,7 @@ BEGIN
             SELECT y.* FROM axme.intents y
             WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
               AND y.human_task IS NOT NULL
-            ORDER BY y.due_at LIMIT max_count
+            ORDER BY y.priority DESC, y.due_at LIMIT max_count
             FOR UPDATE OF y SKIP LOCKED) x
         WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
         ORDER BY x.due_at LIMIT max_count
@@ -2763,10 +2769,7 @@ BEGIN
             next_due := upto;       -- more to assign: at once
         END IF;
         next_due := least(next_due,
-            (SELECT min(f.due_at) FROM axme.agents a
-             CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
-                                 WHERE i.agent_id = a.agent_id AND i.due_at > upto
-                                 ORDER BY i.due_at LIMIT 1) f
+            (SELECT min(axme._agent_next_due(a.agent_id, upto)) FROM axme.agents a
              WHERE a.delivery_mode = 'inbox'));
     END IF;
     internal_agents := 'internal' = ANY (modes);
@@ -2815,6 +2818,970 @@ BEGIN
     i.result := result;
     PERFORM axme._transition(i, 'COMPLETED', 'intent.completed', jsonb_build_object('attempt', i.attempt));
 END $$;
+
+
+-- Priorities: intents.priority (-100..100, default 0; existing intents get 0),
+-- the claim index with priority as its second column, every claim site ordered by it, and the
+-- workers' next-due look-ups through axme._agent_next_due (one index range per priority).
+ALTER TABLE axme.intents ADD COLUMN priority integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN axme.intents.priority IS
+    'The sender''s priority, -100..100 (default 0): among due intents of one agent, higher priority '
+    'is handed out first, FIFO by due time within a priority (a retry goes behind).';
+DROP INDEX axme.intents_agent_due_idx;
+CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, priority DESC, due_at)
+    WHERE due_at IS NOT NULL;
+
+CREATE FUNCTION axme._agent_priorities(agent_id bigint) RETURNS SETOF integer
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE p(pr) AS (
+        (SELECT i.priority FROM axme.intents i
+         WHERE i.agent_id = $1 AND i.due_at IS NOT NULL
+         ORDER BY i.priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT i.priority FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.due_at IS NOT NULL AND i.priority < p.pr
+                ORDER BY i.priority DESC LIMIT 1)
+        FROM p WHERE p.pr IS NOT NULL
+    )
+    SELECT p.pr FROM p WHERE p.pr IS NOT NULL
+$$;
+COMMENT ON FUNCTION axme._agent_priorities(bigint) IS
+    'Private: the distinct priorities of an agent''s intents that have a due time, highest first.';
+
+CREATE FUNCTION axme._agent_next_due(agent_id bigint, after timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min((SELECT i.due_at FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.priority = p.pr AND i.due_at IS NOT NULL
+                  AND i.due_at > coalesce($2, '-infinity'::timestamptz)
+                ORDER BY i.due_at LIMIT 1))
+    FROM axme._agent_priorities($1) AS p(pr)
+$$;
+COMMENT ON FUNCTION axme._agent_next_due(bigint, timestamptz) IS
+    'Private: an agent''s earliest due time later than after (NULL: the earliest), any priority.';
+
+CREATE OR REPLACE FUNCTION axme.poll(agent text, max_count integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (intent_id uuid, intent_type text, payload jsonb, from_agent text,
+               correlation_id uuid, attempt integer, lease_until timestamptz, traceparent text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    claimed integer := 0;
+    seen integer;
+    r record;
+    t timestamptz;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'poll');   -- sec
+    IF max_count IS NULL OR max_count NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'argument "max_count" must be between 1 and 10000, got %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM axme._check_interval(lease, 'lease', interval '1 second', interval '12 hours');
+    IF a.delivery_mode NOT IN ('poll', 'stream') THEN
+        RAISE EXCEPTION 'agent "%" has delivery mode %, which poll does not serve', a.address, a.delivery_mode
+            USING ERRCODE = '55000', HINT = 'poll serves agents registered as poll or stream.';
+    END IF;
+    IF a.paused_at IS NOT NULL OR a.disabled_at IS NOT NULL THEN
+        RETURN;                     -- nothing handed out, no attempt charged
+    END IF;
+    -- its receiving role was dropped: nothing is handed out (only an admin gets this far)
+    IF a.db_role IS NOT NULL AND NOT axme._role_exists(a.db_role) THEN
+        PERFORM axme._disable_roleless(NULL, a.agent_id);
+        RETURN;
+    END IF;
+    LOOP
+        seen := 0;
+        -- Leases run from the claim, not from the start of the caller's transaction.
+        t := clock_timestamp();
+        -- Claim up to the remaining count, highest priority first, oldest due first within one.  A candidate whose deadline passed
+        -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
+        -- handed out; then the loop claims again to fill the batch.
+        FOR r IN
+            WITH c AS (
+                SELECT i.intent_id, i.due_at AS was_due,
+                       coalesce(i.deadline_at <= t, false) AS timed_out,
+                       i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= t
+                ORDER BY i.priority DESC, i.due_at
+                LIMIT max_count - claimed
+                FOR UPDATE SKIP LOCKED
+            ), u AS (
+                UPDATE axme.intents i SET
+                    status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                                  ELSE 'DELIVERED' END,
+                    attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                    dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                    dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN t END,
+                    error = CASE WHEN c.exhausted AND NOT c.timed_out
+                                 THEN jsonb_build_object('reason', 'lease_expired',
+                                          'message', 'the lease of the last allowed attempt ran out')
+                                 ELSE i.error END,
+                    lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL ELSE t + lease END,
+                    updated_at = now(),
+                    event_seq = i.event_seq + 1
+                FROM c
+                WHERE i.intent_id = c.intent_id
+                RETURNING i.*, c.was_due
+            ), e AS (
+                INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+                SELECT u.intent_id, u.event_seq,
+                       CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                     WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                     ELSE 'intent.timed_out' END,
+                       u.status, axme._caller(),   -- sec: the caller, not the definer
+                       CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until)
+                                     WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                           'error', u.error)
+                                     ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+                FROM u
+            )
+            SELECT u.* FROM u ORDER BY u.priority DESC, u.was_due
+        LOOP
+            seen := seen + 1;
+            IF r.status = 'DELIVERED' THEN
+                claimed := claimed + 1;
+                intent_id := r.intent_id;
+                intent_type := r.intent_type;
+                payload := r.payload;
+                from_agent := r.from_agent;
+                correlation_id := r.correlation_id;
+                attempt := r.attempt;
+                lease_until := r.lease_until;
+                traceparent := r.traceparent;
+                RETURN NEXT;
+            ELSE
+                PERFORM axme._wake_waiters(r.intent_id);
+            END IF;
+        END LOOP;
+        EXIT WHEN seen = 0 OR claimed >= max_count;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme.poll(text, integer, interval) IS
+    'Claim up to max_count (1..10000) due intents of a poll or stream agent, oldest due first, '
+    'with a lease (1 second .. 12 hours) during which nobody else gets them (FOR UPDATE SKIP '
+    'LOCKED). Each returned row carries attempt: the receipt to pass to ack/extend_lease/complete/'
+    'fail. A lease that runs out makes the intent due again; the last allowed one dead-letters it. '
+    'Only the agent''s receiver role (option db_role) and admins may poll. traceparent: the '
+    'sender''s W3C trace context, NULL when it gave none. '
+    'Returns no rows while the agent is paused (axme.pause_agent) or disabled. '
+    'Errors: 22023 invalid argument, P0002 agent not registered, 42501 not its receiver, 55000 agent of another mode.';
+
+CREATE OR REPLACE FUNCTION axme._http_claim(max_total integer, busy_agents bigint[], busy_counts integer[])
+RETURNS TABLE (intent_id uuid, attempt integer, agent_id bigint, url text, body text,
+               secrets text[], headers text[], timeout_ms integer, ca_file text,
+               client_cert_file text, client_key_file text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    probe_agents bigint[] := '{}';
+    rated_agents bigint[] := '{}';
+    rated_tokens double precision[] := '{}';
+BEGIN
+    PERFORM axme._disable_roleless('http');   -- an agent whose db_role is gone: disabled
+    -- webhook bodies carry created_at in UTC whatever the server's TimeZone (axme.render_request
+    -- renders them the same way); local to the worker's claim transaction
+    PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
+    -- breakers whose cool-down has run out go half-open (one probe each).  axme.agents is named
+    -- (so locked) first, as everywhere: DROP EXTENSION locks it before axme.endpoint_state.
+    IF EXISTS (SELECT FROM axme.agents ag JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+               WHERE es.breaker = 'open' AND es.open_until <= now()) THEN
+        PERFORM axme._breaker_half_open();
+    END IF;
+    FOR r IN
+        WITH a0 AS (
+            SELECT ag.agent_id, ag.endpoint_url, ag.options,
+                   coalesce((ag.options->>'timeout_ms')::integer, 15000) AS tmo,
+                   coalesce((ag.options->>'max_in_flight')::integer, 16) AS mif,
+                   (ag.options->>'rate_limit_per_second')::double precision AS rate,
+                   es.breaker, es.probe_at, es.conc_limit, es.tokens, es.tokens_at,
+                   coalesce(b.n, 0) AS busy
+            FROM axme.agents ag
+            LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+            LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+                       GROUP BY x.id) b ON b.id = ag.agent_id
+            WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+              AND es.breaker IS DISTINCT FROM 'open'
+        ), a1 AS (
+            SELECT a0.*,
+                   CASE WHEN a0.rate IS NULL THEN NULL
+                        ELSE least(greatest(1, a0.rate * 0.1),
+                                   coalesce(a0.tokens + a0.rate * extract(epoch FROM now() - a0.tokens_at),
+                                            greatest(1, a0.rate * 0.1))) END AS tok
+            FROM a0
+        ), a AS (
+            SELECT a1.agent_id, a1.endpoint_url, a1.options, a1.tmo, a1.rate, a1.tok,
+                   a1.breaker = 'half_open' AS probing,
+                   ARRAY(SELECT s.secret FROM axme.agent_secrets s
+                         WHERE s.agent_id = a1.agent_id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
+                   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(a1.options->'headers') h) AS headers,
+                   greatest(0, least(
+                       CASE WHEN a1.breaker = 'half_open' THEN
+                                CASE WHEN a1.probe_at IS NULL
+                                          OR a1.probe_at < now() - (a1.tmo + 60000) * interval '1 millisecond'
+                                     THEN 1 ELSE 0 END
+                            ELSE least(a1.mif, coalesce(floor(a1.conc_limit)::integer, a1.mif)) END - a1.busy,
+                       coalesce(floor(a1.tok)::integer, a1.mif))) AS free,
+                   a1.busy = 0 AS idle
+            FROM a1
+        ), c AS (
+            SELECT ci.intent_id, a.tmo,
+                   coalesce(ci.deadline_at <= now(), false) AS timed_out,
+                   ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.priority DESC, ci.due_at) AS rn, a.idle
+            FROM a, LATERAL (
+                SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
+                       i.max_delivery_attempts, i.due_at, i.priority
+                FROM axme.intents i
+                WHERE i.agent_id = a.agent_id AND i.due_at <= now()
+                ORDER BY i.priority DESC, i.due_at
+                LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
+                FOR UPDATE SKIP LOCKED) ci
+            WHERE a.free > 0
+            -- every idle agent's first intent first, then round-robin
+            ORDER BY rn, NOT a.idle
+            LIMIT greatest(max_total, 0) + (SELECT count(*) FROM a WHERE a.idle AND a.free > 0)
+        ), u AS (
+            UPDATE axme.intents i SET
+                status = CASE WHEN c.timed_out THEN 'TIMED_OUT' WHEN c.exhausted THEN 'FAILED'
+                              ELSE 'DELIVERED' END,
+                attempt = CASE WHEN c.timed_out OR c.exhausted THEN i.attempt ELSE i.attempt + 1 END,
+                dead_letter_reason = CASE WHEN c.exhausted AND NOT c.timed_out THEN 'exhausted' END,
+                dead_lettered_at = CASE WHEN c.exhausted AND NOT c.timed_out THEN now() END,
+                error = CASE WHEN c.exhausted AND NOT c.timed_out
+                             THEN jsonb_build_object('reason', 'lease_expired',
+                                      'message', 'the lease of the last allowed attempt ran out '
+                                                 '(the worker stopped with the request in flight)')
+                             ELSE i.error END,
+                lease_until = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                                   ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                due_at = CASE WHEN c.timed_out OR c.exhausted THEN NULL
+                              ELSE now() + (c.tmo + 30000) * interval '1 millisecond' END,
+                updated_at = now(),
+                event_seq = i.event_seq + 1
+            FROM c
+            WHERE i.intent_id = c.intent_id
+            RETURNING i.*
+        ), e AS (
+            INSERT INTO axme.events (intent_id, seq, event_type, status, actor, details)
+            SELECT u.intent_id, u.event_seq,
+                   CASE u.status WHEN 'DELIVERED' THEN 'intent.delivered'
+                                 WHEN 'FAILED' THEN 'intent.dead_lettered'
+                                 ELSE 'intent.timed_out' END,
+                   u.status, axme._caller(),   -- sec: the caller, not the definer
+                   CASE u.status WHEN 'DELIVERED' THEN jsonb_build_object('attempt', u.attempt, 'lease_until', u.lease_until, 'via', 'http')
+                                 WHEN 'FAILED' THEN jsonb_build_object('reason', 'exhausted', 'attempt', u.attempt,
+                                                                       'error', u.error)
+                                 ELSE jsonb_build_object('deadline_at', u.deadline_at) END
+            FROM u
+        )
+        SELECT u.*, a.endpoint_url, a.options, a.tmo, a.secrets AS agent_secrets, a.headers AS agent_headers,
+               a.probing, a.rate, a.tok
+        FROM u JOIN a ON a.agent_id = u.agent_id
+    LOOP
+        IF r.status <> 'DELIVERED' THEN
+            PERFORM axme._wake_waiters(r.intent_id);
+            CONTINUE;
+        END IF;
+        IF r.probing THEN
+            probe_agents := probe_agents || r.agent_id;
+        END IF;
+        IF r.rate IS NOT NULL THEN
+            rated_agents := rated_agents || r.agent_id;
+            rated_tokens := rated_tokens || r.tok;
+        END IF;
+        intent_id := r.intent_id;
+        attempt := r.attempt;
+        agent_id := r.agent_id;
+        url := r.endpoint_url;
+        body := jsonb_build_object(
+            'intent_id', r.intent_id, 'intent_type', r.intent_type, 'from_agent', r.from_agent,
+            'to_agent', r.to_agent, 'correlation_id', r.correlation_id, 'payload', r.payload,
+            'created_at', r.created_at, 'attempt', r.attempt)::text;
+        secrets := r.agent_secrets;
+        headers := r.agent_headers;
+        IF r.traceparent IS NOT NULL THEN   -- W3C Trace Context, on every attempt
+            headers := headers || ('traceparent: ' || r.traceparent);
+            IF r.tracestate IS NOT NULL THEN
+                headers := headers || ('tracestate: ' || r.tracestate);
+            END IF;
+        END IF;
+        timeout_ms := r.tmo;
+        ca_file := r.options->>'ca_file';
+        client_cert_file := r.options->>'client_cert_file';
+        client_key_file := r.options->>'client_key_file';
+        RETURN NEXT;
+    END LOOP;
+    -- the probe is out: no other request until its outcome is recorded
+    IF cardinality(probe_agents) > 0 THEN
+        UPDATE axme.endpoint_state es SET probe_at = now() WHERE es.agent_id = ANY (probe_agents);
+    END IF;
+    -- spend the tokens of rate-limited agents
+    IF cardinality(rated_agents) > 0 THEN
+        INSERT INTO axme.endpoint_state AS es (agent_id, tokens, tokens_at)
+        SELECT x.id, min(x.tok) - count(*), now()
+        FROM unnest(rated_agents, rated_tokens) AS x(id, tok) GROUP BY x.id
+        ON CONFLICT ON CONSTRAINT endpoint_state_pkey DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at;
+    END IF;
+END $$;
+COMMENT ON FUNCTION axme._http_claim(integer, bigint[], integer[]) IS
+    'Private (delivery worker): claim due intents of http agents within the worker''s and each agent''s '
+    'limits (max_in_flight, slow start, breaker, rate limit, paused / disabled agents) and return '
+    'what to send. Moves half-open breakers and spends rate-limit tokens.';
+
+CREATE OR REPLACE FUNCTION axme._http_next_due(busy_agents bigint[], busy_counts integer[]) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+    SELECT min(CASE
+                 WHEN es.breaker = 'open' THEN greatest(d.due_at, es.open_until)
+                 WHEN es.breaker = 'half_open' AND es.probe_at IS NOT NULL THEN
+                     greatest(d.due_at, es.probe_at + (coalesce((ag.options->>'timeout_ms')::integer, 15000) + 60000)
+                                                      * interval '1 millisecond')
+                 WHEN es.breaker = 'half_open' AND coalesce(b.n, 0) > 0 THEN NULL
+                 WHEN coalesce(b.n, 0) >= least(coalesce((ag.options->>'max_in_flight')::integer, 16),
+                                                coalesce(floor(es.conc_limit)::integer, 2147483647)) THEN NULL
+                 WHEN ag.options ? 'rate_limit_per_second' AND es.tokens_at IS NOT NULL THEN
+                     greatest(d.due_at,
+                              es.tokens_at + (least(greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.1),
+                                                    greatest(1, (ag.options->>'rate_limit_per_second')::float8 * 0.02))
+                                              - es.tokens)
+                                             / (ag.options->>'rate_limit_per_second')::float8 * interval '1 second')
+                 ELSE d.due_at END)
+    FROM axme.agents ag
+    LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
+    LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
+               GROUP BY x.id) b ON b.id = ag.agent_id
+    CROSS JOIN LATERAL (SELECT axme._agent_next_due(ag.agent_id, NULL) AS due_at) d
+    WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+      AND d.due_at IS NOT NULL
+      AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
+END $$;
+COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS
+    'Private (delivery worker): when an http agent can next be handed something (NULL: nothing due).';
+
+CREATE OR REPLACE FUNCTION axme._internal_claim()
+RETURNS TABLE (intent_id uuid, attempt integer, handler text, run_as text, run_as_checked boolean,
+               timeout_ms integer, next_due timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    i axme.intents;
+    t timestamptz := clock_timestamp();
+    tmo integer;
+BEGIN
+    PERFORM axme._disable_roleless('internal');   -- an agent whose run-as role is gone: disabled
+    FOR c IN
+        SELECT ag.agent_id, ag.options, ag.registered_by, ag.db_role, f.intent_id, f.due_at
+        FROM axme.agents ag
+        -- the agent's due intent of highest priority, oldest due first, else its next due time
+        CROSS JOIN LATERAL (SELECT x.intent_id, x.due_at FROM (
+                                (SELECT it.intent_id, it.due_at FROM axme.intents it
+                                 WHERE it.agent_id = ag.agent_id AND it.due_at <= t
+                                 ORDER BY it.priority DESC, it.due_at LIMIT 1)
+                                UNION ALL
+                                SELECT NULL::uuid, axme._agent_next_due(ag.agent_id, t)) x
+                            WHERE x.due_at IS NOT NULL LIMIT 1) f
+        WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+        ORDER BY f.due_at
+    LOOP
+        IF c.due_at > t THEN
+            next_due := c.due_at;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT * INTO i FROM axme.intents it
+        WHERE it.intent_id = c.intent_id AND it.due_at <= t FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF i.deadline_at <= t THEN
+            PERFORM axme._transition(i, 'TIMED_OUT', 'intent.timed_out',
+                                     jsonb_build_object('deadline_at', i.deadline_at));
+            next_due := t;          -- look again at once
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF i.status <> 'SUBMITTED' AND NOT axme._has_attempts_left(i) THEN
+            PERFORM axme._dead_letter(i, 'handler_error', jsonb_build_object('reason', 'lease_expired',
+                'message', 'the last allowed handler run did not finish (the worker stopped)'));
+            next_due := t;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        tmo := coalesce((c.options->>'timeout_ms')::integer, 5000);
+        i.attempt := i.attempt + 1;
+        i.lease_until := t + (tmo + 30000) * interval '1 millisecond';
+        i.due_at := i.lease_until;
+        i.waiting_reason := NULL;
+        PERFORM axme._transition(i, 'DELIVERED', 'intent.delivered',
+            jsonb_build_object('attempt', i.attempt, 'lease_until', i.lease_until, 'via', 'internal'));
+        intent_id := i.intent_id;
+        attempt := i.attempt;
+        handler := c.options->>'handler';
+        -- by OID (a digit string): a later role of the same name is not the one registered
+        run_as := coalesce(c.db_role, c.registered_by)::oid::text;
+        -- a handler runs as a superuser only when a superuser registered it without db_role
+        run_as_checked := c.db_role IS NULL OR NOT coalesce(
+            (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.db_role), false);
+        timeout_ms := tmo;
+        next_due := t;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+    RETURN;
+END $$;
+COMMENT ON FUNCTION axme._internal_claim() IS
+    'Private: hand the oldest due intent of an internal agent to the handler worker (DELIVERED).';
+
+CREATE OR REPLACE FUNCTION axme._wake_streams(since timestamptz, upto timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    nxt timestamptz;
+BEGIN
+    FOR r IN
+        SELECT ag.agent_id, w.first_id, w.n, axme._agent_next_due(ag.agent_id, upto) AS later
+        FROM axme.agents ag
+        CROSS JOIN LATERAL (
+            SELECT (array_agg(i.intent_id ORDER BY i.due_at))[1] AS first_id, count(*) AS n
+            FROM axme._agent_priorities(ag.agent_id) AS p(pr)
+            JOIN axme.intents i ON i.agent_id = ag.agent_id AND i.priority = p.pr
+            WHERE i.due_at > since AND i.due_at <= upto
+              AND i.due_at > i.updated_at
+        ) w
+        WHERE ag.delivery_mode = 'stream' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+    LOOP
+        IF r.n > 0 THEN
+            PERFORM axme._notify_agent_n(r.agent_id, r.first_id, r.n);
+        END IF;
+        IF r.later IS NOT NULL AND (nxt IS NULL OR r.later < nxt) THEN
+            nxt := r.later;
+        END IF;
+    END LOOP;
+    RETURN nxt;
+END $$;
+COMMENT ON FUNCTION axme._wake_streams(timestamptz, timestamptz) IS
+    'Private: NOTIFY each stream agent whose delayed, backed-off or lease-expired intents became '
+    'due in (since, upto]; returns the next such due time.';
+
+CREATE OR REPLACE FUNCTION axme._timers_turn(since timestamptz, upto timestamptz,
+                                  OUT next_due timestamptz, OUT internal_agents boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    modes text[] := ARRAY(SELECT DISTINCT a.delivery_mode::text FROM axme.agents a);
+BEGIN
+    next_due := (SELECT min(t.due_at) FROM axme.timers t);
+    IF 'stream' = ANY (modes) THEN
+        next_due := least(axme._wake_streams(since, upto), next_due, upto + interval '1 second');
+    END IF;
+    IF 'inbox' = ANY (modes)
+       AND pg_catalog.to_regprocedure('axme._inbox_assign_due(integer)') IS NOT NULL THEN
+        IF axme._inbox_assign_due(1000) >= 1000 THEN
+            next_due := upto;       -- more to assign: at once
+        END IF;
+        next_due := least(next_due,
+            (SELECT min(axme._agent_next_due(a.agent_id, upto)) FROM axme.agents a
+             WHERE a.delivery_mode = 'inbox'));
+    END IF;
+    internal_agents := 'internal' = ANY (modes);
+END $$;
+COMMENT ON FUNCTION axme._timers_turn(timestamptz, timestamptz) IS
+    'Private: stream wake-ups, due inbox tasks, and the next due time of the worker''s timer loop.';
+
+CREATE OR REPLACE FUNCTION axme._inbox_assign_due(max_count integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    i axme.intents;
+    n integer := 0;
+BEGIN
+    PERFORM axme._disable_roleless('inbox');   -- an inbox whose owner role is gone: disabled
+    FOR i IN
+        SELECT x.* FROM axme.agents a
+        CROSS JOIN LATERAL (
+            SELECT y.* FROM axme.intents y
+            WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
+              AND y.human_task IS NOT NULL
+            ORDER BY y.priority DESC, y.due_at LIMIT max_count
+            FOR UPDATE OF y SKIP LOCKED) x
+        WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
+        ORDER BY x.due_at LIMIT max_count
+    LOOP
+        PERFORM axme._assign_task(i, axme._check_human_task(i.human_task));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION axme._inbox_assign_due(integer) IS
+    'Private: assign human tasks whose not_before has passed (SUBMITTED -> WAITING with a task '
+    'thread), at most max_count, oldest due first. Returns the number assigned.';
+
+
+-- Per-key ordering: intents.ordering_key and ordering_seq (existing intents have none), their
+-- index and sequence, the send-time lock and order, and the trigger that releases the next one.
+ALTER TABLE axme.intents ADD COLUMN ordering_key text, ADD COLUMN ordering_seq bigint;
+COMMENT ON COLUMN axme.intents.ordering_key IS
+    'The sender''s ordering key (at most 128 characters): intents of one agent with the same key are '
+    'handed out one at a time in send order (ordering_seq); a later one waits, SUBMITTED with no '
+    'due time, until every earlier one of its key is terminal.';
+COMMENT ON COLUMN axme.intents.ordering_seq IS
+    'Send order within an ordering key: taken from axme.ordering_seq under the (agent, key) lock.';
+-- Per-key ordering.  The non-terminal keyed intents of an agent by key, in send order; unkeyed
+-- intents are not in it, so they pay nothing.
+CREATE INDEX intents_agent_key_idx ON axme.intents (agent_id, ordering_key, ordering_seq)
+    WHERE ordering_key IS NOT NULL AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT');
+CREATE SEQUENCE axme.ordering_seq;
+COMMENT ON SEQUENCE axme.ordering_seq IS
+    'Send order of keyed intents (intents.ordering_seq), taken under the per-(agent, key) lock.';
+SELECT pg_catalog.pg_extension_config_dump('axme.ordering_seq', '');
+-- The transaction-scoped lock of one (agent, key): sends of the key and the release of its next
+-- intent take it, so send order is lock order (commit order is not sequence order otherwise).
+CREATE FUNCTION axme._lock_key(agent_id bigint, ordering_key text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1::text || '/' || $2, 7413))
+$$;
+COMMENT ON FUNCTION axme._lock_key(bigint, text) IS
+    'Private: the transaction lock of one (agent, ordering key).';
+-- At send (src/ordering.c, after the store, for intents with a key): under the key's lock, the
+-- send order and, when an earlier intent of the key is not terminal, no due time (it waits).
+CREATE FUNCTION axme._order_on_send(intent_id uuid, ordering_key text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ag bigint := (SELECT i.agent_id FROM axme.intents i WHERE i.intent_id = _order_on_send.intent_id);
+BEGIN
+    PERFORM axme._lock_key(ag, ordering_key);
+    UPDATE axme.intents i SET
+        ordering_key = _order_on_send.ordering_key,
+        ordering_seq = pg_catalog.nextval('axme.ordering_seq'),
+        due_at = CASE WHEN EXISTS (SELECT 1 FROM axme.intents e
+                                   WHERE e.agent_id = ag AND e.ordering_key = _order_on_send.ordering_key
+                                     AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                                     AND e.intent_id <> i.intent_id)
+                      THEN NULL ELSE i.due_at END
+    WHERE i.intent_id = _order_on_send.intent_id;
+END $$;
+COMMENT ON FUNCTION axme._order_on_send(uuid, text) IS
+    'Private (send path): give a keyed intent its send order; it waits while an earlier one of its key is not terminal.';
+-- When a keyed intent ends (any way: completed, dead-lettered, canceled, timed out), the earliest
+-- non-terminal intent of its key, if it is waiting, becomes due; a stream agent is notified and
+-- the handler worker rung (the delivery worker is rung by intents_http_wake).
+CREATE FUNCTION axme._release_key() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    nxt uuid;
+BEGIN
+    PERFORM axme._lock_key(NEW.agent_id, NEW.ordering_key);
+    UPDATE axme.intents n SET due_at = greatest(now(), n.not_before)
+    WHERE n.intent_id = (SELECT e.intent_id FROM axme.intents e
+                         WHERE e.agent_id = NEW.agent_id AND e.ordering_key = NEW.ordering_key
+                           AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                         ORDER BY e.ordering_seq LIMIT 1)
+      AND n.due_at IS NULL AND n.status = 'SUBMITTED'
+    RETURNING n.intent_id INTO nxt;
+    IF nxt IS NOT NULL THEN
+        CASE (SELECT a.delivery_mode FROM axme.agents a WHERE a.agent_id = NEW.agent_id)
+            WHEN 'stream' THEN PERFORM axme._notify_agent(NEW.agent_id, nxt);
+            WHEN 'internal' THEN PERFORM axme._wake_internal();
+            ELSE NULL;      -- http: rung by intents_http_wake; poll and inbox: nothing to ring
+        END CASE;
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION axme._release_key() IS
+    'Private trigger: when a keyed intent ends, the next intent of its key becomes due.';
+CREATE TRIGGER intents_key_release AFTER UPDATE OF status ON axme.intents
+    FOR EACH ROW
+    WHEN (NEW.ordering_key IS NOT NULL
+          AND NEW.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          AND OLD.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'))
+    EXECUTE FUNCTION axme._release_key();
+COMMENT ON TRIGGER intents_key_release ON axme.intents IS
+    'Per-key ordering: the end of a keyed intent releases the next one of its key (axme._release_key).';
+
+-- Fan-out: intents.fanout_id (NULL for existing intents), the subscriptions and fanouts tables,
+-- subscribe, unsubscribe and publish, and _secure with them on its lists.
+ALTER TABLE axme.intents ADD COLUMN fanout_id uuid;
+COMMENT ON COLUMN axme.intents.fanout_id IS
+    'The publish (axme.publish) that created the intent, shared by all the intents it created; NULL for a send.';
+
+-- Fan-out: agents subscribe to intent types (dotted, with AMQP wildcards) and an optional
+-- payload filter; axme.publish sends one intent per matching subscription, in the sender's
+-- transaction, each an ordinary intent (its own lifecycle, retries, dead letters) sharing the
+-- correlation id and a fanout_id.  Every intent goes through send_intent's own parse and store.
+
+CREATE SEQUENCE axme.subscriptions_subscription_id_seq;
+SELECT pg_catalog.pg_extension_config_dump('axme.subscriptions_subscription_id_seq', '');
+CREATE TABLE axme.subscriptions (
+    subscription_id     bigint PRIMARY KEY DEFAULT nextval('axme.subscriptions_subscription_id_seq'),
+    agent_id            bigint NOT NULL REFERENCES axme.agents ON DELETE CASCADE,
+    intent_type_pattern text NOT NULL,
+    filter              jsonb,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    created_by          text NOT NULL
+);
+ALTER SEQUENCE axme.subscriptions_subscription_id_seq OWNED BY axme.subscriptions.subscription_id;
+COMMENT ON TABLE axme.subscriptions IS
+    'Fan-out subscriptions: the agent receives a copy of every published intent whose type matches '
+    'intent_type_pattern (* one segment, # zero or more) and whose payload contains filter.';
+CREATE INDEX subscriptions_agent_idx ON axme.subscriptions (agent_id);
+SELECT pg_catalog.pg_extension_config_dump('axme.subscriptions', '');
+
+CREATE TABLE axme.fanouts (
+    fanout_id    uuid PRIMARY KEY,
+    sender_role  regrole NOT NULL,
+    sender       text NOT NULL,
+    key          text,
+    request_hash text NOT NULL,
+    intent_ids   uuid[] NOT NULL DEFAULT '{}',
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE axme.fanouts IS
+    'One row per publish with an idempotency key: (sender_role, sender, key) -> the fanout_id and '
+    'the intents it created, in subscription order (none when nothing matched).';
+CREATE UNIQUE INDEX fanouts_key_idx ON axme.fanouts (sender_role, sender, key);
+SELECT pg_catalog.pg_extension_config_dump('axme.fanouts', '');
+
+-- Whether a dotted intent type matches a pattern: * is one segment, # zero or more (AMQP).
+CREATE FUNCTION axme._segments_match(p text[], t text[]) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+BEGIN
+    IF cardinality(p) = 0 THEN
+        RETURN cardinality(t) = 0;
+    ELSIF p[1] = '#' THEN
+        RETURN axme._segments_match(p[2:], t) OR (cardinality(t) > 0 AND axme._segments_match(p, t[2:]));
+    ELSIF cardinality(t) = 0 THEN
+        RETURN false;
+    ELSIF p[1] = '*' OR p[1] = t[1] THEN
+        RETURN axme._segments_match(p[2:], t[2:]);
+    END IF;
+    RETURN false;
+END $$;
+COMMENT ON FUNCTION axme._segments_match(text[], text[]) IS
+    'Private: whether type segments t match pattern segments p (* one segment, # zero or more).';
+CREATE FUNCTION axme._type_matches(pattern text, intent_type text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT axme._segments_match(pg_catalog.string_to_array($1, '.'), pg_catalog.string_to_array($2, '.'))
+$$;
+COMMENT ON FUNCTION axme._type_matches(text, text) IS
+    'Private: whether a dotted intent type matches a subscription pattern.';
+
+CREATE FUNCTION axme.subscribe(agent text, intent_type_pattern text, filter jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    a axme.agents;
+    id bigint;
+BEGIN
+    a := axme._agent(agent, 'agent');
+    PERFORM axme._check_receiver(a.agent_id, 'subscribe');   -- sec
+    IF intent_type_pattern IS NULL OR length(intent_type_pattern) > 255
+       OR intent_type_pattern !~ '^([A-Za-z0-9_-]+|\*|#)(\.([A-Za-z0-9_-]+|\*|#))*$' THEN
+        RAISE EXCEPTION 'argument "intent_type_pattern" must be dotted segments of letters, digits, _ or -, '
+                        'or * (one segment) or # (zero or more), at most 255 characters, got %',
+                        coalesce(pg_catalog.quote_literal(left(intent_type_pattern, 100)), 'NULL')
+            USING ERRCODE = '22023', HINT = 'For example intent.order.# or intent.*.created.v1.';
+    END IF;
+    IF filter IS NOT NULL AND jsonb_typeof(filter) <> 'object' THEN
+        RAISE EXCEPTION 'argument "filter" must be a JSON object (contained in the payload), got %', jsonb_typeof(filter)
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO axme.subscriptions (agent_id, intent_type_pattern, filter, created_by)
+    VALUES (a.agent_id, subscribe.intent_type_pattern, subscribe.filter, axme._caller())
+    RETURNING subscription_id INTO id;
+    RETURN id;
+END $$;
+COMMENT ON FUNCTION axme.subscribe(text, text, jsonb) IS
+    'Subscribe an agent to published intents whose type matches intent_type_pattern (* one '
+    'segment, # zero or more) and, when filter is given, whose payload contains it (@>); returns the '
+    'subscription id.  The agent''s receiver or an admin.  22023 bad pattern or filter, P0002 no such '
+    'agent, 42501 not its receiver.';
+
+CREATE FUNCTION axme.unsubscribe(subscription_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ag bigint;
+BEGIN
+    SELECT s.agent_id INTO ag FROM axme.subscriptions s WHERE s.subscription_id = unsubscribe.subscription_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription % does not exist', coalesce(subscription_id::text, 'NULL')
+            USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM axme._check_receiver(ag, 'unsubscribe');   -- sec
+    DELETE FROM axme.subscriptions s WHERE s.subscription_id = unsubscribe.subscription_id;
+END $$;
+COMMENT ON FUNCTION axme.unsubscribe(bigint) IS
+    'End a subscription (intents already published stay).  The agent''s receiver or an admin.  '
+    'P0002 no such subscription, 42501 not its receiver.';
+
+CREATE FUNCTION axme.publish(intent jsonb, idempotency_key text DEFAULT NULL) RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    fid uuid;
+    old axme.fanouts;
+    doc jsonb;
+    s record;
+    ids uuid[] := '{}';
+    one uuid;
+    hash text;
+    who text := coalesce(intent->>'from_agent', axme._caller());
+BEGIN
+    IF intent IS NULL OR jsonb_typeof(intent) <> 'object' THEN
+        RAISE EXCEPTION 'argument "intent" must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF intent ? 'to_agent' THEN
+        RAISE EXCEPTION 'publish takes no "to_agent": the subscriptions choose the receivers'
+            USING ERRCODE = '22023', HINT = 'Use send_intent to send to one agent.';
+    END IF;
+    IF jsonb_typeof(intent->'intent_type') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'intent field "intent_type" must be a string' USING ERRCODE = '22023';
+    END IF;
+    IF idempotency_key IS NOT NULL AND length(idempotency_key) NOT BETWEEN 8 AND 128 THEN
+        RAISE EXCEPTION 'argument "idempotency_key" must be 8..128 characters, got %', length(idempotency_key)
+            USING ERRCODE = '22023';
+    END IF;
+    fid := gen_random_uuid();
+    hash := md5(intent::text);
+    IF idempotency_key IS NOT NULL THEN
+        -- the key maps to the fanout: a second publish with it waits for the first to commit
+        INSERT INTO axme.fanouts (fanout_id, sender_role, sender, key, request_hash)
+        VALUES (fid, axme._caller_id(), who, idempotency_key, hash)
+        ON CONFLICT (sender_role, sender, key) DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT * INTO old FROM axme.fanouts f
+            WHERE f.sender_role = axme._caller_id() AND f.sender = who AND f.key = idempotency_key;
+            IF old.request_hash <> hash THEN
+                RAISE EXCEPTION 'idempotency key "%" was already used with a different intent', idempotency_key
+                    USING ERRCODE = '23505', DETAIL = format('It made fan-out %s.', old.fanout_id);
+            END IF;
+            RETURN QUERY SELECT x FROM unnest(old.intent_ids) WITH ORDINALITY AS u(x, n) ORDER BY n;
+            RETURN;
+        END IF;
+    END IF;
+    -- one correlation id for all of them: the sender's, or a new one (send_intent validates it)
+    doc := CASE WHEN intent ? 'correlation_id' THEN intent
+                ELSE intent || jsonb_build_object('correlation_id', gen_random_uuid()) END;
+    -- every subscription, whoever's (the sender cannot read them: this runs as the definer)
+    FOR s IN
+        SELECT a.address FROM axme.subscriptions sb JOIN axme.agents a ON a.agent_id = sb.agent_id
+        WHERE axme._type_matches(sb.intent_type_pattern, intent->>'intent_type')
+          AND (sb.filter IS NULL OR coalesce(intent->'payload', '{}'::jsonb) @> sb.filter)
+        ORDER BY sb.subscription_id
+    LOOP
+        one := axme.send_intent(doc || jsonb_build_object('to_agent', s.address));
+        UPDATE axme.intents i SET fanout_id = fid WHERE i.intent_id = one;
+        ids := ids || one;
+    END LOOP;
+    IF idempotency_key IS NOT NULL THEN
+        UPDATE axme.fanouts f SET intent_ids = ids WHERE f.fanout_id = fid;
+    END IF;
+    RETURN QUERY SELECT x FROM unnest(ids) WITH ORDINALITY AS u(x, n) ORDER BY n;
+END $$;
+COMMENT ON FUNCTION axme.publish(jsonb, text) IS
+    'Send one intent per matching subscription (send_intent''s document without to_agent), in the '
+    'caller''s transaction, sharing the correlation id and a fanout_id; returns their ids in '
+    'subscription order, none when nothing matches.  With idempotency_key the whole publish is '
+    'idempotent (the same key returns the same set, also an empty one).  22023 bad document, '
+    '23505 key reused with another document, and send_intent''s errors.';
+
+CREATE OR REPLACE FUNCTION axme._secure() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'publish', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
+                               'render_request',
+                               'inbox_thread'];   -- the thread of a human task it sent
+    agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
+                              'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',
+                              'get_intent', 'intent_events', 'wait_for', 'render_request', 'ping_agent',
+                              'subscribe', 'unsubscribe',
+                              -- inbox and human tasks
+                              'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
+    -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor
+    monitor_fns text[] := ARRAY['metrics'];
+    -- public functions that stay SECURITY INVOKER so that the planner can inline them (it never
+    -- inlines a SECURITY DEFINER function or one with SET): their caller check is a private
+    -- SECURITY DEFINER helper below, and row-level security binds what they read
+    invoker_fns text[] := ARRAY['inbox'];
+    -- private helpers those call: SECURITY DEFINER with the pinned search_path, EXECUTE for the
+    -- roles that may call the public function
+    definer_private_fns text[] := ARRAY['_inbox_reader'];
+    roles text := 'axme_admin, axme_sender, axme_agent';
+    f record;
+    t record;
+    pol text;   -- (SELECT f()) of a constant: an InitPlan, evaluated once per query, not per row
+    what text;
+    cols text;
+BEGIN
+    EXECUTE 'GRANT USAGE ON SCHEMA axme TO ' || roles || ', pg_monitor';
+    -- axme-gateway's role (80_gateway.sql): its key check and listener functions live here
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'axme_gateway') THEN
+        EXECUTE 'GRANT USAGE ON SCHEMA axme TO axme_gateway';
+    END IF;
+
+    -- Functions
+    FOR f IN
+        SELECT p.oid::regprocedure AS sig, p.proname, p.prosecdef, p.proconfig
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'axme'::regnamespace AND p.prokind IN ('f', 'p')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, pg_monitor, %s', f.sig, roles);
+        IF f.proname = ANY (definer_private_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin, axme_agent', f.sig);
+        END IF;
+        CONTINUE WHEN left(f.proname, 1) = '_';
+        CONTINUE WHEN (SELECT p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)
+                       FROM pg_catalog.pg_proc p WHERE p.oid = f.sig);
+        IF f.proname = ANY (invoker_fns) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY INVOKER RESET ALL', f.sig);
+        ELSE
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, axme, pg_temp', f.sig);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        IF f.proname = ANY (sender_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_sender', f.sig);
+        END IF;
+        IF f.proname = ANY (agent_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_agent', f.sig);
+        END IF;
+        IF f.proname = ANY (monitor_fns) THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO pg_monitor', f.sig);
+        END IF;
+    END LOOP;
+    -- row-level security policies call this one as the reader
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(text) TO ' || roles;
+    EXECUTE 'GRANT EXECUTE ON FUNCTION axme._user_has(regrole) TO ' || roles;
+
+    -- Tables.  The policy of a table other than agents and intents is the OR of the rules its
+    -- columns allow: intent_id uuid (rows of the intents the reader may read), thread_id uuid
+    -- (rows of the threads it may read, when axme.threads exists), agent_id or owner_id integer
+    -- (rows of the agents it receives for); none of them, or a name containing "secret": admins.
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'intent_id'
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) AS has_intent,
+               EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'thread_id'
+                       AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped)
+                   AND c.relname <> 'threads' AND pg_catalog.to_regclass('axme.threads') IS NOT NULL AS has_thread,
+               (SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid
+                  AND a.attname IN ('agent_id', 'owner_id') AND NOT a.attisdropped
+                  AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                ORDER BY a.attname LIMIT 1) AS agent_col
+        FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('r', 'p')
+        ORDER BY c.oid
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
+        IF EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polname = 'axme_read') THEN
+            EXECUTE pg_catalog.format('DROP POLICY axme_read ON %s', t.rel);
+        END IF;
+        IF t.relname LIKE '%secret%' THEN
+            pol := NULL;
+        ELSIF t.relname = 'agents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'') OR axme._user_has(''axme_sender'') OR axme._user_has(''axme_agent''))';
+            what := 'Every agent, for axme_admin, axme_sender and axme_agent members.';
+        ELSIF t.relname = 'intents' THEN
+            pol := '(SELECT axme._user_has(''axme_admin'')) OR axme._user_has(sender_role) OR agent_id IN '
+                   '(SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))';
+            what := 'Intents whose sending role or whose agent''s db_role the reader has; all for axme_admin members.';
+        ELSE
+            pol := '';
+            what := 'Rows';
+            IF t.has_intent THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.intents i WHERE i.intent_id = %s.intent_id)', t.rel);
+                what := what || ' of the intents the reader may read,';
+            END IF;
+            IF t.has_thread THEN
+                pol := pol || pg_catalog.format(' OR EXISTS (SELECT FROM axme.threads th WHERE th.thread_id = %s.thread_id)', t.rel);
+                what := what || ' of the threads the reader may read,';
+            END IF;
+            IF t.agent_col IS NOT NULL THEN
+                -- first after the admin test: OR stops at the first true part, and this one is a
+                -- small hashed list of agents (a receiver listing its inbox never probes intents)
+                pol := pg_catalog.format(' OR %s.%I IN (SELECT a.agent_id FROM axme.agents a WHERE axme._user_has(a.db_role))',
+                                         t.rel, t.agent_col) || pol;
+                what := what || pg_catalog.format(' of the agents (%s) whose db_role the reader has,', t.agent_col);
+            END IF;
+            IF pol = '' THEN
+                pol := NULL;
+            ELSE
+                pol := '(SELECT axme._user_has(''axme_admin''))' || pol;
+                what := rtrim(what, ',') || '; all for axme_admin members.';
+            END IF;
+        END IF;
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        IF pol IS NULL THEN
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING ((SELECT axme._user_has(''axme_admin'')))', t.rel);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel,
+                'Rows readable by members of axme_admin only (superusers bypass row-level security).');
+        ELSE
+            EXECUTE pg_catalog.format('CREATE POLICY axme_read ON %s FOR SELECT USING (%s)', t.rel, pol);
+            EXECUTE pg_catalog.format('COMMENT ON POLICY axme_read ON %s IS %L', t.rel, what);
+            IF t.relname = 'agents' THEN
+                SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+                FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = t.rel AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.attname NOT IN ('options', 'endpoint_url');
+                EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO axme_sender, axme_agent', cols, t.rel);
+            ELSE
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- Views: evaluated with the reader's rights (security_invoker), so the policies above apply.
+    -- A view is for admins only when it reads something a sender may not (a column such as
+    -- agents.options, an admin-only table or view, a private function: those get EXECUTE for
+    -- axme_admin) or when its name contains "secret".  Materialized views have no row-level
+    -- security: admins only.  In creation order, so a view over a view sees its grants.
+    FOR t IN
+        SELECT c.oid::regclass AS rel, c.relname, c.relkind FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind IN ('v', 'm')
+        ORDER BY c.oid
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC, %s', t.rel, roles);
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_admin', t.rel);
+        FOR f IN
+            SELECT DISTINCT d.refobjid::regprocedure AS sig, NULL::text AS proname, NULL::boolean AS prosecdef,
+                   NULL::text[] AS proconfig
+            FROM pg_catalog.pg_rewrite rw
+            JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+            JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_proc'::regclass AND p.oid = d.refobjid
+            WHERE rw.ev_class = t.rel AND p.pronamespace = 'axme'::regnamespace AND left(p.proname, 1) = '_'
+        LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO axme_admin', f.sig);
+        END LOOP;
+        IF t.relkind = 'v' THEN
+            EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', t.rel);
+            IF t.relname NOT LIKE '%secret%' AND NOT EXISTS (
+                SELECT FROM pg_catalog.pg_rewrite rw
+                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                WHERE rw.ev_class = t.rel
+                  AND CASE WHEN d.refclassid = 'pg_class'::regclass AND d.refobjid <> t.rel THEN
+                           CASE WHEN d.refobjsubid > 0
+                                THEN NOT pg_catalog.has_column_privilege('axme_sender', d.refobjid, d.refobjsubid::smallint, 'SELECT')
+                                ELSE NOT pg_catalog.has_table_privilege('axme_sender', d.refobjid, 'SELECT') END
+                           WHEN d.refclassid = 'pg_proc'::regclass THEN
+                                NOT pg_catalog.has_function_privilege('axme_sender', d.refobjid, 'EXECUTE')
+                           ELSE false END) THEN
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO axme_sender, axme_agent', t.rel);
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- Sequences: only the functions use them.
+    FOR t IN
+        SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'axme'::regnamespace AND c.relkind = 'S'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC, %s', t.rel, roles);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION axme._secure() IS
+    'Private: apply the security model (SECURITY DEFINER with a pinned search_path, EXECUTE grants, '
+    'row-level security, security_invoker views) to everything in schema axme. Idempotent; the last '
+    'step of every upgrade script.';
 
 
 -- The database's delivery worker, waiting for this update, resumes at commit.

@@ -37,7 +37,7 @@ static const char *const intent_keys[] = {
 	"intent_type", "to_agent", "payload", "from_agent", "correlation_id", "reply_to",
 	"deadline_at", "not_before", "max_delivery_attempts", "remind_after_seconds",
 	"remind_interval_seconds", "max_reminders", "escalate_to", "human_task", "traceparent",
-	"tracestate"
+	"tracestate", "priority", "ordering_key"
 };
 
 #define N_INTENT_KEYS lengthof(intent_keys)
@@ -302,7 +302,7 @@ check_unknown_keys(Jsonb *intent)
 				 errhint("Known fields: intent_type, to_agent, payload, from_agent, correlation_id, "
 						 "reply_to, deadline_at, not_before, max_delivery_attempts, "
 						 "remind_after_seconds, remind_interval_seconds, max_reminders, "
-						 "escalate_to, human_task, traceparent, tracestate.")));
+						 "escalate_to, human_task, traceparent, tracestate, priority, ordering_key.")));
 }
 
 static void
@@ -499,6 +499,18 @@ axme_parse_intent(Jsonb *intent, text *idem_key, AxmeIntent *p)
 			invalid("intent field \"%s\" must be a JSON object", "human_task");
 		p->human_task = JsonbValueToJsonb(v);
 	}
+	/* priority: -100..100, 0 when absent (get_int's -1 for "absent" is a valid priority) */
+	p->priority = get_key(intent, "priority") != NULL ? get_int(intent, "priority", -100, 100) : 0;
+	p->ordering_key = get_string(intent, "ordering_key");
+	if (p->ordering_key != NULL)
+	{
+		int			chars = pg_mbstrlen(p->ordering_key);
+
+		if (chars < 1 || chars > 128)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("intent field \"ordering_key\" must be 1..128 characters, got %d", chars)));
+	}
 	p->traceparent = get_string(intent, "traceparent");
 	if (p->traceparent != NULL && !axme_traceparent_is_valid(p->traceparent))
 		ereport(ERROR,
@@ -644,6 +656,16 @@ axme_after_store(const AxmeIntent *p, pg_uuid_t *id, const char *mode)
 		if (SPI_execute_plan(trace_plan, targs, tnulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "trace context update failed");
 	}
+
+	/*
+	 * Priority, only when not 0: a second statement, as for the trace context, so that a send
+	 * without one runs exactly the statements it did before.
+	 */
+	if (p->priority != 0)
+		axme_store_priority(id, p->priority);
+	/* Ordering key, only when given: its send order under the (agent, key) lock (ordering.c) */
+	if (p->ordering_key != NULL)
+		axme_store_ordering_key(id, p->ordering_key);
 
 	/*
 	 * Human tasks, reply_to and escalate_to are checked, and a task assigned, by

@@ -32,12 +32,16 @@ typedef struct AxmeIntent
 	int32		max_reminders;
 	char	   *traceparent;	/* W3C trace context, or NULL */
 	char	   *tracestate;
+	int32		priority;		/* -100..100, 0 when absent */
+	char	   *ordering_key;	/* 1..128 characters, or NULL */
 } AxmeIntent;
 
 extern void axme_parse_intent(Jsonb *intent, text *idem_key, AxmeIntent *p);
 extern void axme_new_intent_id(pg_uuid_t *id);
 extern bool axme_idempotency_claim(const AxmeIntent *p, const char *role, pg_uuid_t *id);
 extern void axme_after_store(const AxmeIntent *p, pg_uuid_t *id, const char *mode);
+extern void axme_store_priority(const pg_uuid_t *id, int32 priority);
+extern void axme_store_ordering_key(const pg_uuid_t *id, const char *key);
 extern void axme_after_commit_wakeups(const AxmeIntent *p, int64 agent_id, const pg_uuid_t *id,
 									  const char *mode);
 

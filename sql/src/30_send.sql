@@ -39,7 +39,11 @@ CREATE TABLE axme.intents (
     idempotency_key       text,
     event_seq             integer NOT NULL DEFAULT 0,
     traceparent           text,
-    tracestate            text
+    tracestate            text,
+    priority              integer NOT NULL DEFAULT 0,
+    ordering_key          text,
+    ordering_seq          bigint,
+    fanout_id             uuid
 );
 COMMENT ON TABLE axme.intents IS
     'One row per intent: its current status, attempt counter, due time and lease. '
@@ -53,6 +57,17 @@ COMMENT ON COLUMN axme.intents.traceparent IS
     'W3C traceparent the sender gave (validated at send; none is generated when absent): sent as a header on every webhook attempt, returned by poll.';
 COMMENT ON COLUMN axme.intents.tracestate IS
     'W3C tracestate the sender gave with its traceparent: sent as a header on every webhook attempt.';
+COMMENT ON COLUMN axme.intents.priority IS
+    'The sender''s priority, -100..100 (default 0): among due intents of one agent, higher priority '
+    'is handed out first, FIFO by due time within a priority (a retry goes behind).';
+COMMENT ON COLUMN axme.intents.ordering_key IS
+    'The sender''s ordering key (at most 128 characters): intents of one agent with the same key are '
+    'handed out one at a time in send order (ordering_seq); a later one waits, SUBMITTED with no '
+    'due time, until every earlier one of its key is terminal.';
+COMMENT ON COLUMN axme.intents.ordering_seq IS
+    'Send order within an ordering key: taken from axme.ordering_seq under the (agent, key) lock.';
+COMMENT ON COLUMN axme.intents.fanout_id IS
+    'The publish (axme.publish) that created the intent, shared by all the intents it created; NULL for a send.';
 COMMENT ON COLUMN axme.intents.due_at IS
     'When the intent can next be handed out (SUBMITTED) or when its lease runs out; NULL otherwise.';
 -- The claim path: due intents of one agent, oldest due first.  Per-key ordering and priorities
@@ -63,7 +78,111 @@ COMMENT ON COLUMN axme.intents.due_at IS
 -- (agent_id, ordering_key, created_at) WHERE ordering_key IS NOT NULL AND the intent is not
 -- terminal, so unkeyed intents pay nothing.  send_intents (src/send_batch.c) takes the new
 -- fields as one more array each.
-CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, due_at) WHERE due_at IS NOT NULL;
+-- Built: priority is the second column.  Queries that want an agent's earliest due time whatever
+-- the priority (the workers' next-due look-ups) read one range per priority through it,
+-- axme._agent_next_due(), which costs two probes for an agent whose intents all have priority 0.
+CREATE INDEX intents_agent_due_idx ON axme.intents (agent_id, priority DESC, due_at)
+    WHERE due_at IS NOT NULL;
+-- The priorities an agent has intents with a due time in, highest first: a loose scan of
+-- intents_agent_due_idx, one probe per distinct priority (two for an agent that uses none).
+CREATE FUNCTION axme._agent_priorities(agent_id bigint) RETURNS SETOF integer
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE p(pr) AS (
+        (SELECT i.priority FROM axme.intents i
+         WHERE i.agent_id = $1 AND i.due_at IS NOT NULL
+         ORDER BY i.priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT i.priority FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.due_at IS NOT NULL AND i.priority < p.pr
+                ORDER BY i.priority DESC LIMIT 1)
+        FROM p WHERE p.pr IS NOT NULL
+    )
+    SELECT p.pr FROM p WHERE p.pr IS NOT NULL
+$$;
+COMMENT ON FUNCTION axme._agent_priorities(bigint) IS
+    'Private: the distinct priorities of an agent''s intents that have a due time, highest first.';
+-- An agent's earliest due time after a point (NULL: any), whatever the priority.
+CREATE FUNCTION axme._agent_next_due(agent_id bigint, after timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min((SELECT i.due_at FROM axme.intents i
+                WHERE i.agent_id = $1 AND i.priority = p.pr AND i.due_at IS NOT NULL
+                  AND i.due_at > coalesce($2, '-infinity'::timestamptz)
+                ORDER BY i.due_at LIMIT 1))
+    FROM axme._agent_priorities($1) AS p(pr)
+$$;
+COMMENT ON FUNCTION axme._agent_next_due(bigint, timestamptz) IS
+    'Private: an agent''s earliest due time later than after (NULL: the earliest), any priority.';
+-- Per-key ordering.  The non-terminal keyed intents of an agent by key, in send order; unkeyed
+-- intents are not in it, so they pay nothing.
+CREATE INDEX intents_agent_key_idx ON axme.intents (agent_id, ordering_key, ordering_seq)
+    WHERE ordering_key IS NOT NULL AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT');
+CREATE SEQUENCE axme.ordering_seq;
+COMMENT ON SEQUENCE axme.ordering_seq IS
+    'Send order of keyed intents (intents.ordering_seq), taken under the per-(agent, key) lock.';
+SELECT pg_catalog.pg_extension_config_dump('axme.ordering_seq', '');
+-- The transaction-scoped lock of one (agent, key): sends of the key and the release of its next
+-- intent take it, so send order is lock order (commit order is not sequence order otherwise).
+CREATE FUNCTION axme._lock_key(agent_id bigint, ordering_key text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1::text || '/' || $2, 7413))
+$$;
+COMMENT ON FUNCTION axme._lock_key(bigint, text) IS
+    'Private: the transaction lock of one (agent, ordering key).';
+-- At send (src/ordering.c, after the store, for intents with a key): under the key's lock, the
+-- send order and, when an earlier intent of the key is not terminal, no due time (it waits).
+CREATE FUNCTION axme._order_on_send(intent_id uuid, ordering_key text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ag bigint := (SELECT i.agent_id FROM axme.intents i WHERE i.intent_id = _order_on_send.intent_id);
+BEGIN
+    PERFORM axme._lock_key(ag, ordering_key);
+    UPDATE axme.intents i SET
+        ordering_key = _order_on_send.ordering_key,
+        ordering_seq = pg_catalog.nextval('axme.ordering_seq'),
+        due_at = CASE WHEN EXISTS (SELECT 1 FROM axme.intents e
+                                   WHERE e.agent_id = ag AND e.ordering_key = _order_on_send.ordering_key
+                                     AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                                     AND e.intent_id <> i.intent_id)
+                      THEN NULL ELSE i.due_at END
+    WHERE i.intent_id = _order_on_send.intent_id;
+END $$;
+COMMENT ON FUNCTION axme._order_on_send(uuid, text) IS
+    'Private (send path): give a keyed intent its send order; it waits while an earlier one of its key is not terminal.';
+-- When a keyed intent ends (any way: completed, dead-lettered, canceled, timed out), the earliest
+-- non-terminal intent of its key, if it is waiting, becomes due; a stream agent is notified and
+-- the handler worker rung (the delivery worker is rung by intents_http_wake).
+CREATE FUNCTION axme._release_key() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    nxt uuid;
+BEGIN
+    PERFORM axme._lock_key(NEW.agent_id, NEW.ordering_key);
+    UPDATE axme.intents n SET due_at = greatest(now(), n.not_before)
+    WHERE n.intent_id = (SELECT e.intent_id FROM axme.intents e
+                         WHERE e.agent_id = NEW.agent_id AND e.ordering_key = NEW.ordering_key
+                           AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+                         ORDER BY e.ordering_seq LIMIT 1)
+      AND n.due_at IS NULL AND n.status = 'SUBMITTED'
+    RETURNING n.intent_id INTO nxt;
+    IF nxt IS NOT NULL THEN
+        CASE (SELECT a.delivery_mode FROM axme.agents a WHERE a.agent_id = NEW.agent_id)
+            WHEN 'stream' THEN PERFORM axme._notify_agent(NEW.agent_id, nxt);
+            WHEN 'internal' THEN PERFORM axme._wake_internal();
+            ELSE NULL;      -- http: rung by intents_http_wake; poll and inbox: nothing to ring
+        END CASE;
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION axme._release_key() IS
+    'Private trigger: when a keyed intent ends, the next intent of its key becomes due.';
+CREATE TRIGGER intents_key_release AFTER UPDATE OF status ON axme.intents
+    FOR EACH ROW
+    WHEN (NEW.ordering_key IS NOT NULL
+          AND NEW.status IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT')
+          AND OLD.status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'))
+    EXECUTE FUNCTION axme._release_key();
+COMMENT ON TRIGGER intents_key_release ON axme.intents IS
+    'Per-key ordering: the end of a keyed intent releases the next one of its key (axme._release_key).';
 CREATE INDEX intents_dead_letter_idx ON axme.intents (dead_lettered_at)
     WHERE dead_letter_reason IS NOT NULL;
 SELECT pg_catalog.pg_extension_config_dump('axme.intents', '');

@@ -163,7 +163,7 @@ BEGIN
         seen := 0;
         -- Leases run from the claim, not from the start of the caller's transaction.
         t := clock_timestamp();
-        -- Claim up to the remaining count, oldest due first.  A candidate whose deadline passed
+        -- Claim up to the remaining count, highest priority first, oldest due first within one.  A candidate whose deadline passed
         -- times out and one whose last allowed lease ran out is dead-lettered, instead of being
         -- handed out; then the loop claims again to fill the batch.
         FOR r IN
@@ -173,7 +173,7 @@ BEGIN
                        i.status <> 'SUBMITTED' AND i.attempt - i.attempt_base >= i.max_delivery_attempts AS exhausted
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= t
-                ORDER BY i.due_at
+                ORDER BY i.priority DESC, i.due_at
                 LIMIT max_count - claimed
                 FOR UPDATE SKIP LOCKED
             ), u AS (
@@ -207,7 +207,7 @@ BEGIN
                                      ELSE jsonb_build_object('deadline_at', u.deadline_at) END
                 FROM u
             )
-            SELECT u.* FROM u ORDER BY u.was_due
+            SELECT u.* FROM u ORDER BY u.priority DESC, u.was_due
         LOOP
             seen := seen + 1;
             IF r.status = 'DELIVERED' THEN

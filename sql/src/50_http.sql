@@ -117,13 +117,13 @@ BEGIN
             SELECT ci.intent_id, a.tmo,
                    coalesce(ci.deadline_at <= now(), false) AS timed_out,
                    ci.status <> 'SUBMITTED' AND ci.attempt - ci.attempt_base >= ci.max_delivery_attempts AS exhausted,
-                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.due_at) AS rn, a.idle
+                   row_number() OVER (PARTITION BY a.agent_id ORDER BY ci.priority DESC, ci.due_at) AS rn, a.idle
             FROM a, LATERAL (
                 SELECT i.intent_id, i.deadline_at, i.status, i.attempt, i.attempt_base,
-                       i.max_delivery_attempts, i.due_at
+                       i.max_delivery_attempts, i.due_at, i.priority
                 FROM axme.intents i
                 WHERE i.agent_id = a.agent_id AND i.due_at <= now()
-                ORDER BY i.due_at
+                ORDER BY i.priority DESC, i.due_at
                 LIMIT greatest(least(a.free, max_total), CASE WHEN a.idle THEN 1 ELSE 0 END)
                 FOR UPDATE SKIP LOCKED) ci
             WHERE a.free > 0
@@ -244,10 +244,9 @@ BEGIN
     LEFT JOIN axme.endpoint_state es ON es.agent_id = ag.agent_id
     LEFT JOIN (SELECT x.id, sum(x.n)::integer AS n FROM unnest(busy_agents, busy_counts) AS x(id, n)
                GROUP BY x.id) b ON b.id = ag.agent_id
-    CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
-                        WHERE i.agent_id = ag.agent_id AND i.due_at IS NOT NULL
-                        ORDER BY i.due_at LIMIT 1) d
+    CROSS JOIN LATERAL (SELECT axme._agent_next_due(ag.agent_id, NULL) AS due_at) d
     WHERE ag.delivery_mode = 'http' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
+      AND d.due_at IS NOT NULL
       AND coalesce((ag.options->>'max_in_flight')::integer, 16) > coalesce(b.n, 0));
 END $$;
 COMMENT ON FUNCTION axme._http_next_due(bigint[], integer[]) IS

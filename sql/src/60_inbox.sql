@@ -396,7 +396,7 @@ BEGIN
             SELECT y.* FROM axme.intents y
             WHERE y.agent_id = a.agent_id AND y.due_at <= now() AND y.status = 'SUBMITTED'
               AND y.human_task IS NOT NULL
-            ORDER BY y.due_at LIMIT max_count
+            ORDER BY y.priority DESC, y.due_at LIMIT max_count
             FOR UPDATE OF y SKIP LOCKED) x
         WHERE a.delivery_mode = 'inbox' AND a.disabled_at IS NULL
         ORDER BY x.due_at LIMIT max_count

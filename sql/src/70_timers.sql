@@ -208,13 +208,13 @@ DECLARE
     nxt timestamptz;
 BEGIN
     FOR r IN
-        SELECT ag.agent_id, w.first_id, w.n, (SELECT min(i.due_at) FROM axme.intents i
-                                               WHERE i.agent_id = ag.agent_id AND i.due_at > upto) AS later
+        SELECT ag.agent_id, w.first_id, w.n, axme._agent_next_due(ag.agent_id, upto) AS later
         FROM axme.agents ag
         CROSS JOIN LATERAL (
             SELECT (array_agg(i.intent_id ORDER BY i.due_at))[1] AS first_id, count(*) AS n
-            FROM axme.intents i
-            WHERE i.agent_id = ag.agent_id AND i.due_at > since AND i.due_at <= upto
+            FROM axme._agent_priorities(ag.agent_id) AS p(pr)
+            JOIN axme.intents i ON i.agent_id = ag.agent_id AND i.priority = p.pr
+            WHERE i.due_at > since AND i.due_at <= upto
               AND i.due_at > i.updated_at
         ) w
         WHERE ag.delivery_mode = 'stream' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
@@ -256,10 +256,7 @@ BEGIN
             next_due := upto;       -- more to assign: at once
         END IF;
         next_due := least(next_due,
-            (SELECT min(f.due_at) FROM axme.agents a
-             CROSS JOIN LATERAL (SELECT i.due_at FROM axme.intents i
-                                 WHERE i.agent_id = a.agent_id AND i.due_at > upto
-                                 ORDER BY i.due_at LIMIT 1) f
+            (SELECT min(axme._agent_next_due(a.agent_id, upto)) FROM axme.agents a
              WHERE a.delivery_mode = 'inbox'));
     END IF;
     internal_agents := 'internal' = ANY (modes);

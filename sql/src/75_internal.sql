@@ -25,9 +25,14 @@ BEGIN
     FOR c IN
         SELECT ag.agent_id, ag.options, ag.registered_by, ag.db_role, f.intent_id, f.due_at
         FROM axme.agents ag
-        CROSS JOIN LATERAL (SELECT it.intent_id, it.due_at FROM axme.intents it
-                            WHERE it.agent_id = ag.agent_id AND it.due_at IS NOT NULL
-                            ORDER BY it.due_at LIMIT 1) f
+        -- the agent's due intent of highest priority, oldest due first, else its next due time
+        CROSS JOIN LATERAL (SELECT x.intent_id, x.due_at FROM (
+                                (SELECT it.intent_id, it.due_at FROM axme.intents it
+                                 WHERE it.agent_id = ag.agent_id AND it.due_at <= t
+                                 ORDER BY it.priority DESC, it.due_at LIMIT 1)
+                                UNION ALL
+                                SELECT NULL::uuid, axme._agent_next_due(ag.agent_id, t)) x
+                            WHERE x.due_at IS NOT NULL LIMIT 1) f
         WHERE ag.delivery_mode = 'internal' AND ag.paused_at IS NULL AND ag.disabled_at IS NULL
         ORDER BY f.due_at
     LOOP

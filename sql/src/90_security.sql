@@ -18,12 +18,13 @@
 CREATE FUNCTION axme._secure() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
+    sender_fns text[] := ARRAY['send_intent', 'send_intents', 'publish', 'get_intent', 'intent_events', 'wait_for', 'channel', 'cancel',
                                'render_request',
                                'inbox_thread'];   -- the thread of a human task it sent
     agent_fns text[] := ARRAY['poll', 'ack', 'progress', 'extend_lease', 'complete', 'complete_many',
                               'fail', 'resolve', 'replay', 'replay_dead_letters', 'channel',
                               'get_intent', 'intent_events', 'wait_for', 'render_request', 'ping_agent',
+                              'subscribe', 'unsubscribe',
                               -- inbox and human tasks
                               'decide', 'reply', 'delegate', 'inbox', 'inbox_thread', 'inbox_changes'];
     -- monitoring: also for pg_monitor (the role exporters run as), checked by _check_monitor

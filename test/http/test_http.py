@@ -415,6 +415,34 @@ def test_retry_spacing_attempt_rows_stable_id(ctx):
 
 
 @test
+def test_ordering_key_under_retries(ctx):
+    """Per-key ordering on http: every intent fails twice (500) before a 200; the requests of one
+    key still arrive in send order, each intent's attempts before the next intent's first, while
+    another key and unkeyed intents go on in parallel."""
+    addr = agent(ctx, "ordered", "/ordered", {"retry": {"base_delay_ms": 200, "max_delay_ms": 1000},
+                                             "max_in_flight": 8})
+    ctx.rx.script_by_attempt("/ordered", {1: {"status": 500, "body": "boom"}, 2: {"status": 500, "body": "boom"}})
+    ids = []
+    for n in range(1, 5):
+        ids.append(send(ctx, addr, {"n": n, "k": "a"}, ordering_key="a"))
+        ids.append(send(ctx, addr, {"n": n, "k": "b"}, ordering_key="b"))
+    ids.append(send(ctx, addr, {"n": 0, "k": None}))
+    for iid in ids:
+        wait_status(ctx, iid, ("COMPLETED",), timeout=90)
+    reqs = ctx.rx.requests("/ordered")
+    for key in ("a", "b"):
+        mine = sorted((r for r in reqs if json.loads(r["body"])["payload"]["k"] == key), key=lambda r: r["t"])
+        seq = [(json.loads(r["body"])["payload"]["n"], json.loads(r["body"])["attempt"]) for r in mine]
+        want = [(n, a) for n in range(1, 5) for a in (1, 2, 3)]
+        check(seq == want, "key %s arrived as %s" % (key, seq))
+        for prev, nxt in zip(mine, mine[1:]):
+            check(nxt["t"] >= prev["t"], "key %s: requests out of order" % key)
+    rows = q(ctx.db, """SELECT count(*) FROM axme.delivery_attempts d JOIN axme.intents i USING (intent_id)
+                        WHERE i.to_agent = %s""", (addr,))
+    check(rows[0][0] == 27, "attempt rows %s, expected 27" % rows[0][0])
+
+
+@test
 def test_dead_letter_and_replay(ctx):
     """Spent budget: FAILED, dead-lettered (exhausted), listed with the last error; replay works."""
     addr = agent(ctx, "dl", "/dl", {"retry": {"max_attempts": 2, "base_delay_ms": 200}})

@@ -85,7 +85,7 @@ FROM (VALUES
     ('intent NULL',                 NULL::jsonb, NULL::text, 'intent'),
     ('intent is an array',          '[]', NULL, 'intent'),
     ('intent is a string',          '"x"', NULL, 'intent'),
-    ('unknown field',               '{"intent_type": "intent.a.v1", "to_agent": "agent://myorg/prod/orders", "payload": {}, "priority": 1}', NULL, 'priority'),
+    ('unknown field',               '{"intent_type": "intent.a.v1", "to_agent": "agent://myorg/prod/orders", "payload": {}, "urgency": 1}', NULL, 'urgency'),
     ('intent_type missing',         '{"to_agent": "agent://myorg/prod/orders", "payload": {}}', NULL, 'intent_type'),
     ('intent_type null',            '{"intent_type": null, "to_agent": "agent://myorg/prod/orders", "payload": {}}', NULL, 'intent_type'),
     ('intent_type number',          '{"intent_type": 5, "to_agent": "agent://myorg/prod/orders", "payload": {}}', NULL, 'intent_type'),
