@@ -75,9 +75,9 @@ def run(conn, waiter, say, heading, problems, insert_order, money):
             cur.execute("SELECT thread_id, kind, status, task_type, title FROM axme.inbox(%s) "
                         "WHERE intent_id = %s", (APPROVALS, intent_id))
             threads = cur.fetchall()
-        say(f"   intent {intent_id[:8]} is {status} ({reason}); axme.inbox('{APPROVALS}') lists:")
+        say(f"   intent {intent_id[-12:]} is {status} ({reason}); axme.inbox('{APPROVALS}') lists:")
         for thread_id, kind, tstatus, task_type, title in threads:
-            say(f"     thread {str(thread_id)[:8]}  {kind}  {tstatus}  {task_type}  \"{title}\"")
+            say(f"     thread {str(thread_id)[-12:]}  {kind}  {tstatus}  {task_type}  \"{title}\"")
         if status != "WAITING" or reason != "WAITING_FOR_HUMAN" or len(threads) != 1:
             problems.append(f"approval of order {order_id}: {status}/{reason}, {len(threads)} "
                             "inbox thread(s); expected WAITING/WAITING_FOR_HUMAN and one thread")
@@ -147,7 +147,7 @@ def run(conn, waiter, say, heading, problems, insert_order, money):
                 "to_agent": CALCULATOR,
                 "payload": {"order_id": order_id, "items": items}}),))
             calc_id = cur.fetchone()[0]
-        say(f"   intent {calc_id[:8]} sent; the sender waits with axme.wait_for()")
+        say(f"   intent {calc_id[-12:]} sent; the sender waits with axme.wait_for()")
         with waiter.cursor() as cur:
             cur.execute("SELECT axme.wait_for(%s, '20 seconds')", (calc_id,))
             doc = cur.fetchone()[0]

@@ -279,7 +279,7 @@ def send_invoice(conn, order_id, customer, amount_cents):
         }), f"invoice-order-{order_id}"))
         intent_id = cur.fetchone()[0]
     say(f"   invoice for order {order_id} ({customer}, {money(amount_cents)})  ->  intent "
-        f"{intent_id[:8]} sent")
+        f"{intent_id[-12:]} sent")
     return intent_id
 
 
@@ -333,7 +333,7 @@ def insert_order(conn, customer, items):
             intent_id = cur.fetchone()[0]
     expected = sum(qty * price for _, qty, price in items)
     say(f"   order {order_id} for {customer}: {len(items)} item(s), {money(expected)}"
-        f"  ->  intent {intent_id[:8]} sent in the same transaction")
+        f"  ->  intent {intent_id[-12:]} sent in the same transaction")
     return order_id, intent_id, expected
 
 
@@ -613,7 +613,7 @@ def main():
         except (TypeError, ValueError, KeyError):
             again = None
         expected_number = ((first_doc.get("result") or {}).get("invoice") or {}).get("number")
-        say(f"   redelivery of webhook-id {first_intent[:8]}...: HTTP {status}, invoice {again}")
+        say(f"   redelivery of webhook-id ...{first_intent[-12:]}: HTTP {status}, invoice {again}")
         if status != 200 or again is None or again != expected_number:
             problems.append(f"a redelivery of order {first_order}'s invoice got HTTP {status}, invoice "
                             f"{again}, expected 200 and {expected_number}")
