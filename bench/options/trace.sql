@@ -1,0 +1,1 @@
+SELECT axme.send_intent('{"intent_type": "intent.order.process.v1", "to_agent": "agent://bench/perf/sink", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "vendor=x", "payload": {"order_id": 1, "items": [{"sku": "SKU-1", "qty": 2}], "total": 59.9}}');
